@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Release builds drop bounds and exclusivity checks on the math hot paths; floating-point
+// semantics are unchanged (Swift never contracts or reorders float arithmetic on its own).
+let fast: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+
+let package = Package(
+    name: "Lockstep",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "coord", targets: ["coord"]),
+        .executable(name: "worker", targets: ["worker"]),
+        .executable(name: "lockstep-bench", targets: ["lockstep-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // C libraries from Debian.
+        .systemLibrary(name: "CZMQ", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+
+        // Pure math: flat buffers, GEMM, deterministic transcendental functions, Philox, hashing.
+        .target(name: "Numerics", dependencies: ["COpenBLAS"], swiftSettings: fast),
+        // The model: config, parameter layout, packed forward/backward, loss, init.
+        .target(name: "BiLSTM", dependencies: ["Numerics"], swiftSettings: fast),
+        // Data, batching, optimizers, clipping, checkpoints, the local trainer.
+        .target(name: "Training", dependencies: ["BiLSTM", "Numerics", "CZlib"], swiftSettings: fast),
+        // Protocol codec, coordinator/worker state machines, and the ZeroMQ shell.
+        .target(name: "Cluster", dependencies: ["Training", "BiLSTM", "Numerics", "CZMQ"], swiftSettings: fast),
+
+        .executableTarget(name: "coord", dependencies: [
+            "Cluster", "Training",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ], swiftSettings: fast),
+        .executableTarget(name: "worker", dependencies: [
+            "Cluster",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: fast),
+        .executableTarget(name: "lockstep-bench", dependencies: [
+            "Training",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: fast),
+
+        .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
+        .testTarget(name: "BiLSTMTests", dependencies: ["BiLSTM", "Training"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Training"]),
+    ]
+)

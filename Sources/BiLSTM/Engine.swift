@@ -1,0 +1,157 @@
+import Numerics
+
+/// Gradient of the *summed* NLL over a batch, with its loss sum and counted frames
+/// (DESIGN.md §3.2: the caller divides by the global batch's frame count).
+public struct BatchResult: Sendable {
+    public var lossSum: Double
+    public var frames: Int
+}
+
+/// The whole model over one packed batch: every cell, dropout between layers, and the head.
+///
+/// One engine per process; it owns grow-only scratch buffers so a training loop allocates
+/// nothing per shard. Not thread-safe: a worker uses one engine from one thread.
+public final class Engine {
+    public let layout: ParameterLayout
+    public var config: ModelConfig { layout.config }
+    private var slots: [FloatBuffer] = []
+    private var slotIndex = 0
+    private var zeros: FloatBuffer
+    private var sink: FloatBuffer
+
+    public init(_ config: ModelConfig) {
+        layout = ParameterLayout(config)
+        zeros = FloatBuffer(count: config.hidden)
+        sink = FloatBuffer(count: config.hidden)
+    }
+
+    /// Cached activations of the last forward, per stream and layer.
+    private struct LayerCache {
+        var cells: [(gates: FPtr, c: FPtr, tc: FPtr)]
+        var out: FPtr, outColumn: Int, ld: Int   // h of this layer's cells
+        var mask: FPtr?, dropped: FPtr?          // when dropout follows this layer
+        var input: FPtr, inputLd: Int
+    }
+    private var cache: [[LayerCache]] = []
+    private var headIn: FPtr? = nil
+    /// Log-probabilities `[N, C]` of the last forward, in packed row order.
+    public private(set) var logp: FPtr? = nil
+
+    private func take(_ count: Int) -> FPtr {
+        if slotIndex == slots.count { slots.append(FloatBuffer(count: count)) }
+        if slots[slotIndex].count < count { slots[slotIndex] = FloatBuffer(count: count) }
+        slotIndex += 1
+        return slots[slotIndex - 1].ptr
+    }
+
+    /// Forward pass. `dropout` nil means evaluation (no dropout). Returns the loss sum.
+    @discardableResult
+    public func forward(params: FloatBuffer, batch: PackedBatch, dropout: Dropout.Key?) -> BatchResult {
+        precondition(params.count == layout.count, "parameter buffer has \(params.count) floats, layout needs \(layout.count)")
+        precondition(batch.inputSize == config.inputSize)
+        slotIndex = 0
+        let N = batch.rows, H = config.hidden, D = config.headInput
+        let P = UnsafePointer(params.ptr)
+        let xIn = take(N * config.inputSize)
+        batch.x.withUnsafeBufferPointer { xIn.update(from: $0.baseAddress!, count: N * config.inputSize) }
+        let head = take(N * D)
+        headIn = head
+        let useDropout = dropout != nil && config.dropout > 0
+        cache = []
+        for (s, stream) in layout.cells.enumerated() {
+            var layers: [LayerCache] = []
+            var input = xIn, inputLd = config.inputSize
+            for (l, cells) in stream.enumerated() {
+                let last = l == config.layers - 1
+                let width = layout.streamWidth
+                // The last layer writes straight into the head's input at this stream's columns.
+                let out = last ? head : take(N * width)
+                let outColumn = last ? s * width : 0
+                let ld = last ? D : width
+                var lc = LayerCache(cells: [], out: out, outColumn: outColumn, ld: ld,
+                                    mask: nil, dropped: nil, input: input, inputLd: inputLd)
+                for cell in cells {
+                    let g = take(N * 4 * H), c = take(N * H), tc = take(N * H)
+                    LSTMLayer.forward(gates: g, c: c, tc: tc, h: out + outColumn + cell.column, ldh: ld,
+                                      x: input, ldx: inputLd, wih: P + cell.wih, whh: P + cell.whh,
+                                      bih: P + cell.bih, bhh: P + cell.bhh, zeros: zeros.ptr,
+                                      batch: batch, inputSize: cell.inputSize, hidden: H, reverse: cell.reverse)
+                    lc.cells.append((g, c, tc))
+                }
+                if !last {
+                    if useDropout, let key = dropout {
+                        let mask = take(N * width), dropped = take(N * width)
+                        Dropout.makeMask(mask: mask, key: key, layer: l, firstDirection: cells[0].reverse ? 1 : 0,
+                                         batch: batch, width: width, hidden: H, p: config.dropout)
+                        Dropout.apply(out: dropped, input: out, mask: mask, count: N * width)
+                        lc.mask = mask
+                        lc.dropped = dropped
+                        input = dropped
+                    } else {
+                        input = out
+                    }
+                    inputLd = width
+                }
+                layers.append(lc)
+            }
+            cache.append(layers)
+        }
+        let lp = take(N * config.classes)
+        logp = lp
+        let r = batch.y.withUnsafeBufferPointer { y in
+            Head.forward(logp: lp, input: head, w: P + layout.headWeight, b: P + layout.headBias, y: y.baseAddress!,
+                         rows: N, inputSize: D, classes: config.classes)
+        }
+        return BatchResult(lossSum: r.lossSum, frames: r.frames)
+    }
+
+    /// Forward and backward: writes the gradient of the summed NLL into `grads`
+    /// (every element is overwritten). `dInput`, when given, receives dLoss/dx `[N, in]` packed.
+    @discardableResult
+    public func forwardBackward(params: FloatBuffer, grads: FloatBuffer, batch: PackedBatch,
+                                dropout: Dropout.Key?, dInput: FloatBuffer? = nil) -> BatchResult {
+        precondition(grads.count == layout.count)
+        let result = forward(params: params, batch: batch, dropout: dropout)
+        let N = batch.rows, H = config.hidden, D = config.headInput
+        let P = UnsafePointer(params.ptr), dP = grads.ptr
+        let dHead = take(N * D)
+        let dlogits = take(N * config.classes)
+        batch.y.withUnsafeBufferPointer { y in
+            Head.backward(dinput: dHead, dw: dP + layout.headWeight, db: dP + layout.headBias, dlogits: dlogits,
+                          logp: logp!, input: headIn!, w: P + layout.headWeight, y: y.baseAddress!,
+                          rows: N, inputSize: D, classes: config.classes)
+        }
+        let dgates = take(N * 4 * H), dc = take(N * H), hprev = take(N * H)
+        let width = layout.streamWidth
+        for (s, stream) in layout.cells.enumerated() {
+            // dOut of the current layer: for the last layer, this stream's columns of dHead.
+            var dOut = dHead, dOutLd = D, dOutColumn = s * width
+            for l in stream.indices.reversed() {
+                let lc = cache[s][l]
+                let cells = stream[l]
+                let inSize = cells[0].inputSize
+                var dIn: FPtr? = nil
+                if l > 0 { dIn = take(N * inSize) } else if let dInput { dIn = s == 0 ? dInput.ptr : take(N * inSize) }
+                for (k, cell) in cells.enumerated() {
+                    let cc = lc.cells[k]
+                    LSTMLayer.backward(dx: dIn, accumulateDx: k > 0,
+                                       dwih: dP + cell.wih, dwhh: dP + cell.whh, dbih: dP + cell.bih, dbhh: dP + cell.bhh,
+                                       dh: dOut + dOutColumn + cell.column, ldh: dOutLd,
+                                       dgates: dgates, dc: dc, hprev: hprev, sink: sink.ptr,
+                                       gates: cc.gates, c: cc.c, tc: cc.tc, h: lc.out + lc.outColumn + cell.column,
+                                       x: lc.input, ldx: lc.inputLd, wih: P + cell.wih, whh: P + cell.whh, zeros: zeros.ptr,
+                                       batch: batch, inputSize: cell.inputSize, hidden: H, reverse: cell.reverse)
+                }
+                if l > 0, let dIn {
+                    // dIn is the gradient w.r.t. the layer below's (dropped) output.
+                    let below = cache[s][l - 1]
+                    if let mask = below.mask { Dropout.apply(out: dIn, input: dIn, mask: mask, count: N * inSize) }
+                    dOut = dIn; dOutLd = inSize; dOutColumn = 0
+                } else if s > 0, let dIn, let dInput {
+                    TreeSum.add(dInput.ptr, dIn, N * inSize)
+                }
+            }
+        }
+        return result
+    }
+}

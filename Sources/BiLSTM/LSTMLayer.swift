@@ -1,0 +1,141 @@
+import Numerics
+
+public typealias FPtr = UnsafeMutablePointer<Float>
+public typealias CFPtr = UnsafePointer<Float>
+
+/// One LSTM direction over a packed batch (PyTorch gate order i, f, g, o).
+///
+/// Forward caches exactly what backward needs: the activated gates, c and tanh(c) per row;
+/// h lives in the layer's output buffer. A reverse cell walks t from T-1 down to 0 and each
+/// row takes its state from the same sequence at t+1, so a sequence starts at its own last
+/// frame with zero state and padding never enters (DESIGN.md §2).
+public enum LSTMLayer {
+    public static func forward(
+        gates: FPtr,            // [N, 4H] out: i, f, g, o after their activations
+        c: FPtr,                // [N, H] out
+        tc: FPtr,               // [N, H] out: tanh(c)
+        h: FPtr, ldh: Int,      // [N, ldh] out: h at this cell's column
+        x: CFPtr, ldx: Int,     // [N, in]
+        wih: CFPtr, whh: CFPtr, // [4H, in], [4H, H]
+        bih: CFPtr, bhh: CFPtr, // [4H], [4H]
+        zeros: CFPtr,           // [H] of zeros: the initial state
+        batch: PackedBatch, inputSize: Int, hidden H: Int, reverse: Bool
+    ) {
+        let N = batch.rows, G = 4 * H
+        for k in 0..<G { gates[k] = bih[k] + bhh[k] }
+        for r in 1..<max(N, 1) { (gates + r * G).update(from: gates, count: G) }
+        // The input projection of all time steps is one GEMM.
+        BLAS.sgemm(transA: false, transB: true, m: N, n: G, k: inputSize,
+                   a: x, lda: ldx, b: wih, ldb: inputSize, beta: 1, c: gates, ldc: G)
+        for s in 0..<batch.steps {
+            let t = reverse ? batch.steps - 1 - s : s
+            let base = batch.offsets[t], rows = batch.batchSizes[t]
+            let prev = batch.predecessors(t, reverse: reverse)
+            BLAS.sgemm(transA: false, transB: true, m: prev.count, n: G, k: H,
+                       a: h + prev.base * ldh, lda: ldh, b: whh, ldb: H,
+                       beta: 1, c: gates + base * G, ldc: G)
+            for j in 0..<rows {
+                let r = base + j
+                let cp = j < prev.count ? CFPtr(c + (prev.base + j) * H) : zeros
+                pointwiseForward(gates + r * G, c + r * H, tc + r * H, h + r * ldh, cp, H)
+            }
+        }
+    }
+
+    @inline(__always)
+    static func pointwiseForward(_ g: FPtr, _ c: FPtr, _ tc: FPtr, _ h: FPtr, _ cp: CFPtr, _ H: Int) {
+        for u in 0..<H {
+            let i = detSigmoid(g[u])
+            let f = detSigmoid(g[H + u])
+            let gg = detTanh(g[2 * H + u])
+            let o = detSigmoid(g[3 * H + u])
+            let cn = f * cp[u] + i * gg
+            let t = detTanh(cn)
+            g[u] = i; g[H + u] = f; g[2 * H + u] = gg; g[3 * H + u] = o
+            c[u] = cn
+            tc[u] = t
+            h[u] = o * t
+        }
+    }
+
+    public static func backward(
+        dx: FPtr?, accumulateDx: Bool, // [N, in] out (or += when accumulating); nil: not needed
+        dwih: FPtr, dwhh: FPtr,        // [4H, in], [4H, H] out
+        dbih: FPtr, dbhh: FPtr,        // [4H], [4H] out
+        dh: FPtr, ldh: Int,            // [N, ldh] in: dLoss/dh from above; used as scratch
+        dgates: FPtr,                  // [N, 4H] scratch
+        dc: FPtr,                      // [N, H] scratch
+        hprev: FPtr,                   // [N, H] scratch
+        sink: FPtr,                    // [H] scratch for rows with no predecessor
+        gates: CFPtr, c: CFPtr, tc: CFPtr, h: CFPtr, // as cached by forward (h at ldh)
+        x: CFPtr, ldx: Int, wih: CFPtr, whh: CFPtr, zeros: CFPtr,
+        batch: PackedBatch, inputSize: Int, hidden H: Int, reverse: Bool
+    ) {
+        let N = batch.rows, G = 4 * H
+        dc.update(repeating: 0, count: N * H)
+        // Walk opposite to the forward: each row's successor is done before the row itself.
+        for s in 0..<batch.steps {
+            let t = reverse ? s : batch.steps - 1 - s
+            let base = batch.offsets[t], rows = batch.batchSizes[t]
+            let prev = batch.predecessors(t, reverse: reverse)
+            for j in 0..<rows {
+                let r = base + j
+                let has = j < prev.count
+                let cp = has ? CFPtr(c + (prev.base + j) * H) : zeros
+                let dcp = has ? dc + (prev.base + j) * H : sink
+                pointwiseBackward(dgates + r * G, dcp, dh + r * ldh, dc + r * H, gates + r * G, tc + r * H, cp, H)
+            }
+            // dh of the predecessors += dgates · W_hh
+            BLAS.sgemm(transA: false, transB: false, m: prev.count, n: H, k: G,
+                       a: dgates + base * G, lda: G, b: whh, ldb: H,
+                       beta: 1, c: dh + prev.base * ldh, ldc: ldh)
+        }
+        // The recurrent input of every row, so dW_hh is one GEMM over all time steps.
+        for t in 0..<batch.steps {
+            let base = batch.offsets[t], rows = batch.batchSizes[t]
+            let prev = batch.predecessors(t, reverse: reverse)
+            for j in 0..<rows {
+                let dst = hprev + (base + j) * H
+                if j < prev.count { dst.update(from: h + (prev.base + j) * ldh, count: H) }
+                else { dst.update(repeating: 0, count: H) }
+            }
+        }
+        BLAS.sgemm(transA: true, transB: false, m: G, n: inputSize, k: N,
+                   a: dgates, lda: G, b: x, ldb: ldx, beta: 0, c: dwih, ldc: inputSize)
+        BLAS.sgemm(transA: true, transB: false, m: G, n: H, k: N,
+                   a: dgates, lda: G, b: hprev, ldb: H, beta: 0, c: dwhh, ldc: H)
+        columnSum(dbih, dgates, rows: N, cols: G)
+        dbhh.update(from: dbih, count: G)
+        if let dx {
+            BLAS.sgemm(transA: false, transB: false, m: N, n: inputSize, k: G,
+                       a: dgates, lda: G, b: wih, ldb: inputSize,
+                       beta: accumulateDx ? 1 : 0, c: dx, ldc: ldx)
+        }
+    }
+
+    @inline(__always)
+    static func pointwiseBackward(_ dg: FPtr, _ dcp: FPtr, _ dh: CFPtr, _ dcIn: CFPtr,
+                                  _ g: CFPtr, _ tc: CFPtr, _ cp: CFPtr, _ H: Int) {
+        for u in 0..<H {
+            let i = g[u], f = g[H + u], gg = g[2 * H + u], o = g[3 * H + u]
+            let t = tc[u]
+            let dhv = dh[u]
+            let dcv = dcIn[u] + dhv * o * (1 - t * t)
+            dg[u] = dcv * gg * (i * (1 - i))
+            dg[H + u] = dcv * cp[u] * (f * (1 - f))
+            dg[2 * H + u] = dcv * i * (1 - gg * gg)
+            dg[3 * H + u] = dhv * t * (o * (1 - o))
+            dcp[u] += dcv * f
+        }
+    }
+}
+
+/// out[k] = sum over rows of m[r, k], rows in order (a fixed order: deterministic).
+@inline(__always)
+public func columnSum(_ out: FPtr, _ m: CFPtr, rows: Int, cols: Int) {
+    out.update(repeating: 0, count: cols)
+    for r in 0..<rows {
+        let row = m + r * cols
+        for k in 0..<cols { out[k] += row[k] }
+    }
+}

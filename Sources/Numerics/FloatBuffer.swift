@@ -1,0 +1,50 @@
+/// A fixed-size, zero-initialised, heap-allocated `Float` array with a stable address.
+///
+/// The engine passes raw pointers into BLAS and fused loops; a class with one allocation
+/// avoids copy-on-write and exclusivity checks on the hot path.
+public final class FloatBuffer: @unchecked Sendable {
+    public let count: Int
+    public let ptr: UnsafeMutablePointer<Float>
+
+    public init(count: Int) {
+        precondition(count >= 0)
+        self.count = count
+        ptr = .allocate(capacity: max(count, 1))
+        ptr.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    public convenience init(_ values: [Float]) {
+        self.init(count: values.count)
+        values.withUnsafeBufferPointer { ptr.update(from: $0.baseAddress!, count: values.count) }
+    }
+
+    deinit { ptr.deallocate() }
+
+    public subscript(i: Int) -> Float {
+        get { ptr[i] }
+        set { ptr[i] = newValue }
+    }
+
+    public var array: [Float] { Array(UnsafeBufferPointer(start: ptr, count: count)) }
+
+    public func zero() { ptr.update(repeating: 0, count: count) }
+
+    public func copy(from other: FloatBuffer) {
+        precondition(other.count == count, "buffer sizes differ: \(other.count) vs \(count)")
+        ptr.update(from: other.ptr, count: count)
+    }
+
+    public func clone() -> FloatBuffer {
+        let b = FloatBuffer(count: count)
+        b.copy(from: self)
+        return b
+    }
+
+    /// The little-endian bytes of the buffer (every supported host is little-endian).
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: ptr, count: count * 4) }
+
+    public var allFinite: Bool {
+        for i in 0..<count where !ptr[i].isFinite { return false }
+        return true
+    }
+}

@@ -1,0 +1,188 @@
+import BiLSTM
+import Foundation
+import Numerics
+
+/// Labelled sequences, all with the same input width and class count.
+public struct Dataset: Sendable {
+    public let examples: [Example]
+    public let inputSize: Int
+    public let classes: Int
+    /// SHA-256 of the content (shape, lengths, x and y): resume refuses different data.
+    public let hash: String
+    public let source: String
+
+    public init(examples: [Example], inputSize: Int, classes: Int, source: String) {
+        self.examples = examples
+        self.inputSize = inputSize
+        self.classes = classes
+        self.source = source
+        var h = SHA256()
+        h.update(Array("\(examples.count) \(inputSize) \(classes)".utf8))
+        for e in examples {
+            e.x.withUnsafeBytes { h.update($0) }
+            e.y.withUnsafeBytes { h.update($0) }
+        }
+        hash = h.finalize().hexString
+    }
+
+    public var frames: Int { examples.reduce(0) { $0 + $1.length } }
+
+    /// Reads `x` float32 `[N, Lmax, d_in]`, `lengths` int `[N]`, `y` int `[N, Lmax]` (-1 padding)
+    /// from an `.npz` written by `np.savez` or `np.savez_compressed`, refusing anything malformed
+    /// with the file, array and fix named.
+    public static func load(npz path: String, classes: Int? = nil) throws -> Dataset {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw LockstepError("\(path): cannot read the data file (missing or unreadable)",
+                                hint: "pass an existing .npz with --data, or omit --data to use the built-in synthetic task")
+        }
+        let zip = try ZipArchive(data: [UInt8](data), path: path)
+        func array(_ name: String) throws -> NPYArray {
+            guard let e = zip.entries.first(where: { $0.name == name + ".npy" }) else {
+                let have = zip.entries.map { $0.name.replacingOccurrences(of: ".npy", with: "") }
+                throw LockstepError("\(path): array '\(name)' is missing (the file has: \(have.joined(separator: ", ")))",
+                                    hint: "save it as numpy.savez(path, x=x, lengths=lengths, y=y)")
+            }
+            return try NPYArray.parse(try zip.read(e), file: path, array: name)
+        }
+        let xa = try array("x"), la = try array("lengths"), ya = try array("y")
+        guard xa.shape.count == 3 else {
+            throw LockstepError("\(path): array 'x' has shape \(xa.shape); it must be [N, Lmax, d_in]",
+                                hint: "pad sequences to x of shape (N, Lmax, d_in)")
+        }
+        let (n, lmax, dIn) = (xa.shape[0], xa.shape[1], xa.shape[2])
+        guard n >= 1, lmax >= 1, dIn >= 1 else {
+            throw LockstepError("\(path): array 'x' has shape \(xa.shape); every dimension must be at least 1")
+        }
+        guard la.shape == [n] else {
+            throw LockstepError("\(path): array 'lengths' has shape \(la.shape); it must be [N] = [\(n)] to match x",
+                                hint: "lengths[i] is the number of valid frames of sequence i")
+        }
+        guard ya.shape == [n, lmax] else {
+            throw LockstepError("\(path): array 'y' has shape \(ya.shape); it must be [N, Lmax] = [\(n), \(lmax)] to match x",
+                                hint: "y[i, t] is the class of frame t of sequence i, -1 on padding")
+        }
+        let x = try xa.floats(file: path, array: "x")
+        let lengths = try la.ints(file: path, array: "lengths")
+        let y = try ya.ints(file: path, array: "y")
+        var maxLabel = -1
+        for i in 0..<n {
+            let len = lengths[i]
+            guard len >= 1 && len <= lmax else {
+                throw LockstepError("\(path): array 'lengths': sequence \(i) has length \(len); lengths must be in 1...\(lmax) (Lmax of x)",
+                                    hint: "drop empty sequences and make x wide enough for the longest")
+            }
+            for t in 0..<len {
+                let v = y[i * lmax + t]
+                if v < -1 || (classes.map { v >= $0 } ?? false) {
+                    let range = classes.map { "-1...\($0 - 1)" } ?? "-1 or more"
+                    throw LockstepError("\(path): array 'y': sequence \(i), frame \(t) has label \(v); labels on valid frames must be in \(range)",
+                                        hint: classes == nil ? "use -1 only for ignored frames" : "raise --classes or fix the labels")
+                }
+                maxLabel = max(maxLabel, v)
+                for k in 0..<dIn where !x[(i * lmax + t) * dIn + k].isFinite {
+                    throw LockstepError("\(path): array 'x': sequence \(i), frame \(t), feature \(k) is \(x[(i * lmax + t) * dIn + k]); inputs must be finite",
+                                        hint: "clean or impute non-finite values before saving")
+                }
+            }
+        }
+        let C = classes ?? (maxLabel + 1)
+        guard C >= 2 else {
+            throw LockstepError("\(path): array 'y' has no label above \(maxLabel), so fewer than 2 classes",
+                                hint: "pass --classes N, or check the labels")
+        }
+        var examples: [Example] = []
+        examples.reserveCapacity(n)
+        for i in 0..<n {
+            let len = lengths[i]
+            let xs = Array(x[(i * lmax * dIn)..<((i * lmax + len) * dIn)])
+            let ys = (0..<len).map { Int32(y[i * lmax + $0]) }
+            examples.append(Example(id: i, x: xs, y: ys))
+        }
+        return Dataset(examples: examples, inputSize: dIn, classes: C, source: path)
+    }
+
+    /// The dataset as `.npz` bytes in the seed convention (stored, uncompressed).
+    public func npzBytes() -> [UInt8] {
+        let n = examples.count
+        let lmax = examples.map(\.length).max() ?? 1
+        var x = [Float](repeating: 0, count: n * lmax * inputSize)
+        var y = [Int64](repeating: -1, count: n * lmax)
+        for (i, e) in examples.enumerated() {
+            for k in 0..<e.x.count { x[i * lmax * inputSize + k] = e.x[k] }
+            for t in 0..<e.length { y[i * lmax + t] = Int64(e.y[t]) }
+        }
+        let lengths = examples.map { Int64($0.length) }
+        func bytes<T>(_ a: [T]) -> [UInt8] { a.withUnsafeBytes { Array($0) } }
+        return ZipArchive.write([
+            ("x.npy", NPYArray.encode(descr: "<f4", shape: [n, lmax, inputSize], data: bytes(x))),
+            ("lengths.npy", NPYArray.encode(descr: "<i8", shape: [n], data: bytes(lengths))),
+            ("y.npy", NPYArray.encode(descr: "<i8", shape: [n, lmax], data: bytes(y))),
+        ])
+    }
+}
+
+/// The built-in task: frame t carries a noisy one-hot token z_t; its label is
+/// `(z_{t-1} + 2·z_{t+1}) mod C` (zero past either end), so it needs both past and future
+/// context — a BiLSTM can learn it, a forward-only LSTM cannot see z_{t+1}.
+public struct SyntheticTask: Equatable, Codable, Sendable {
+    public var sequences: Int
+    public var inputSize: Int
+    public var classes: Int
+    public var minLength: Int
+    public var maxLength: Int
+    public var noise: Float
+
+    public init(sequences: Int = 2048, inputSize: Int = 16, classes: Int = 8,
+                minLength: Int = 20, maxLength: Int = 100, noise: Float = 0.3) {
+        self.sequences = sequences
+        self.inputSize = inputSize
+        self.classes = classes
+        self.minLength = minLength
+        self.maxLength = maxLength
+        self.noise = noise
+    }
+
+    public func problems() -> [String] {
+        var p: [String] = []
+        if sequences < 1 { p.append("synthetic sequences must be at least 1") }
+        if classes < 2 { p.append("synthetic classes must be at least 2") }
+        if inputSize < classes { p.append("synthetic input size (\(inputSize)) must be at least the class count (\(classes)): tokens are one-hot") }
+        if minLength < 1 || maxLength < minLength { p.append("synthetic lengths need 1 <= min-length <= max-length (got \(minLength)...\(maxLength))") }
+        return p
+    }
+
+    /// Sequence ids `firstId ..< firstId + count`, each a pure function of (seed, id).
+    public func generate(seed: UInt64, firstId: Int = 0, count: Int? = nil) -> Dataset {
+        let n = count ?? sequences
+        var examples: [Example] = []
+        examples.reserveCapacity(n)
+        for id in firstId..<(firstId + n) {
+            let rl = Philox.block(key: seed, counter: SIMD4(RandomPurpose.syntheticData.rawValue, UInt32(id), 0xFFFF_FFFF, 0))
+            let len = minLength + Int(rl[0] % UInt32(maxLength - minLength + 1))
+            var z = [Int](repeating: 0, count: len)
+            var x = [Float](repeating: 0, count: len * inputSize)
+            for t in 0..<len {
+                var word = 0
+                var r = SIMD4<UInt32>()
+                for k in 0..<(inputSize + 1) {
+                    if word % 4 == 0 {
+                        r = Philox.block(key: seed, counter: SIMD4(RandomPurpose.syntheticData.rawValue, UInt32(id), UInt32(t), UInt32(word / 4)))
+                    }
+                    let u = r[word % 4]
+                    word += 1
+                    if k == inputSize { z[t] = Int(u % UInt32(classes)) } else {
+                        x[t * inputSize + k] = (2 * Philox.unit(u) - 1) * noise
+                    }
+                }
+                x[t * inputSize + z[t]] += 1
+            }
+            let y = (0..<len).map { t -> Int32 in
+                let past = t > 0 ? z[t - 1] : 0
+                let future = t + 1 < len ? z[t + 1] : 0
+                return Int32((past + 2 * future) % classes)
+            }
+            examples.append(Example(id: id, x: x, y: y))
+        }
+        return Dataset(examples: examples, inputSize: inputSize, classes: classes, source: "synthetic")
+    }
+}

@@ -1,0 +1,131 @@
+import Foundation
+
+/// One array from a `.npy` member: its dtype string, shape, and raw little-endian bytes.
+public struct NPYArray {
+    public let descr: String
+    public let shape: [Int]
+    public let data: ArraySlice<UInt8>
+
+    public var count: Int { shape.reduce(1, *) }
+
+    /// Parses NPY format versions 1–3 (numpy's `format.py`): magic, header dict, data.
+    public static func parse(_ b: [UInt8], file: String, array: String) throws -> NPYArray {
+        func bad(_ why: String) -> LockstepError {
+            LockstepError("\(file): array '\(array)' is not a valid .npy member: \(why)",
+                          hint: "save arrays with numpy.savez(path, x=x, lengths=lengths, y=y)")
+        }
+        guard b.count >= 10, b[0] == 0x93, Array(b[1...5]) == Array("NUMPY".utf8) else { throw bad("missing NUMPY magic") }
+        let major = b[6]
+        let headerLen: Int, start: Int
+        switch major {
+        case 1: headerLen = Int(b[8]) | Int(b[9]) << 8; start = 10
+        case 2, 3:
+            guard b.count >= 12 else { throw bad("truncated header") }
+            headerLen = Int(b[8]) | Int(b[9]) << 8 | Int(b[10]) << 16 | Int(b[11]) << 24; start = 12
+        default: throw bad("unsupported format version \(major)")
+        }
+        guard start + headerLen <= b.count else { throw bad("truncated header") }
+        let header = String(decoding: b[start..<(start + headerLen)], as: UTF8.self)
+        guard let descr = field(header, "descr").flatMap(quoted) else { throw bad("header has no 'descr'") }
+        guard let fortran = field(header, "fortran_order") else { throw bad("header has no 'fortran_order'") }
+        guard let shapeText = field(header, "shape") else { throw bad("header has no 'shape'") }
+        var shape: [Int] = []
+        let inner = shapeText.trimmingCharacters(in: CharacterSet(charactersIn: "() "))
+        for part in inner.split(separator: ",") {
+            let s = part.trimmingCharacters(in: .whitespaces)
+            if s.isEmpty { continue }
+            guard let v = Int(s), v >= 0 else { throw bad("bad shape \(shapeText)") }
+            shape.append(v)
+        }
+        if fortran.hasPrefix("True") {
+            throw LockstepError("\(file): array '\(array)' is stored in Fortran order",
+                                hint: "save numpy.ascontiguousarray(\(array)) instead")
+        }
+        guard let item = itemSize(descr) else {
+            throw LockstepError("\(file): array '\(array)' has dtype \(descr), which Lockstep does not read",
+                                hint: "use little-endian float32 for x and integers for lengths and y")
+        }
+        // Refuse impossible declared shapes before computing anything from them.
+        var n = 1
+        for d in shape {
+            let (m, overflow) = n.multipliedReportingOverflow(by: d)
+            guard !overflow, m <= 1 << 40 else { throw bad("declared shape \(shape) is absurdly large") }
+            n = m
+        }
+        let need = n * item
+        guard b.count - start - headerLen >= need else {
+            throw bad("declared shape \(shape) needs \(need) bytes of data but the member has \(b.count - start - headerLen) (truncated?)")
+        }
+        return NPYArray(descr: descr, shape: shape, data: b[(start + headerLen)..<(start + headerLen + need)])
+    }
+
+    private static func field(_ header: String, _ key: String) -> String? {
+        guard let r = header.range(of: "'\(key)':") else { return nil }
+        let rest = header[r.upperBound...].drop(while: { $0 == " " })
+        if rest.first == "(" {
+            guard let close = rest.firstIndex(of: ")") else { return nil }
+            return String(rest[...close])
+        }
+        let end = rest.firstIndex(where: { $0 == "," || $0 == "}" }) ?? rest.endIndex
+        return String(rest[..<end]).trimmingCharacters(in: .whitespaces)
+    }
+
+    private static func quoted(_ s: String) -> String? {
+        let t = s.trimmingCharacters(in: CharacterSet(charactersIn: "'\" "))
+        return t.isEmpty ? nil : t
+    }
+
+    static func itemSize(_ descr: String) -> Int? {
+        switch descr {
+        case "<f4", "<i4", "<u4": return 4
+        case "<f8", "<i8", "<u8": return 8
+        case "<i2", "<u2": return 2
+        case "|i1", "|u1", "|b1": return 1
+        default: return nil
+        }
+    }
+
+    /// The values as Float, only for float32 (x must be float32: the math is float32).
+    public func floats(file: String, array: String) throws -> [Float] {
+        guard descr == "<f4" else {
+            throw LockstepError("\(file): array '\(array)' has dtype \(descr); Lockstep needs float32 (<f4)",
+                                hint: "save \(array).astype(numpy.float32)")
+        }
+        var out = [Float](repeating: 0, count: count)
+        out.withUnsafeMutableBytes { dst in data.withUnsafeBytes { dst.copyMemory(from: $0) } }
+        return out
+    }
+
+    /// The values as Int, for any integer dtype.
+    public func ints(file: String, array: String) throws -> [Int] {
+        let raw = Array(data)
+        func le(_ o: Int, _ n: Int) -> UInt64 {
+            var v: UInt64 = 0
+            for k in 0..<n { v |= UInt64(raw[o + k]) << (8 * UInt64(k)) }
+            return v
+        }
+        switch descr {
+        case "<i8": return (0..<count).map { Int(Int64(bitPattern: le($0 * 8, 8))) }
+        case "<i4": return (0..<count).map { Int(Int32(truncatingIfNeeded: le($0 * 4, 4))) }
+        case "<i2": return (0..<count).map { Int(Int16(truncatingIfNeeded: le($0 * 2, 2))) }
+        case "|i1": return (0..<count).map { Int(Int8(truncatingIfNeeded: le($0, 1))) }
+        case "<u4": return (0..<count).map { Int(le($0 * 4, 4)) }
+        case "<u2": return (0..<count).map { Int(le($0 * 2, 2)) }
+        case "|u1": return (0..<count).map { Int(raw[$0]) }
+        case "<u8": return (0..<count).map { Int(clamping: le($0 * 8, 8)) }
+        default:
+            throw LockstepError("\(file): array '\(array)' has dtype \(descr); it must hold integers",
+                                hint: "save \(array).astype(numpy.int64)")
+        }
+    }
+
+    /// A version-1 `.npy` member (C order).
+    public static func encode(descr: String, shape: [Int], data: [UInt8]) -> [UInt8] {
+        let dims = shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? "," : "")
+        var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': (\(dims)), }"
+        while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
+        header += "\n"
+        let len = header.utf8.count
+        return [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(len & 0xff), UInt8(len >> 8)] + Array(header.utf8) + data
+    }
+}

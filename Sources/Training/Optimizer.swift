@@ -1,0 +1,87 @@
+import BiLSTM
+import Numerics
+
+public enum OptimizerKind: String, Codable, Sendable, CaseIterable { case sgd, adam }
+
+public struct OptimizerConfig: Equatable, Codable, Sendable {
+    public var kind: OptimizerKind = .adam
+    public var lr: Float = 0.01
+    public var momentum: Float = 0.9
+    public var weightDecay: Float = 0
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.999
+    public var eps: Float = 1e-8
+    public init() {}
+}
+
+/// SGD (momentum, weight decay) and Adam with `torch.optim` semantics, over the flat buffer in
+/// index order. State is one or two buffers in the parameter layout, and the step count.
+public final class Optimizer {
+    public let config: OptimizerConfig
+    public let state: [FloatBuffer]   // SGD: [momentum]; Adam: [exp_avg, exp_avg_sq]
+    public var steps: Int = 0
+
+    public init(_ config: OptimizerConfig, count: Int) {
+        self.config = config
+        state = (0..<(config.kind == .adam ? 2 : 1)).map { _ in FloatBuffer(count: count) }
+    }
+
+    /// Names of the state buffers in checkpoints (`optimizer.<name>.<tensor>`).
+    public var stateNames: [String] { config.kind == .adam ? ["exp_avg", "exp_avg_sq"] : ["momentum_buffer"] }
+
+    public func step(params: FloatBuffer, grads: FloatBuffer) {
+        let n = params.count, p = params.ptr, g = grads.ptr
+        let c = config
+        steps += 1
+        switch c.kind {
+        case .sgd:
+            let buf = state[0].ptr
+            let first = steps == 1
+            for i in 0..<n {
+                var d = g[i]
+                if c.weightDecay != 0 { d = d + c.weightDecay * p[i] }
+                if c.momentum != 0 {
+                    buf[i] = first ? d : c.momentum * buf[i] + d
+                    d = buf[i]
+                }
+                p[i] = p[i] + (-c.lr) * d
+            }
+        case .adam:
+            let m = state[0].ptr, v = state[1].ptr
+            // beta^t by repeated multiplication: no libm pow, same bits on every host.
+            var b1t = 1.0, b2t = 1.0
+            for _ in 0..<steps { b1t *= Double(c.beta1); b2t *= Double(c.beta2) }
+            let stepSize = Float(Double(c.lr) / (1 - b1t))
+            let bc2Sqrt = Float((1 - b2t).squareRoot())
+            let w1 = 1 - c.beta1, w2 = 1 - c.beta2
+            for i in 0..<n {
+                var d = g[i]
+                if c.weightDecay != 0 { d = d + c.weightDecay * p[i] }
+                m[i] = m[i] + w1 * (d - m[i])
+                v[i] = v[i] * c.beta2 + w2 * (d * d)
+                let denom = v[i].squareRoot() / bc2Sqrt + c.eps
+                p[i] = p[i] + (-stepSize) * (m[i] / denom)
+            }
+        }
+    }
+}
+
+public enum Clip {
+    /// The L2 norm of the whole buffer, summed in index order in Double.
+    public static func norm(_ g: FloatBuffer) -> Float {
+        var s = 0.0
+        for i in 0..<g.count { let v = Double(g.ptr[i]); s += v * v }
+        return Float(s.squareRoot())
+    }
+
+    /// `torch.nn.utils.clip_grad_norm_`: scale by `maxNorm / (norm + 1e-6)` when that is below 1.
+    /// Returns the norm before clipping and whether it clipped.
+    @discardableResult
+    public static func clip(_ g: FloatBuffer, maxNorm: Float) -> (norm: Float, clipped: Bool) {
+        let total = norm(g)
+        let coef = maxNorm / (total + 1e-6)
+        guard maxNorm > 0, coef < 1 else { return (total, false) }
+        for i in 0..<g.count { g.ptr[i] *= coef }
+        return (total, true)
+    }
+}

@@ -1,0 +1,172 @@
+import BiLSTM
+import Foundation
+import Numerics
+
+/// What one worker (or the local trainer) computes for one shard: the gradient of the summed
+/// NLL, its loss sum and frame count. A pure function of (weights, shard, step, seed).
+public final class ShardComputer {
+    public let engine: Engine
+    public let seed: UInt64
+
+    public init(model: ModelConfig, seed: UInt64) {
+        engine = Engine(model)
+        self.seed = seed
+    }
+
+    public func compute(params: FloatBuffer, examples: [Example], step: Int, into grads: FloatBuffer) -> BatchResult {
+        let batch = PackedBatch(examples, inputSize: engine.config.inputSize)
+        let key = engine.config.dropout > 0 ? Dropout.Key(seed: seed, step: step) : nil
+        return engine.forwardBackward(params: params, grads: grads, batch: batch, dropout: key)
+    }
+}
+
+/// One optimizer step's outcome, as logged to metrics.jsonl.
+public struct StepReport: Sendable {
+    public var step: Int          // 1-based: the number of steps done after this one
+    public var epoch: Int
+    public var loss: Double
+    public var frames: Int
+    public var gradNorm: Float
+    public var clipped: Bool
+    public var seconds: Double
+    public var workersAlive: Int = 0
+    public var reissued: Int = 0
+
+    public var json: String {
+        let fps = seconds > 0 ? Double(frames) / seconds : 0
+        return "{\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(loss),\"frames\":\(frames),\"frames_per_s\":\(Int(fps)),"
+            + "\"grad_norm\":\(gradNorm),\"clipped\":\(clipped),\"workers_alive\":\(workersAlive),\"shards_reissued\":\(reissued)}"
+    }
+}
+
+/// The coordinator's training state: weights, optimizer, step, and the batch schedule.
+/// `coord start --local` drives it alone; the cluster coordinator feeds it shard results.
+public final class Trainer {
+    public let run: RunConfig
+    public let data: Dataset
+    public let model: ModelConfig
+    public let layout: ParameterLayout
+    public let schedule: Schedule
+    public let params: FloatBuffer
+    public let optimizer: Optimizer
+    public private(set) var step: Int
+    public let totalSteps: Int
+    private var epochCache: (epoch: Int, batches: [[Int]])? = nil
+
+    public init(run: RunConfig, data: Dataset, resumeFrom checkpoint: Checkpoint? = nil) throws {
+        self.run = run
+        self.data = data
+        model = run.model(for: data)
+        let modelProblems = model.problems()
+        if !modelProblems.isEmpty { throw LockstepError("bad model: " + modelProblems.joined(separator: "; ")) }
+        layout = ParameterLayout(model)
+        schedule = Schedule(lengths: data.examples.map(\.length), batchSize: run.batchSize, shardSize: run.shardSize, seed: run.seed)
+        totalSteps = run.totalSteps(batchesPerEpoch: schedule.batchesPerEpoch)
+        optimizer = Optimizer(run.optimizer, count: layout.count)
+        if let ck = checkpoint {
+            if let h = ck.metadata["config_hash"], h != run.hash {
+                throw LockstepError("cannot resume: the checkpoint was written with a different config (\(ck.metadata["config"] ?? "?"))",
+                                    hint: "resume with the same options as the original run, or start a new run in another --checkpoint-dir")
+            }
+            if let h = ck.metadata["data_hash"], h != data.hash {
+                throw LockstepError("cannot resume: the checkpoint was trained on different data (\(ck.metadata["data_source"] ?? "?"))",
+                                    hint: "resume with the same --data (and --seed for synthetic data)")
+            }
+            guard ck.model == model, ck.optimizerKind == run.optimizer.kind, ck.optimizerState.count == optimizer.state.count else {
+                throw LockstepError("cannot resume: the checkpoint's model or optimizer differs from this run's", hint: "use the original options")
+            }
+            params = ck.params
+            for (dst, src) in zip(optimizer.state, ck.optimizerState) { dst.copy(from: src) }
+            optimizer.steps = Int(ck.metadata["optimizer_steps"] ?? "") ?? ck.step
+            step = ck.step
+        } else {
+            params = layout.initialParameters(seed: run.seed)
+            step = 0
+        }
+    }
+
+    public var done: Bool { step >= totalSteps }
+
+    /// Dataset indices of each shard of the batch for `step` (0-based).
+    public func shards(forStep step: Int) -> [[Int]] {
+        let (epoch, index) = schedule.position(step: step)
+        if epochCache?.epoch != epoch { epochCache = (epoch, schedule.batches(epoch: epoch)) }
+        return schedule.shards(of: epochCache!.batches[index])
+    }
+
+    /// Adds shard results in the fixed tree, averages, clips, steps. `parts[k]` is shard k's.
+    public func apply(parts: [(grad: FloatBuffer, result: BatchResult)], seconds: Double) -> StepReport {
+        let sum = TreeSum.reduce(parts.map(\.grad))
+        let lossSum = TreeSum.reduce(parts.map(\.result.lossSum))
+        let frames = parts.reduce(0) { $0 + $1.result.frames }
+        let denom = Float(max(frames, 1))
+        for i in 0..<sum.count { sum.ptr[i] = sum.ptr[i] / denom }
+        let (norm, clipped) = Clip.clip(sum, maxNorm: run.maxNorm)
+        optimizer.step(params: params, grads: sum)
+        let epoch = schedule.position(step: step).epoch
+        step += 1
+        return StepReport(step: step, epoch: epoch, loss: lossSum / Double(max(frames, 1)), frames: frames,
+                          gradNorm: norm, clipped: clipped, seconds: seconds)
+    }
+
+    public var weightsHash: String { SHA256.hex(params.bytes) }
+
+    public var checkpointPath: String { (run.checkpointDir as NSString).appendingPathComponent("checkpoint.safetensors") }
+
+    public func saveCheckpoint() throws {
+        try FileManager.default.createDirectory(atPath: run.checkpointDir, withIntermediateDirectories: true)
+        let configJSON = String(decoding: try JSONEncoder.sorted.encode(run), as: UTF8.self)
+        try Checkpoint.save(path: checkpointPath, layout: layout, params: params, optimizer: optimizer, step: step,
+                            metadata: ["config_hash": run.hash, "data_hash": data.hash, "data_source": data.source,
+                                       "config": configJSON, "total_steps": String(totalSteps)])
+    }
+
+    /// Frame accuracy (argmax) over a dataset, evaluated without dropout.
+    public func accuracy(on set: Dataset) -> Double {
+        let engine = Engine(model)
+        var correct = 0, total = 0
+        var i = 0
+        let sorted = set.examples.sorted { $0.length > $1.length }
+        while i < sorted.count {
+            let chunk = Array(sorted[i..<min(i + 64, sorted.count)])
+            let batch = PackedBatch(chunk, inputSize: model.inputSize)
+            engine.forward(params: params, batch: batch, dropout: nil)
+            let lp = engine.logp!
+            let C = model.classes
+            for r in 0..<batch.rows where batch.y[r] >= 0 {
+                var best = 0
+                for k in 1..<C where lp[r * C + k] > lp[r * C + best] { best = k }
+                if best == Int(batch.y[r]) { correct += 1 }
+                total += 1
+            }
+            i += 64
+        }
+        return total > 0 ? Double(correct) / Double(total) : 0
+    }
+}
+
+/// Appends one JSON line per step to `metrics.jsonl`; on resume, drops lines past the resumed step.
+public final class MetricsLog {
+    private let handle: FileHandle?
+    public let path: String
+
+    public init(directory: String, resumeStep: Int?) {
+        path = (directory as NSString).appendingPathComponent("metrics.jsonl")
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var keep = ""
+        if let resumeStep, let old = try? String(contentsOfFile: path, encoding: .utf8) {
+            for line in old.split(separator: "\n") {
+                if let r = line.range(of: "\"step\":"), let n = Int(line[r.upperBound...].prefix(while: \.isNumber)), n <= resumeStep {
+                    keep += line + "\n"
+                }
+            }
+        }
+        FileManager.default.createFile(atPath: path, contents: Data(keep.utf8))
+        handle = FileHandle(forWritingAtPath: path)
+        handle?.seekToEndOfFile()
+    }
+
+    public func write(_ report: StepReport) {
+        handle?.write(Data((report.json + "\n").utf8))
+    }
+}

@@ -1,0 +1,22 @@
+import ArgumentParser
+import Foundation
+import Training
+
+@main
+struct Coord: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coord",
+        abstract: "Lockstep coordinator: trains a BiLSTM sequence labeller with bit-reproducible results.",
+        discussion: """
+        The final weights' SHA-256 depends only on the config and the data: not on the number of
+        workers, on crashes, or on stop-and-resume. `coord start --local` is the single-process
+        reference every cluster run reproduces.
+        """,
+        subcommands: [Start.self, Grad.self])
+}
+
+/// Prints a user-facing error and exits 1 (argument errors go through ArgumentParser: exit 64).
+func fail(_ error: Error) -> Never {
+    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    Foundation.exit(1)
+}

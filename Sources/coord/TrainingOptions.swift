@@ -1,0 +1,161 @@
+import ArgumentParser
+import BiLSTM
+import Foundation
+import TOMLKit
+import Training
+
+/// The options of a training run. A TOML file (`--config`) gives the same keys in kebab-case
+/// (plus a `[synthetic]` table); the command line overrides it.
+struct TrainingOptions: ParsableArguments {
+    @Option(help: "TOML file with any of these options as keys (kebab-case); command-line options override it.")
+    var config: String?
+    @Option(help: "Training data: .npz with x float32 [N, Lmax, d_in], lengths int [N], y int [N, Lmax] (-1 on padding). Default: the built-in synthetic task.")
+    var data: String?
+    @Option(help: "Number of classes (default: the largest label in the data + 1).")
+    var classes: Int?
+    @Option(help: "Synthetic task: number of training sequences (default 2048).")
+    var syntheticSequences: Int?
+    @Option(help: "Synthetic task: input features per frame, d_in (default 16).")
+    var syntheticInput: Int?
+    @Option(help: "Synthetic task: number of classes (default 8).")
+    var syntheticClasses: Int?
+    @Option(help: "Synthetic task: shortest sequence (default 20).")
+    var minLength: Int?
+    @Option(help: "Synthetic task: longest sequence (default 100).")
+    var maxLength: Int?
+    @Option(help: "Training steps (optimizer updates). Default 300 unless --epochs is given.")
+    var steps: Int?
+    @Option(help: "Training epochs (passes over the data); an alternative to --steps.")
+    var epochs: Int?
+    @Option(help: "Sequences per global batch (default 32).")
+    var batchSize: Int?
+    @Option(help: "Sequences per shard, the fixed unit of work sent to a worker (default 8). Part of the math: changing it changes the result.")
+    var shardSize: Int?
+    @Option(help: "LSTM hidden size H per direction (default 64).")
+    var hidden: Int?
+    @Option(help: "Number of stacked LSTM layers (default 2).")
+    var layers: Int?
+    @Option(help: "stacked: nn.LSTM(bidirectional=True); split: two independent stacks, one over reversed input (default stacked).")
+    var arch: Arch?
+    @Flag(help: "A forward-only LSTM instead of a BiLSTM.")
+    var unidirectional = false
+    @Option(help: "Dropout probability on every layer's output but the last, training only (default 0.1).")
+    var dropout: Float?
+    @Option(help: "sgd (momentum, weight decay) or adam (default adam).")
+    var optimizer: OptimizerKind?
+    @Option(help: "Learning rate (default 0.01).")
+    var lr: Float?
+    @Option(help: "SGD momentum (default 0.9).")
+    var momentum: Float?
+    @Option(help: "L2 weight decay added to the gradient, as torch.optim does (default 0).")
+    var weightDecay: Float?
+    @Option(help: "Clip the global gradient L2 norm to this, like clip_grad_norm_; 0 turns clipping off (default 1.0).")
+    var maxNorm: Float?
+    @Option(help: "Seed of every random number: init, shuffle, dropout, synthetic data (default 1).")
+    var seed: UInt64?
+    @Option(help: "Directory for checkpoint.safetensors and metrics.jsonl (default runs/lockstep).")
+    var checkpointDir: String?
+    @Option(help: "Write a checkpoint every N steps (and always at the end); 0: only at the end (default 50).")
+    var checkpointEvery: Int?
+
+    /// Defaults, then the TOML file, then the command line.
+    func runConfig() throws -> RunConfig {
+        var c = RunConfig()
+        if let config { try TOMLConfig.apply(path: config, to: &c) }
+        if let data { c.data = data }
+        if let classes { c.classes = classes }
+        if let v = syntheticSequences { c.synthetic.sequences = v }
+        if let v = syntheticInput { c.synthetic.inputSize = v }
+        if let v = syntheticClasses { c.synthetic.classes = v }
+        if let v = minLength { c.synthetic.minLength = v }
+        if let v = maxLength { c.synthetic.maxLength = v }
+        if let steps { c.steps = steps; c.epochs = nil }
+        if let epochs { c.epochs = epochs; c.steps = nil }
+        if let v = batchSize { c.batchSize = v }
+        if let v = shardSize { c.shardSize = v }
+        if let v = hidden { c.hidden = v }
+        if let v = layers { c.layers = v }
+        if let v = arch { c.arch = v }
+        if unidirectional { c.bidirectional = false }
+        if let v = dropout { c.dropout = v }
+        if let v = optimizer { c.optimizer.kind = v }
+        if let v = lr { c.optimizer.lr = v }
+        if let v = momentum { c.optimizer.momentum = v }
+        if let v = weightDecay { c.optimizer.weightDecay = v }
+        if let v = maxNorm { c.maxNorm = v }
+        if let v = seed { c.seed = v }
+        if let v = checkpointDir { c.checkpointDir = v }
+        if let v = checkpointEvery { c.checkpointEvery = v }
+        return c
+    }
+}
+
+extension Arch: ExpressibleByArgument {}
+extension OptimizerKind: ExpressibleByArgument {}
+
+enum TOMLConfig {
+    static func apply(path: String, to c: inout RunConfig) throws {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw LockstepError("\(path): cannot read the config file", hint: "check the path given to --config")
+        }
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch let e as TOMLParseError {
+            throw LockstepError("\(path): line \(e.source.begin.line): \(e.description)", hint: "fix the TOML syntax")
+        }
+        func bad(_ key: String, _ want: String) -> LockstepError {
+            LockstepError("\(path): key '\(key)' must be \(want)", hint: "see `coord start --help` for every key")
+        }
+        func int(_ k: String, _ v: TOMLValueConvertible) throws -> Int { guard let i = v.int else { throw bad(k, "an integer") }; return i }
+        func float(_ k: String, _ v: TOMLValueConvertible) throws -> Float {
+            if let d = v.double { return Float(d) }
+            if let i = v.int { return Float(i) }
+            throw bad(k, "a number")
+        }
+        func str(_ k: String, _ v: TOMLValueConvertible) throws -> String { guard let s = v.string else { throw bad(k, "a string") }; return s }
+        func bool(_ k: String, _ v: TOMLValueConvertible) throws -> Bool { guard let b = v.bool else { throw bad(k, "true or false") }; return b }
+        for key in table.keys {
+            let v = table[key]!
+            switch key {
+            case "data": c.data = try str(key, v)
+            case "classes": c.classes = try int(key, v)
+            case "steps": c.steps = try int(key, v)
+            case "epochs": c.epochs = try int(key, v)
+            case "batch-size": c.batchSize = try int(key, v)
+            case "shard-size": c.shardSize = try int(key, v)
+            case "hidden": c.hidden = try int(key, v)
+            case "layers": c.layers = try int(key, v)
+            case "arch":
+                guard let a = Arch(rawValue: try str(key, v)) else { throw bad(key, "\"stacked\" or \"split\"") }
+                c.arch = a
+            case "unidirectional": c.bidirectional = !(try bool(key, v))
+            case "dropout": c.dropout = try float(key, v)
+            case "optimizer":
+                guard let o = OptimizerKind(rawValue: try str(key, v)) else { throw bad(key, "\"sgd\" or \"adam\"") }
+                c.optimizer.kind = o
+            case "lr": c.optimizer.lr = try float(key, v)
+            case "momentum": c.optimizer.momentum = try float(key, v)
+            case "weight-decay": c.optimizer.weightDecay = try float(key, v)
+            case "max-norm": c.maxNorm = try float(key, v)
+            case "seed": c.seed = UInt64(max(0, try int(key, v)))
+            case "checkpoint-dir": c.checkpointDir = try str(key, v)
+            case "checkpoint-every": c.checkpointEvery = try int(key, v)
+            case "synthetic":
+                guard let t = v.table else { throw bad(key, "a table [synthetic]") }
+                for k in t.keys {
+                    let sv = t[k]!
+                    switch k {
+                    case "sequences": c.synthetic.sequences = try int("synthetic.\(k)", sv)
+                    case "input-size": c.synthetic.inputSize = try int("synthetic.\(k)", sv)
+                    case "classes": c.synthetic.classes = try int("synthetic.\(k)", sv)
+                    case "min-length": c.synthetic.minLength = try int("synthetic.\(k)", sv)
+                    case "max-length": c.synthetic.maxLength = try int("synthetic.\(k)", sv)
+                    case "noise": c.synthetic.noise = try float("synthetic.\(k)", sv)
+                    default: throw LockstepError("\(path): unknown key 'synthetic.\(k)'", hint: "known: sequences, input-size, classes, min-length, max-length, noise")
+                    }
+                }
+            default:
+                throw LockstepError("\(path): unknown key '\(key)'", hint: "keys are the long options of `coord start` without dashes in front, e.g. batch-size = 32")
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import Numerics
+import XCTest
+
+/// Tier 1 (pure, microseconds): the deterministic building blocks.
+final class NumericsTests: XCTestCase {
+    func testPhiloxKnownAnswers() {
+        // Random123's kat_vectors for philox4x32_10.
+        XCTAssertEqual(Philox.block(key: 0, counter: SIMD4(0, 0, 0, 0)), SIMD4(0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8))
+        XCTAssertEqual(Philox.block(key: 0xFFFF_FFFF_FFFF_FFFF, counter: SIMD4(repeating: 0xFFFF_FFFF)),
+                       SIMD4(0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd))
+        XCTAssertEqual(Philox.block(key: 0x299f_31d0_a409_3822, counter: SIMD4(0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344)),
+                       SIMD4(0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1))
+    }
+
+    func testExpLogTanhSigmoidAccuracy() {
+        var worstExp: Float = 0, worstLog: Float = 0, worstTanh: Float = 0, worstSig: Float = 0
+        var x: Float = -80
+        while x < 80 {
+            let e = Foundation.exp(Double(x))
+            worstExp = max(worstExp, Float(abs(Double(detExp(x)) - e) / e))
+            let t = Foundation.tanh(Double(x))
+            worstTanh = max(worstTanh, Float(abs(Double(detTanh(x)) - t)))
+            let s = 1 / (1 + Foundation.exp(-Double(x)))
+            worstSig = max(worstSig, Float(abs(Double(detSigmoid(x)) - s)))
+            x += 0.0137
+        }
+        var y: Float = 1e-30
+        while y < 1e30 {
+            let l = Foundation.log(Double(y))
+            worstLog = max(worstLog, Float(abs(Double(detLog(y)) - l) / max(1, abs(l))))
+            y *= 1.37
+        }
+        XCTAssertLessThan(worstExp, 3e-7, "detExp relative error")
+        XCTAssertLessThan(worstLog, 3e-7, "detLog error")
+        XCTAssertLessThan(worstTanh, 2e-7, "detTanh absolute error")
+        XCTAssertLessThan(worstSig, 2e-7, "detSigmoid absolute error")
+        XCTAssertEqual(detTanh(1e-5), 1e-5, accuracy: 1e-12, "tanh near zero keeps relative accuracy")
+        XCTAssertEqual(detExp(-200), detExp(-87), "clamped below")
+        XCTAssertTrue(detExp(200).isFinite)
+    }
+
+    func testSHA256KnownAnswers() {
+        XCTAssertEqual(SHA256.hex(Array("".utf8)), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(SHA256.hex(Array("abc".utf8)), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertEqual(SHA256.hex(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)),
+                       "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+        var h = SHA256()
+        for _ in 0..<1000 { h.update(Array(repeating: UInt8(ascii: "a"), count: 1000)) }
+        XCTAssertEqual(h.finalize().hexString, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+    }
+
+    func testTreeShapeDependsOnlyOnCountAndAlignedSubtreesAreSubtrees() {
+        XCTAssertEqual(TreeSum.split(0, 2), 1)
+        XCTAssertEqual(TreeSum.split(0, 5), 4)
+        XCTAssertEqual(TreeSum.split(0, 8), 4)
+        XCTAssertEqual(TreeSum.split(4, 7), 6)
+        // Float addition is not associative: the tree must be the one documented.
+        let parts = [1e8, 1, -1e8, 1].map { FloatBuffer([Float($0)]) }
+        XCTAssertEqual(TreeSum.reduce(parts)[0], (Float(1e8) + 1) + (Float(-1e8) + 1))
+        XCTAssertEqual(TreeSum.reduce([1e16, 1, -1e16, 1, 5]), ((1e16 + 1) + (-1e16 + 1)) + 5)
+    }
+
+    func testBLASMatchesNaiveProduct() {
+        let a = FloatBuffer((0..<6).map { Float($0) }), b = FloatBuffer((0..<12).map { Float($0) * 0.5 })
+        let c = FloatBuffer(count: 8)
+        BLAS.setThreads(1)
+        BLAS.sgemm(transA: false, transB: false, m: 2, n: 4, k: 3, a: a.ptr, lda: 3, b: b.ptr, ldb: 4, beta: 0, c: c.ptr, ldc: 4)
+        for i in 0..<2 { for j in 0..<4 {
+            var s: Float = 0
+            for k in 0..<3 { s += a[i * 3 + k] * b[k * 4 + j] }
+            XCTAssertEqual(c[i * 4 + j], s)
+        } }
+        XCTAssertFalse(BLAS.coreName.isEmpty)
+    }
+}
