@@ -37,11 +37,25 @@ public final class Engine {
     /// Log-probabilities `[N, C]` of the last forward, in packed row order.
     public private(set) var logp: FPtr? = nil
 
-    private func take(_ count: Int) -> FPtr {
-        if slotIndex == slots.count { slots.append(FloatBuffer(count: count)) }
-        if slots[slotIndex].count < count { slots[slotIndex] = FloatBuffer(count: count) }
+    private var capacityRows = 0
+    private var rows = 0
+
+    /// Scratch of `perRow` floats per row of the current batch. Slots are sized for
+    /// `capacityRows`, which grows by 25% steps, so a run settles on one set of buffers.
+    private func take(_ perRow: Int) -> FPtr {
+        if slotIndex == slots.count { slots.append(FloatBuffer(count: perRow * capacityRows)) }
+        if slots[slotIndex].count < perRow * rows { slots[slotIndex] = FloatBuffer(count: perRow * capacityRows) }
         slotIndex += 1
         return slots[slotIndex - 1].ptr
+    }
+
+    private func begin(rows n: Int) {
+        if n > capacityRows {
+            slots = []  // free before reallocating: peak memory is one set of buffers
+            capacityRows = max(n, capacityRows + capacityRows / 4)
+        }
+        rows = n
+        slotIndex = 0
     }
 
     /// Forward pass. `dropout` nil means evaluation (no dropout). Returns the loss sum.
@@ -49,12 +63,12 @@ public final class Engine {
     public func forward(params: FloatBuffer, batch: PackedBatch, dropout: Dropout.Key?) -> BatchResult {
         precondition(params.count == layout.count, "parameter buffer has \(params.count) floats, layout needs \(layout.count)")
         precondition(batch.inputSize == config.inputSize)
-        slotIndex = 0
         let N = batch.rows, H = config.hidden, D = config.headInput
+        begin(rows: N)
         let P = UnsafePointer(params.ptr)
-        let xIn = take(N * config.inputSize)
+        let xIn = take(config.inputSize)
         batch.x.withUnsafeBufferPointer { xIn.update(from: $0.baseAddress!, count: N * config.inputSize) }
-        let head = take(N * D)
+        let head = take(D)
         headIn = head
         let useDropout = dropout != nil && config.dropout > 0
         cache = []
@@ -65,13 +79,13 @@ public final class Engine {
                 let last = l == config.layers - 1
                 let width = layout.streamWidth
                 // The last layer writes straight into the head's input at this stream's columns.
-                let out = last ? head : take(N * width)
+                let out = last ? head : take(width)
                 let outColumn = last ? s * width : 0
                 let ld = last ? D : width
                 var lc = LayerCache(cells: [], out: out, outColumn: outColumn, ld: ld,
                                     mask: nil, dropped: nil, input: input, inputLd: inputLd)
                 for cell in cells {
-                    let g = take(N * 4 * H), c = take(N * H), tc = take(N * H)
+                    let g = take(4 * H), c = take(H), tc = take(H)
                     LSTMLayer.forward(gates: g, c: c, tc: tc, h: out + outColumn + cell.column, ldh: ld,
                                       x: input, ldx: inputLd, wih: P + cell.wih, whh: P + cell.whh,
                                       bih: P + cell.bih, bhh: P + cell.bhh, zeros: zeros.ptr,
@@ -80,7 +94,7 @@ public final class Engine {
                 }
                 if !last {
                     if useDropout, let key = dropout {
-                        let mask = take(N * width), dropped = take(N * width)
+                        let mask = take(width), dropped = take(width)
                         Dropout.makeMask(mask: mask, key: key, layer: l, firstDirection: cells[0].reverse ? 1 : 0,
                                          batch: batch, width: width, hidden: H, p: config.dropout)
                         Dropout.apply(out: dropped, input: out, mask: mask, count: N * width)
@@ -96,7 +110,7 @@ public final class Engine {
             }
             cache.append(layers)
         }
-        let lp = take(N * config.classes)
+        let lp = take(config.classes)
         logp = lp
         let r = batch.y.withUnsafeBufferPointer { y in
             Head.forward(logp: lp, input: head, w: P + layout.headWeight, b: P + layout.headBias, y: y.baseAddress!,
@@ -114,14 +128,14 @@ public final class Engine {
         let result = forward(params: params, batch: batch, dropout: dropout)
         let N = batch.rows, H = config.hidden, D = config.headInput
         let P = UnsafePointer(params.ptr), dP = grads.ptr
-        let dHead = take(N * D)
-        let dlogits = take(N * config.classes)
+        let dHead = take(D)
+        let dlogits = take(config.classes)
         batch.y.withUnsafeBufferPointer { y in
             Head.backward(dinput: dHead, dw: dP + layout.headWeight, db: dP + layout.headBias, dlogits: dlogits,
                           logp: logp!, input: headIn!, w: P + layout.headWeight, y: y.baseAddress!,
                           rows: N, inputSize: D, classes: config.classes)
         }
-        let dgates = take(N * 4 * H), dc = take(N * H), hprev = take(N * H)
+        let dgates = take(4 * H), dc = take(H), hprev = take(H)
         let width = layout.streamWidth
         for (s, stream) in layout.cells.enumerated() {
             // dOut of the current layer: for the last layer, this stream's columns of dHead.
@@ -131,7 +145,7 @@ public final class Engine {
                 let cells = stream[l]
                 let inSize = cells[0].inputSize
                 var dIn: FPtr? = nil
-                if l > 0 { dIn = take(N * inSize) } else if let dInput { dIn = s == 0 ? dInput.ptr : take(N * inSize) }
+                if l > 0 { dIn = take(inSize) } else if let dInput { dIn = s == 0 ? dInput.ptr : take(inSize) }
                 for (k, cell) in cells.enumerated() {
                     let cc = lc.cells[k]
                     LSTMLayer.backward(dx: dIn, accumulateDx: k > 0,

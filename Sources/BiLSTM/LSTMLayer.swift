@@ -44,7 +44,21 @@ public enum LSTMLayer {
 
     @inline(__always)
     static func pointwiseForward(_ g: FPtr, _ c: FPtr, _ tc: FPtr, _ h: FPtr, _ cp: CFPtr, _ H: Int) {
-        for u in 0..<H {
+        var u = 0
+        while u + 8 <= H {
+            let i = detSigmoid(load8(g + u))
+            let f = detSigmoid(load8(g + H + u))
+            let gg = detTanh(load8(g + 2 * H + u))
+            let o = detSigmoid(load8(g + 3 * H + u))
+            let cn = f * load8(cp + u) + i * gg
+            let t = detTanh(cn)
+            store8(i, g + u); store8(f, g + H + u); store8(gg, g + 2 * H + u); store8(o, g + 3 * H + u)
+            store8(cn, c + u)
+            store8(t, tc + u)
+            store8(o * t, h + u)
+            u += 8
+        }
+        while u < H {
             let i = detSigmoid(g[u])
             let f = detSigmoid(g[H + u])
             let gg = detTanh(g[2 * H + u])
@@ -55,6 +69,7 @@ public enum LSTMLayer {
             c[u] = cn
             tc[u] = t
             h[u] = o * t
+            u += 1
         }
     }
 
@@ -116,7 +131,20 @@ public enum LSTMLayer {
     @inline(__always)
     static func pointwiseBackward(_ dg: FPtr, _ dcp: FPtr, _ dh: CFPtr, _ dcIn: CFPtr,
                                   _ g: CFPtr, _ tc: CFPtr, _ cp: CFPtr, _ H: Int) {
-        for u in 0..<H {
+        var u = 0
+        while u + 8 <= H {
+            let i = load8(g + u), f = load8(g + H + u), gg = load8(g + 2 * H + u), o = load8(g + 3 * H + u)
+            let t = load8(tc + u)
+            let dhv = load8(dh + u)
+            let dcv = load8(dcIn + u) + dhv * o * (1 - t * t)
+            store8(dcv * gg * (i * (1 - i)), dg + u)
+            store8(dcv * load8(cp + u) * (f * (1 - f)), dg + H + u)
+            store8(dcv * i * (1 - gg * gg), dg + 2 * H + u)
+            store8(dhv * t * (o * (1 - o)), dg + 3 * H + u)
+            store8(load8(dcp + u) + dcv * f, dcp + u)
+            u += 8
+        }
+        while u < H {
             let i = g[u], f = g[H + u], gg = g[2 * H + u], o = g[3 * H + u]
             let t = tc[u]
             let dhv = dh[u]
@@ -126,9 +154,14 @@ public enum LSTMLayer {
             dg[2 * H + u] = dcv * i * (1 - gg * gg)
             dg[3 * H + u] = dhv * t * (o * (1 - o))
             dcp[u] += dcv * f
+            u += 1
         }
     }
 }
+
+@inline(__always) func load8(_ p: CFPtr) -> SIMD8<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
+@inline(__always) func load8(_ p: FPtr) -> SIMD8<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
+@inline(__always) func store8(_ v: SIMD8<Float>, _ p: FPtr) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self) }
 
 /// out[k] = sum over rows of m[r, k], rows in order (a fixed order: deterministic).
 @inline(__always)

@@ -11,7 +11,8 @@ public func detExp(_ x: Float) -> Float {
     let xc = min(max(x, -87.0), 88.0)
     // n = round(x / ln2) with the 1.5·2^23 trick: exact for |t| < 2^22, no libm call.
     let t = xc * 1.442_695_04
-    let n = (t + 12_582_912.0) - 12_582_912.0
+    let k = t + 12_582_912.0
+    let n = k - 12_582_912.0
     // Cody–Waite: ln2 = hi + lo with hi short enough that n·hi is exact.
     let r = (xc - n * 0.693_145_751_953_125) - n * 1.428_606_765_330_187e-6
     var p: Float = 1.0 / 5040.0
@@ -22,8 +23,48 @@ public func detExp(_ x: Float) -> Float {
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    let scale = Float(bitPattern: UInt32(bitPattern: Int32(n) &+ 127) << 23)
+    // k's low mantissa bits hold n (k = 1.5·2^23 + n): 2^n from integer ops alone.
+    let scale = Float(bitPattern: (k.bitPattern &- 0x4B40_0000 &+ 127) << 23)
     return p * scale
+}
+
+/// `detExp` on eight lanes: the same operations in the same order, so the same bits per lane.
+@inline(__always)
+public func detExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    let xc = pointwiseMin(pointwiseMax(x, SIMD8(repeating: -87.0)), SIMD8(repeating: 88.0))
+    let t = xc * 1.442_695_04
+    let k = t + 12_582_912.0
+    let n = k - 12_582_912.0
+    let r = (xc - n * 0.693_145_751_953_125) - n * 1.428_606_765_330_187e-6
+    var p = SIMD8<Float>(repeating: 1.0 / 5040.0)
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    let kb = unsafeBitCast(k, to: SIMD8<UInt32>.self)
+    let scale = unsafeBitCast((kb &- 0x4B40_0000 &+ 127) &<< 23, to: SIMD8<Float>.self)
+    return p * scale
+}
+
+@inline(__always)
+public func detSigmoid(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    1.0 / (1.0 + detExp(-x))
+}
+
+@inline(__always)
+public func detTanh(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    let a = unsafeBitCast(unsafeBitCast(x, to: SIMD8<UInt32>.self) & 0x7FFF_FFFF, to: SIMD8<Float>.self)
+    let e = detExp(-2.0 * a)
+    let big = (1.0 - e) / (1.0 + e)
+    let a2 = a * a
+    let c3 = SIMD8<Float>(repeating: -1.0 / 3.0), c5 = SIMD8<Float>(repeating: 2.0 / 15.0), c7 = SIMD8<Float>(repeating: 17.0 / 315.0)
+    let poly: SIMD8<Float> = c3 + a2 * (c5 - a2 * c7)
+    let small: SIMD8<Float> = a + a * a2 * poly
+    let m = big.replacing(with: small, where: a .< 0.0625)
+    return m.replacing(with: -m, where: x .< 0)
 }
 
 @inline(__always)

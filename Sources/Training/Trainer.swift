@@ -122,8 +122,8 @@ public final class Trainer {
     }
 
     /// Frame accuracy (argmax) over a dataset, evaluated without dropout.
-    public func accuracy(on set: Dataset) -> Double {
-        let engine = Engine(model)
+    public func accuracy(on set: Dataset, engine: Engine? = nil) -> Double {
+        let engine = engine ?? Engine(model)
         var correct = 0, total = 0
         var i = 0
         let sorted = set.examples.sorted { $0.length > $1.length }

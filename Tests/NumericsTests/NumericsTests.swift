@@ -74,3 +74,20 @@ final class NumericsTests: XCTestCase {
         XCTAssertFalse(BLAS.coreName.isEmpty)
     }
 }
+
+final class SIMDParityTests: XCTestCase {
+    /// The fused loops use the 8-lane functions and the tails the scalar ones: they must agree bit for bit.
+    func testEightLaneFunctionsEqualScalarBitForBit() {
+        var x: Float = -100
+        while x < 100 {
+            let v = SIMD8<Float>((0..<8).map { x + Float($0) * 0.001 })
+            let e = detExp(v), s = detSigmoid(v), t = detTanh(v)
+            for k in 0..<8 {
+                XCTAssertEqual(e[k].bitPattern, detExp(v[k]).bitPattern, "exp(\(v[k]))")
+                XCTAssertEqual(s[k].bitPattern, detSigmoid(v[k]).bitPattern, "sigmoid(\(v[k]))")
+                XCTAssertEqual(t[k].bitPattern, detTanh(v[k]).bitPattern, "tanh(\(v[k]))")
+            }
+            x += 0.0917
+        }
+    }
+}

@@ -1,0 +1,77 @@
+import ArgumentParser
+import BiLSTM
+import Foundation
+import Numerics
+import Training
+
+/// The engine benchmark: trains the standard config and reports valid frames/s, GFLOP/s,
+/// inference frames/s and peak RSS, as one JSON line (scripts/bench adds PyTorch beside it).
+@main
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lockstep-bench",
+        abstract: "Benchmark Lockstep's engine on one thread (release build).")
+
+    @Option(help: "Input features d_in.") var inputSize = 40
+    @Option(help: "Hidden size H.") var hidden = 128
+    @Option(help: "Layers.") var layers = 2
+    @Option(help: "Classes.") var classes = 10
+    @Option(help: "Sequences per batch.") var batchSize = 32
+    @Option(help: "Shortest sequence.") var minLength = 20
+    @Option(help: "Longest sequence.") var maxLength = 200
+    @Option(help: "Dropout between layers.") var dropout: Float = 0.3
+    @Option(help: "Timed training steps (after 2 warm-up steps).") var steps = 20
+    @Option(help: "OpenBLAS threads.") var threads = 1
+
+    func run() throws {
+        BLAS.setThreads(threads)
+        var run = RunConfig()
+        run.synthetic = SyntheticTask(sequences: batchSize * (steps + 2), inputSize: inputSize, classes: classes,
+                                      minLength: minLength, maxLength: maxLength)
+        run.hidden = hidden; run.layers = layers; run.dropout = dropout
+        run.batchSize = batchSize; run.shardSize = batchSize; run.steps = steps + 2
+        run.optimizer.kind = .adam
+        let data = run.synthetic.generate(seed: 1)
+        let trainer = try Trainer(run: run, data: data)
+        let computer = ShardComputer(model: trainer.model, seed: run.seed)
+        let grad = FloatBuffer(count: trainer.layout.count)
+        var frames = 0
+        var seconds = 0.0
+        for s in 0..<(steps + 2) {
+            let t0 = Date()
+            let shard = trainer.shards(forStep: s)[0]
+            let r = computer.compute(params: trainer.params, examples: shard.map { data.examples[$0] }, step: s, into: grad)
+            _ = trainer.apply(parts: [(grad, r)], seconds: 0)
+            if s >= 2 { seconds += Date().timeIntervalSince(t0); frames += shard.reduce(0) { $0 + data.examples[$1].length } }
+        }
+        // Inference: forward only, no dropout, same batches.
+        let engine = computer.engine
+        var inferFrames = 0
+        let ti = Date()
+        for s in 2..<(steps + 2) {
+            let shard = trainer.shards(forStep: s)[0]
+            engine.forward(params: trainer.params, batch: PackedBatch(shard.map { data.examples[$0] }, inputSize: inputSize), dropout: nil)
+            inferFrames += shard.reduce(0) { $0 + data.examples[$1].length }
+        }
+        let inferSeconds = Date().timeIntervalSince(ti)
+        let fps = Double(frames) / seconds
+        let flopsPerFrame = Bench.trainingFlopsPerFrame(trainer.model)
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        let rssMiB = Double(usage.ru_maxrss) / 1024
+        print(String(format: "{\"engine\":\"lockstep\",\"train_frames_per_s\":%.0f,\"gflops\":%.2f,\"infer_frames_per_s\":%.0f,\"peak_rss_mib\":%.1f,\"frames\":%d,\"mflop_per_frame\":%.2f,\"blas_core\":\"%@\"}",
+                     fps, fps * flopsPerFrame / 1e9, Double(inferFrames) / inferSeconds, rssMiB, frames, flopsPerFrame / 1e6, BLAS.coreName))
+    }
+
+    /// Multiply-adds ×2 of forward + backward per valid frame (backward ≈ 2× forward).
+    static func trainingFlopsPerFrame(_ m: ModelConfig) -> Double {
+        let H = Double(m.hidden), G = 4 * H
+        var fwd = 0.0
+        for l in 0..<m.layers {
+            let inSize = Double(l == 0 ? m.inputSize : m.headInput)
+            fwd += Double(m.directions) * 2 * G * (inSize + H)
+        }
+        fwd += 2 * Double(m.classes) * Double(m.headInput)
+        return 3 * fwd
+    }
+}
