@@ -50,5 +50,6 @@ let package = Package(
         .testTarget(name: "BiLSTMTests", dependencies: ["BiLSTM", "Training"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Training"]),
-    ]
+    ],
+    swiftLanguageModes: [.v5]
 )

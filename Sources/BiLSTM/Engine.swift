@@ -5,6 +5,7 @@ import Numerics
 public struct BatchResult: Sendable {
     public var lossSum: Double
     public var frames: Int
+    public init(lossSum: Double, frames: Int) { self.lossSum = lossSum; self.frames = frames }
 }
 
 /// The whole model over one packed batch: every cell, dropout between layers, and the head.

@@ -1,7 +1,7 @@
 import Foundation
 
 /// A live one-line progress display on a terminal; a plain line every ~5% otherwise.
-public final class Progress {
+public final class ProgressLine {
     private let total: Int
     private let tty: Bool
     private var lastPrinted = -1

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import BiLSTM
+import Cluster
 import Numerics
 import Training
 
@@ -20,19 +21,52 @@ struct Start: ParsableCommand {
     var resume = false
     @Flag(help: "Start from scratch even if --checkpoint-dir already holds a checkpoint (it is replaced).")
     var fresh = false
+    @Option(help: "ZeroMQ endpoint the coordinator binds (cluster mode). Port 0 or * picks a free port; the log says which.")
+    var bind = "tcp://127.0.0.1:5555"
+    @Option(help: "Start N local worker processes (like torchrun --nproc-per-node); they stop with the coordinator.")
+    var spawn = 0
+    @Option(help: "Wait for this many workers before step 1 (default: --spawn, or 1).")
+    var minWorkers: Int?
+    @Option(help: "Refuse workers beyond this many.")
+    var maxWorkers = 256
+    @Flag(help: "Allow binding to a non-loopback address without authentication. Anyone who can reach the port can join.")
+    var insecure = false
 
     func validate() throws {
         let c = try training.runConfig()
         let problems = c.problems()
         if !problems.isEmpty { throw ValidationError(problems.joined(separator: "\n")) }
         if resume && fresh { throw ValidationError("--resume and --fresh contradict each other") }
+        if !local {
+            guard bind.hasPrefix("tcp://"), bind.split(separator: ":").count == 3 else {
+                throw ValidationError("--bind must look like tcp://HOST:PORT (got \(bind))")
+            }
+            let host = bind.dropFirst(6).split(separator: ":")[0]
+            let loopback = host == "127.0.0.1" || host == "localhost" || host.hasPrefix("127.") || host == "[::1]"
+            if !loopback && !insecure {
+                throw ValidationError("binding \(bind) exposes the coordinator beyond this machine without authentication. HINT: bind tcp://127.0.0.1:PORT, or pass --insecure on a network you trust")
+            }
+            if spawn < 0 || spawn > 64 { throw ValidationError("--spawn must be in 0...64") }
+            if let m = minWorkers, m < 1 { throw ValidationError("--min-workers must be at least 1") }
+            if maxWorkers < max(1, spawn, minWorkers ?? 1) { throw ValidationError("--max-workers is below the workers you ask for") }
+        } else if spawn > 0 || minWorkers != nil {
+            throw ValidationError("--spawn and --min-workers are for cluster mode; drop --local")
+        }
     }
 
     func run() throws {
         do {
             let config = try training.runConfig()
             let (trainer, heldOut) = try prepare(config, resume: resume, fresh: fresh)
-            try trainLocal(trainer)
+            if local {
+                try trainLocal(trainer)
+            } else {
+                if !bind.contains("127.") && !bind.contains("localhost") {
+                    log("WARNING: --insecure: \(bind) accepts any worker that can reach it, unauthenticated")
+                }
+                try trainCluster(trainer, bind: bind.replacingOccurrences(of: ":0", with: ":*", options: .anchored.union(.backwards)),
+                                 spawn: spawn, minWorkers: minWorkers ?? max(spawn, 1), maxWorkers: maxWorkers)
+            }
             report(trainer, heldOut: heldOut)
         } catch { fail(error) }
     }
@@ -68,7 +102,7 @@ func trainLocal(_ trainer: Trainer) throws {
     BLAS.setThreads(1)
     let computer = ShardComputer(model: trainer.model, seed: trainer.run.seed)
     let metrics = MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
-    let progress = Progress(total: trainer.totalSteps)
+    let progress = ProgressLine(total: trainer.totalSteps)
     while !trainer.done {
         let started = Date()
         let step = trainer.step
@@ -85,6 +119,48 @@ func trainLocal(_ trainer: Trainer) throws {
         }
     }
     try trainer.saveCheckpoint()
+}
+
+func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int, maxWorkers: Int) throws {
+    BLAS.setThreads(1)
+    let context = ZMQContext()
+    let server = try CoordinatorServer(trainer: trainer, context: context, bind: bind, minWorkers: minWorkers,
+                                       maxWorkers: maxWorkers, log: { log("[coord] " + $0) })
+    var children: [Process] = []
+    defer {
+        // Spawned workers got `stop`; give them a moment, then end only those pids.
+        let deadline = Date().addingTimeInterval(3)
+        while children.contains(where: \.isRunning) && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        for c in children where c.isRunning { kill(c.processIdentifier, SIGKILL) }
+    }
+    if spawn > 0 {
+        let exe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+        let workerExe = exe.deletingLastPathComponent().appendingPathComponent("worker")
+        guard FileManager.default.isExecutableFile(atPath: workerExe.path) else {
+            throw LockstepError("cannot spawn workers: \(workerExe.path) is missing", hint: "build the package (swift build) so worker sits beside coord")
+        }
+        let endpoint = server.endpoint.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")
+        for i in 0..<spawn {
+            let p = Process()
+            p.executableURL = workerExe
+            p.arguments = ["join", endpoint, "--parent-pid", String(getpid())]
+            let logPath = (trainer.run.checkpointDir as NSString).appendingPathComponent("worker-\(i).log")
+            FileManager.default.createFile(atPath: logPath, contents: nil)
+            p.standardError = FileHandle(forWritingAtPath: logPath)
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            children.append(p)
+            log("[coord] spawned worker \(i) (pid \(p.processIdentifier)), log \(logPath)")
+        }
+    }
+    let metrics = MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
+    do {
+        try server.run(metrics: metrics, progress: ProgressLine(total: trainer.totalSteps))
+    } catch {
+        server.stopWorkers()
+        throw error
+    }
+    if server.rejected > 0 { log("[coord] rejected \(server.rejected) malformed message(s) during the run") }
 }
 
 func report(_ trainer: Trainer, heldOut: Dataset?) {

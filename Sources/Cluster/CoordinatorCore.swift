@@ -1,0 +1,244 @@
+import Foundation
+
+/// Timing of the failure detector, after the zguide's Paranoid Pirate: any message counts as
+/// a heartbeat; a peer silent for `liveness` is dead.
+public enum Timing {
+    /// How often each side sends a heartbeat when it has nothing else to say (seconds).
+    public static let heartbeatInterval: Double = 0.5
+    /// Missed heartbeat intervals before a peer is declared dead.
+    public static let livenessIntervals: Double = 6
+    /// Silence after which a peer is dead (seconds).
+    public static var liveness: Double { heartbeatInterval * livenessIntervals }
+    /// A shard is re-issued to an idle worker once it has run this many times the typical shard time…
+    public static let stragglerFactor: Double = 4
+    /// …and at least this long (seconds).
+    public static let stragglerMinimum: Double = 1.0
+    /// Worker reconnect back-off: first wait and cap (seconds).
+    public static let reconnectInitial: Double = 0.25
+    public static let reconnectMaximum: Double = 4.0
+}
+
+/// A ZeroMQ routing id.
+public struct Peer: Hashable, CustomStringConvertible, Sendable {
+    public let id: [UInt8]
+    public init(_ id: [UInt8]) { self.id = id }
+    public var description: String { id.map { String(format: "%02x", $0) }.joined() }
+}
+
+/// What the IO shell must do. The core never touches a socket.
+public enum Directive: Equatable {
+    case send(Peer, Message)
+    /// Send shard `shard` of `step`, with the step's weights if `withWeights`, and the listed
+    /// sequences (those this worker has not been sent yet).
+    case sendWork(Peer, step: Int, shard: Int, withWeights: Bool, newSequences: [Int])
+    case log(String)
+    /// Every shard of the current step has a result: reduce, clip, step, then `beginStep`.
+    case stepComplete
+    /// Stop the run: determinism or numerics can no longer be guaranteed.
+    case fatal(String)
+}
+
+/// The coordinator's protocol logic as a pure value (after apple/swift-cluster-membership's
+/// `SWIM.Instance`): `on…` methods take an event and the time and return directives. Hands out
+/// shards to idle workers, tracks liveness, re-issues the shards of dead workers and
+/// stragglers, drops stale results and compares duplicates bit for bit. Which worker computes
+/// which shard never changes a result; this type only decides who works when.
+public struct CoordinatorCore {
+    public struct Worker {
+        public let peer: Peer
+        public let name: String
+        public var lastSeen: Double
+        public var weightsStep: Int?
+        public var sentSequences: Set<Int> = []
+        public var assigned: Int?
+        public var assignedAt: Double = 0
+    }
+
+    public struct Shard {
+        public let sequenceIds: [Int]
+        public var result: ShardResult?
+        public var resultFrom: String?
+        public var holders: [Peer] = []
+        public var issuedAt: Double?
+    }
+
+    public let fingerprint: String
+    public let blasCore: String
+    public let welcome: Welcome
+    public var minWorkers: Int
+    public var maxWorkers: Int
+    public private(set) var workers: [Worker] = []
+    public private(set) var step: Int? = nil
+    public private(set) var shards: [Shard] = []
+    public private(set) var started = false
+    public private(set) var reissuedThisStep = 0
+    private var recentShardSeconds: [Double] = []
+    private var lastHeartbeat: Double = -.infinity
+    private var unknownPeersWarned: Set<Peer> = []
+
+    public init(fingerprint: String, blasCore: String, welcome: Welcome, minWorkers: Int = 1, maxWorkers: Int = 256) {
+        self.fingerprint = fingerprint
+        self.blasCore = blasCore
+        self.welcome = welcome
+        self.minWorkers = minWorkers
+        self.maxWorkers = maxWorkers
+    }
+
+    public var alive: Int { workers.count }
+    public var complete: Bool { !shards.isEmpty && shards.allSatisfy { $0.result != nil } }
+    /// Results in shard order, for the fixed reduction tree.
+    public var results: [ShardResult] { shards.compactMap(\.result) }
+
+    public var stragglerAfter: Double {
+        guard !recentShardSeconds.isEmpty else { return Timing.stragglerMinimum * 4 }
+        let typical = recentShardSeconds.sorted()[recentShardSeconds.count / 2]
+        return max(Timing.stragglerMinimum, Timing.stragglerFactor * typical)
+    }
+
+    private func index(of p: Peer) -> Int? { workers.firstIndex { $0.peer == p } }
+
+    public mutating func beginStep(_ step: Int, shards cut: [[Int]], now: Double) -> [Directive] {
+        self.step = step
+        shards = cut.map { Shard(sequenceIds: $0) }
+        reissuedThisStep = 0
+        for i in workers.indices { workers[i].assigned = nil }
+        return assign(now: now)
+    }
+
+    public mutating func onMessage(_ message: Message, from peer: Peer, now: Double) -> [Directive] {
+        if case .hello(let h) = message { return onHello(h, from: peer, now: now) }
+        guard let w = index(of: peer) else {
+            // Not joined (e.g. we restarted): ask it to say hello again.
+            var out: [Directive] = [.send(peer, .reset)]
+            if unknownPeersWarned.insert(peer).inserted { out.append(.log("\(message.typeName) from unknown peer \(peer): asked it to say hello")) }
+            return out
+        }
+        workers[w].lastSeen = now
+        switch message {
+        case .heartbeat: return []
+        case .result(let r): return onResult(r, worker: w, now: now)
+        default: return [.log("unexpected \(message.typeName) from \(workers[w].name): dropped")]
+        }
+    }
+
+    private mutating func onHello(_ h: Hello, from peer: Peer, now: Double) -> [Directive] {
+        let name = "worker pid \(h.pid) (\(peer))"
+        if h.fingerprint != fingerprint {
+            let reason = "numerics fingerprint mismatch: \(name) has BLAS core \(h.blasCore) and fingerprint \(h.fingerprint.prefix(16)), "
+                + "the coordinator has BLAS core \(blasCore) and fingerprint \(fingerprint.prefix(16)); its gradients would not be bit-identical. "
+                + "HINT: start the worker with OPENBLAS_CORETYPE=\(blasCore) (or start the coordinator with the worker's core)"
+            return [.send(peer, .refuse(reason)), .log("refused \(reason)")]
+        }
+        var out: [Directive] = []
+        if let w = index(of: peer) {
+            out += release(w, now: now, why: "said hello again")
+            workers.remove(at: w)
+        } else if workers.count >= maxWorkers {
+            let reason = "the coordinator already has \(maxWorkers) workers. HINT: raise --max-workers"
+            return [.send(peer, .refuse(reason)), .log("refused \(name): \(reason)")]
+        }
+        workers.append(Worker(peer: peer, name: name, lastSeen: now))
+        out += [.send(peer, .welcome(welcome)), .log("\(name) joined (BLAS \(h.blasCore), \(workers.count) alive)")]
+        if !started && workers.count >= minWorkers {
+            started = true
+            out.append(.log("\(workers.count) worker(s) present: training starts"))
+        }
+        return out + assign(now: now)
+    }
+
+    private mutating func onResult(_ r: ShardResult, worker w: Int, now: Double) -> [Directive] {
+        let name = workers[w].name
+        if workers[w].assigned == r.shard && r.step == step {
+            workers[w].assigned = nil
+            recentShardSeconds.append(now - workers[w].assignedAt)
+            if recentShardSeconds.count > 32 { recentShardSeconds.removeFirst() }
+        }
+        guard r.step == step, r.shard >= 0, r.shard < shards.count else {
+            return [.log("stale result (step \(r.step), shard \(r.shard)) from \(name): dropped")] + assign(now: now)
+        }
+        shards[r.shard].holders.removeAll { $0 == workers[w].peer }
+        if let first = shards[r.shard].result {
+            if first.sameBits(as: r) {
+                return [.log("duplicate result for step \(r.step) shard \(r.shard) from \(name) matches \(shards[r.shard].resultFrom ?? "?") bit for bit")] + assign(now: now)
+            }
+            return [.fatal("step \(r.step) shard \(r.shard): \(name) and \(shards[r.shard].resultFrom ?? "?") returned different bits for the same work. "
+                + "HINT: the two hosts compute differently (CPU kernel or build); run every worker with the same binary and OPENBLAS_CORETYPE")]
+        }
+        guard r.lossSum.isFinite, r.grad.allFinite else {
+            return [.fatal("step \(r.step) shard \(r.shard) (sequences \(shards[r.shard].sequenceIds.prefix(8))…): non-finite loss or gradient from \(name). "
+                + "HINT: lower --lr or --max-norm; the last checkpoint is intact")]
+        }
+        shards[r.shard].result = r
+        shards[r.shard].resultFrom = name
+        var out = assign(now: now)
+        if complete { out.append(.stepComplete) }
+        return out
+    }
+
+    public mutating func onTick(now: Double) -> [Directive] {
+        var out: [Directive] = []
+        var w = 0
+        while w < workers.count {
+            if now - workers[w].lastSeen > Timing.liveness {
+                out += release(w, now: now, why: String(format: "silent for %.1fs: declared dead", now - workers[w].lastSeen))
+                workers.remove(at: w)
+            } else { w += 1 }
+        }
+        if now - lastHeartbeat >= Timing.heartbeatInterval {
+            lastHeartbeat = now
+            out += workers.map { .send($0.peer, .heartbeat) }
+        }
+        return out + assign(now: now)
+    }
+
+    /// Sends stop to every worker (end of the run).
+    public mutating func finish() -> [Directive] {
+        let out = workers.map { Directive.send($0.peer, .stop) }
+        step = nil
+        return out
+    }
+
+    private mutating func release(_ w: Int, now: Double, why: String) -> [Directive] {
+        var msg = "\(workers[w].name) \(why)"
+        if let s = workers[w].assigned, s < shards.count {
+            shards[s].holders.removeAll { $0 == workers[w].peer }
+            if shards[s].result == nil && shards[s].holders.isEmpty {
+                reissuedThisStep += 1
+                msg += "; its shard \(s) goes back to the queue"
+            }
+        }
+        return [.log(msg)]
+    }
+
+    /// Gives each idle worker the lowest pending shard, or else duplicates a straggler's.
+    private mutating func assign(now: Double) -> [Directive] {
+        guard started, let step else { return [] }
+        var out: [Directive] = []
+        for w in workers.indices where workers[w].assigned == nil {
+            var pick = shards.indices.first { shards[$0].result == nil && shards[$0].holders.isEmpty }
+            var straggler = false
+            if pick == nil {
+                pick = shards.indices.first {
+                    shards[$0].result == nil && shards[$0].holders.count == 1
+                        && now - (shards[$0].issuedAt ?? now) > stragglerAfter
+                }
+                straggler = pick != nil
+            }
+            guard let s = pick else { break }
+            shards[s].holders.append(workers[w].peer)
+            if shards[s].issuedAt == nil || straggler { shards[s].issuedAt = now }
+            if straggler {
+                reissuedThisStep += 1
+                out.append(.log("step \(step) shard \(s) is straggling: also issued to \(workers[w].name)"))
+            }
+            workers[w].assigned = s
+            workers[w].assignedAt = now
+            let withWeights = workers[w].weightsStep != step
+            workers[w].weightsStep = step
+            let fresh = shards[s].sequenceIds.filter { !workers[w].sentSequences.contains($0) }
+            workers[w].sentSequences.formUnion(fresh)
+            out.append(.sendWork(workers[w].peer, step: step, shard: s, withWeights: withWeights, newSequences: fresh))
+        }
+        return out
+    }
+}

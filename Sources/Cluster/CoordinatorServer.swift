@@ -1,0 +1,108 @@
+import BiLSTM
+import CZMQ
+import Foundation
+import Numerics
+import Training
+
+/// The coordinator's IO shell: one ROUTER socket, the pure `CoordinatorCore`, and the `Trainer`.
+/// It decodes (and rejects) messages, feeds the core, carries out its directives, and when a
+/// step's shards are all in, reduces in the fixed tree, clips, steps and checkpoints.
+public final class CoordinatorServer {
+    public let trainer: Trainer
+    let socket: ZMQSocket
+    var core: CoordinatorCore
+    var limits = WireLimits()
+    public private(set) var endpoint: String
+    public private(set) var rejected = 0
+    var stepDone = false
+    var weightsCache: (step: Int, bytes: FloatBuffer)? = nil
+    let log: (String) -> Void
+
+    public init(trainer: Trainer, context: ZMQContext, bind: String, minWorkers: Int, maxWorkers: Int,
+                log: @escaping (String) -> Void) throws {
+        self.trainer = trainer
+        self.log = log
+        socket = try ZMQSocket(context, .router)
+        // Bound memory whatever peers send: the largest legal message is a gradient.
+        socket.setInt64(ZMQ_MAXMSGSIZE, Int64(trainer.layout.count * 4 + (64 << 20)))
+        socket.setInt(ZMQ_SNDHWM, 64)
+        socket.setInt(ZMQ_RCVHWM, 256)
+        do { try socket.bind(bind) } catch {
+            throw LockstepError("\(error)", hint: "choose a free port with --bind tcp://127.0.0.1:PORT, or stop whatever holds it")
+        }
+        endpoint = socket.lastEndpoint
+        limits.parameterCount = trainer.layout.count
+        limits.inputSize = trainer.model.inputSize
+        let runId = UInt64(strtoull(String(trainer.run.hash.prefix(16)), nil, 16))
+        core = CoordinatorCore(fingerprint: Fingerprint.compute(), blasCore: BLAS.coreName,
+                               welcome: Welcome(runId: runId, model: trainer.model, seed: trainer.run.seed),
+                               minWorkers: minWorkers, maxWorkers: maxWorkers)
+    }
+
+    /// Trains to the end. Throws a `LockstepError` when the run must stop (the last checkpoint stays intact).
+    public func run(metrics: MetricsLog, progress: ProgressLine?) throws {
+        let t = trainer
+        log("listening on \(endpoint); waiting for \(core.minWorkers) worker(s)")
+        var stepStarted = monotonicSeconds()
+        try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: stepStarted))
+        while !t.done {
+            if ZMQSocket.poll([socket], timeout: 0.05)[0] {
+                var drained = 0
+                while drained < 1000, let frames = socket.receive() {
+                    drained += 1
+                    try handle(frames)
+                }
+            }
+            try execute(core.onTick(now: monotonicSeconds()))
+            if stepDone {
+                stepDone = false
+                let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
+                var report = t.apply(parts: parts, seconds: monotonicSeconds() - stepStarted)
+                report.workersAlive = core.alive
+                report.reissued = core.reissuedThisStep
+                metrics.write(report)
+                progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
+                                 extra: "  workers \(core.alive)")
+                if t.run.checkpointEvery > 0 && t.step % t.run.checkpointEvery == 0 && !t.done { try t.saveCheckpoint() }
+                if !t.done {
+                    stepStarted = monotonicSeconds()
+                    try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: stepStarted))
+                }
+            }
+        }
+        try t.saveCheckpoint()
+        try execute(core.finish())
+    }
+
+    /// Tells every worker to stop (also on a fatal error).
+    public func stopWorkers() { try? execute(core.finish()) }
+
+    func handle(_ frames: [[UInt8]]) throws {
+        guard frames.count >= 2 else { rejected += 1; log("rejected a message with no body"); return }
+        let peer = Peer(frames[0])
+        let message: Message
+        do { message = try Message.decode(Array(frames[1...]), limits: limits) } catch {
+            rejected += 1
+            log("rejected a message from \(peer): \(error)")
+            return
+        }
+        try execute(core.onMessage(message, from: peer, now: monotonicSeconds()))
+    }
+
+    func execute(_ directives: [Directive]) throws {
+        for d in directives {
+            switch d {
+            case .send(let peer, let m):
+                socket.send([peer.id] + m.encode(), dontWait: true)
+            case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
+                let ids = core.shards[shard].sequenceIds
+                let work = Work(step: step, shard: shard, sequenceIds: ids, weights: withWeights ? trainer.params : nil,
+                                sequences: fresh.map { trainer.data.examples[$0] })
+                socket.send([peer.id] + Message.work(work).encode(), dontWait: true)
+            case .log(let s): log(s)
+            case .stepComplete: stepDone = true
+            case .fatal(let s): throw LockstepError("run stopped at step \(trainer.step + 1): \(s)")
+            }
+        }
+    }
+}

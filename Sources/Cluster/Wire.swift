@@ -1,0 +1,281 @@
+import BiLSTM
+import Foundation
+import Numerics
+
+/// Lockstep's messages (DESIGN.md §4). On the wire: frame 0 is a small header
+/// (`LKST`, protocol version u16, type u8, reserved u8, then the type's fields, little-endian);
+/// large payloads (weights, gradients, sequences) follow as raw frames.
+public enum Message: Equatable {
+    case hello(Hello)
+    case welcome(Welcome)
+    case refuse(String)
+    case work(Work)
+    case result(ShardResult)
+    case heartbeat
+    case stop
+    /// "I do not know you": the receiver should say hello again (e.g. after a coordinator restart).
+    case reset
+
+    public static let protocolVersion: UInt16 = 1
+    public static let magic: [UInt8] = Array("LKST".utf8)
+
+    public var typeName: String {
+        switch self {
+        case .hello: "hello"
+        case .welcome: "welcome"
+        case .refuse: "refuse"
+        case .work: "work"
+        case .result: "result"
+        case .heartbeat: "heartbeat"
+        case .stop: "stop"
+        case .reset: "reset"
+        }
+    }
+}
+
+public struct Hello: Equatable, Sendable {
+    public var fingerprint: String
+    public var blasCore: String
+    public var threads: Int
+    public var pid: Int
+    public init(fingerprint: String, blasCore: String, threads: Int, pid: Int) {
+        self.fingerprint = fingerprint; self.blasCore = blasCore; self.threads = threads; self.pid = pid
+    }
+}
+
+public struct Welcome: Equatable, Sendable {
+    public var runId: UInt64
+    public var model: ModelConfig
+    public var seed: UInt64
+    public init(runId: UInt64, model: ModelConfig, seed: UInt64) { self.runId = runId; self.model = model; self.seed = seed }
+}
+
+public struct Work: Equatable {
+    public var step: Int
+    public var shard: Int
+    public var sequenceIds: [Int]
+    /// The weights of `step`, when this worker does not have them yet.
+    public var weights: FloatBuffer?
+    /// Sequences this worker has not been sent before (it caches them by id).
+    public var sequences: [Example]
+
+    public init(step: Int, shard: Int, sequenceIds: [Int], weights: FloatBuffer?, sequences: [Example]) {
+        self.step = step; self.shard = shard; self.sequenceIds = sequenceIds; self.weights = weights; self.sequences = sequences
+    }
+
+    public static func == (a: Work, b: Work) -> Bool {
+        a.step == b.step && a.shard == b.shard && a.sequenceIds == b.sequenceIds && a.sequences == b.sequences
+            && a.weights?.array == b.weights?.array
+    }
+}
+
+public struct ShardResult: Equatable {
+    public var step: Int
+    public var shard: Int
+    public var lossSum: Double
+    public var frames: Int
+    public var grad: FloatBuffer
+
+    public init(step: Int, shard: Int, lossSum: Double, frames: Int, grad: FloatBuffer) {
+        self.step = step; self.shard = shard; self.lossSum = lossSum; self.frames = frames; self.grad = grad
+    }
+
+    public static func == (a: ShardResult, b: ShardResult) -> Bool { a.sameBits(as: b) && a.step == b.step && a.shard == b.shard }
+
+    /// Bit-for-bit equality of what a duplicate computation must reproduce.
+    public func sameBits(as o: ShardResult) -> Bool {
+        lossSum.bitPattern == o.lossSum.bitPattern && frames == o.frames && grad.count == o.grad.count
+            && memcmp(grad.ptr, o.grad.ptr, grad.count * 4) == 0
+    }
+}
+
+/// Why a message was rejected; logged, never fatal.
+public struct WireError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// Sizes the decoder accepts; anything larger is refused before it is allocated.
+public struct WireLimits: Sendable {
+    public var maxFrames = 4
+    public var maxHeaderBytes = 1 << 20
+    public var maxSequences = 1 << 16
+    public var maxSequenceLength = 1 << 20
+    public var maxStringBytes = 4096
+    /// Float count of weights and gradients, when known (the coordinator's and a welcomed worker's).
+    public var parameterCount: Int? = nil
+    public var inputSize: Int? = nil
+    public init() {}
+}
+
+struct ByteWriter {
+    var bytes: [UInt8] = []
+    mutating func u8(_ v: UInt8) { bytes.append(v) }
+    mutating func u16(_ v: UInt16) { bytes += [UInt8(v & 0xff), UInt8(v >> 8)] }
+    mutating func u32(_ v: UInt32) { for k in 0..<4 { bytes.append(UInt8((v >> (8 * UInt32(k))) & 0xff)) } }
+    mutating func u64(_ v: UInt64) { for k in 0..<8 { bytes.append(UInt8((v >> (8 * UInt64(k))) & 0xff)) } }
+    mutating func int(_ v: Int) { u64(UInt64(bitPattern: Int64(v))) }
+    mutating func f64(_ v: Double) { u64(v.bitPattern) }
+    mutating func string(_ s: String) { let b = Array(s.utf8); u32(UInt32(b.count)); bytes += b }
+}
+
+struct ByteReader {
+    let bytes: [UInt8]
+    var at = 0
+    init(_ b: [UInt8]) { bytes = b }
+    mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
+        guard n >= 0, at + n <= bytes.count else { throw WireError("message truncated at byte \(at) (wanted \(n) more of \(bytes.count))") }
+        defer { at += n }
+        return bytes[at..<(at + n)]
+    }
+    mutating func u8() throws -> UInt8 { try take(1).first! }
+    mutating func u16() throws -> UInt16 { let s = try take(2); return UInt16(s[s.startIndex]) | UInt16(s[s.startIndex + 1]) << 8 }
+    mutating func u32() throws -> UInt32 { let s = try take(4); return s.reversed().reduce(0) { $0 << 8 | UInt32($1) } }
+    mutating func u64() throws -> UInt64 { let s = try take(8); return s.reversed().reduce(0) { $0 << 8 | UInt64($1) } }
+    mutating func int(max: Int = Int.max) throws -> Int {
+        let v = Int64(bitPattern: try u64())
+        guard v >= 0, v <= max else { throw WireError("field value \(v) out of range 0...\(max)") }
+        return Int(v)
+    }
+    mutating func f64() throws -> Double { Double(bitPattern: try u64()) }
+    mutating func string(max: Int) throws -> String {
+        let n = Int(try u32())
+        guard n <= max else { throw WireError("string of \(n) bytes exceeds \(max)") }
+        return String(decoding: try take(n), as: UTF8.self)
+    }
+    var done: Bool { at == bytes.count }
+}
+
+extension Message {
+    private var typeCode: UInt8 {
+        switch self {
+        case .hello: 1
+        case .welcome: 2
+        case .refuse: 3
+        case .work: 4
+        case .result: 5
+        case .heartbeat: 6
+        case .stop: 7
+        case .reset: 8
+        }
+    }
+
+    /// The frames of this message.
+    public func encode() -> [[UInt8]] {
+        var w = ByteWriter()
+        w.bytes = Message.magic
+        w.u16(Message.protocolVersion)
+        w.u8(typeCode)
+        w.u8(0)
+        var frames: [[UInt8]] = []
+        switch self {
+        case .hello(let h):
+            w.string(h.fingerprint); w.string(h.blasCore); w.int(h.threads); w.int(h.pid)
+        case .welcome(let m):
+            w.u64(m.runId); w.u64(m.seed)
+            w.int(m.model.inputSize); w.int(m.model.hidden); w.int(m.model.layers); w.int(m.model.classes)
+            w.u8(m.model.bidirectional ? 1 : 0); w.u8(m.model.arch == .split ? 1 : 0); w.u32(m.model.dropout.bitPattern)
+        case .refuse(let reason):
+            w.string(String(reason.utf8.prefix(4000)) ?? "")
+        case .work(let work):
+            w.int(work.step); w.int(work.shard)
+            w.u32(UInt32(work.sequenceIds.count))
+            for id in work.sequenceIds { w.int(id) }
+            w.u8(work.weights != nil ? 1 : 0)
+            if let weights = work.weights { frames.append(Array(weights.bytes)) }
+            var s = ByteWriter()
+            s.u32(UInt32(work.sequences.count))
+            for e in work.sequences {
+                s.int(e.id); s.u32(UInt32(e.length)); s.u32(UInt32(e.x.count / max(e.length, 1)))
+                e.x.withUnsafeBytes { s.bytes += $0 }
+                e.y.withUnsafeBytes { s.bytes += $0 }
+            }
+            frames.append(s.bytes)
+        case .result(let r):
+            w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames)
+            frames.append(Array(r.grad.bytes))
+        case .heartbeat, .stop, .reset:
+            break
+        }
+        return [w.bytes] + frames
+    }
+
+    /// Validates and decodes; throws `WireError` naming what is wrong, never traps.
+    public static func decode(_ frames: [[UInt8]], limits: WireLimits) throws -> Message {
+        guard !frames.isEmpty else { throw WireError("empty message") }
+        guard frames.count <= limits.maxFrames else { throw WireError("\(frames.count) frames (at most \(limits.maxFrames))") }
+        guard frames[0].count <= limits.maxHeaderBytes else { throw WireError("header of \(frames[0].count) bytes") }
+        var r = ByteReader(frames[0])
+        guard Array(try r.take(4)) == magic else { throw WireError("not a Lockstep message (bad magic)") }
+        let version = try r.u16()
+        guard version == protocolVersion else {
+            throw WireError("protocol version \(version), this build speaks \(protocolVersion)")
+        }
+        let type = try r.u8()
+        _ = try r.u8()
+        func expectFrames(_ n: Int) throws {
+            guard frames.count == n else { throw WireError("\(type == 4 ? "work" : "message type \(type)") with \(frames.count) frames, expected \(n)") }
+        }
+        func floats(_ frame: [UInt8], what: String) throws -> FloatBuffer {
+            guard frame.count % 4 == 0 else { throw WireError("\(what) frame of \(frame.count) bytes is not float32") }
+            if let p = limits.parameterCount, frame.count != p * 4 {
+                throw WireError("\(what) has \(frame.count / 4) floats, the model has \(p)")
+            }
+            let b = FloatBuffer(count: frame.count / 4)
+            frame.withUnsafeBytes { UnsafeMutableRawPointer(b.ptr).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
+            return b
+        }
+        let msg: Message
+        switch type {
+        case 1:
+            try expectFrames(1)
+            msg = .hello(Hello(fingerprint: try r.string(max: limits.maxStringBytes), blasCore: try r.string(max: limits.maxStringBytes),
+                               threads: try r.int(max: 1024), pid: try r.int(max: Int(Int32.max))))
+        case 2:
+            try expectFrames(1)
+            let runId = try r.u64(), seed = try r.u64()
+            let model = ModelConfig(inputSize: try r.int(max: 1 << 20), hidden: try r.int(max: 4096), layers: try r.int(max: 64),
+                                    classes: try r.int(max: 1 << 20), bidirectional: try r.u8() == 1,
+                                    arch: try r.u8() == 1 ? .split : .stacked, dropout: Float(bitPattern: try r.u32()))
+            guard model.problems().isEmpty else { throw WireError("welcome with a bad model: \(model.problems().joined(separator: "; "))") }
+            msg = .welcome(Welcome(runId: runId, model: model, seed: seed))
+        case 3:
+            try expectFrames(1)
+            msg = .refuse(try r.string(max: 8192))
+        case 4:
+            let step = try r.int(), shard = try r.int(max: 1 << 20)
+            let n = Int(try r.u32())
+            guard n >= 1, n <= limits.maxSequences else { throw WireError("work with \(n) sequences") }
+            let ids = try (0..<n).map { _ in try r.int() }
+            let hasWeights = try r.u8() == 1
+            try expectFrames(hasWeights ? 3 : 2)
+            let weights = hasWeights ? try floats(frames[1], what: "weights") : nil
+            var s = ByteReader(frames[frames.count - 1])
+            let count = Int(try s.u32())
+            guard count <= limits.maxSequences else { throw WireError("\(count) sequences in one message") }
+            var seqs: [Example] = []
+            for _ in 0..<count {
+                let id = try s.int(), len = Int(try s.u32()), width = Int(try s.u32())
+                guard len >= 1, len <= limits.maxSequenceLength else { throw WireError("sequence \(id) has length \(len)") }
+                if let d = limits.inputSize, width != d { throw WireError("sequence \(id) has d_in \(width), the model takes \(d)") }
+                let xb = try s.take(len * width * 4), yb = try s.take(len * 4)
+                var x = [Float](repeating: 0, count: len * width), y = [Int32](repeating: 0, count: len)
+                x.withUnsafeMutableBytes { $0.copyBytes(from: xb) }
+                y.withUnsafeMutableBytes { $0.copyBytes(from: yb) }
+                seqs.append(Example(id: id, x: x, y: y))
+            }
+            guard s.done else { throw WireError("trailing bytes after the sequences") }
+            msg = .work(Work(step: step, shard: shard, sequenceIds: ids, weights: weights, sequences: seqs))
+        case 5:
+            try expectFrames(2)
+            let step = try r.int(), shard = try r.int(max: 1 << 20), loss = try r.f64(), count = try r.int(max: 1 << 40)
+            msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count, grad: try floats(frames[1], what: "gradient")))
+        case 6: try expectFrames(1); msg = .heartbeat
+        case 7: try expectFrames(1); msg = .stop
+        case 8: try expectFrames(1); msg = .reset
+        default: throw WireError("unknown message type \(type)")
+        }
+        guard r.done else { throw WireError("\(msg.typeName) header has \(r.bytes.count - r.at) trailing bytes") }
+        return msg
+    }
+}

@@ -1,0 +1,162 @@
+import BiLSTM
+import CZMQ
+import Foundation
+import Numerics
+import Training
+
+/// The worker's IO shell: a DEALER to the coordinator, a compute thread for shards, and
+/// Paranoid-Pirate liveness (heartbeats while computing; reconnect with back-off when the
+/// coordinator goes silent).
+public final class WorkerClient {
+    public struct Options {
+        public var endpoint: String
+        public var threads = 1
+        public var fingerprint: String? = nil      // test hook: pretend to have other numerics
+        public var delayPerShard: Double = 0       // test hook: a slow worker
+        public var parentPid: pid_t? = nil         // exit when this process is gone
+        public init(endpoint: String) { self.endpoint = endpoint }
+    }
+
+    let options: Options
+    let context = ZMQContext()
+    var socket: ZMQSocket
+    let done: ZMQSocket
+    let doneEndpoint = "inproc://lockstep-done-\(UUID().uuidString)"
+    let log: (String) -> Void
+    let hello: Hello
+
+    var computer: ShardComputer?
+    var welcome: Welcome?
+    var weights: FloatBuffer?
+    var weightsStep: Int?
+    var cache: [Int: Example] = [:]
+    var limits = WireLimits()
+    let queue = DispatchQueue(label: "lockstep.compute")
+    let lock = NSLock()
+    var finished: [ShardResult] = []
+    var notifier: ZMQSocket?
+    var lastHeard = monotonicSeconds()
+    var lastSent = 0.0
+    var backoff = Timing.reconnectInitial
+
+    public init(_ options: Options, log: @escaping (String) -> Void) throws {
+        self.options = options
+        self.log = log
+        BLAS.setThreads(options.threads)
+        hello = Hello(fingerprint: options.fingerprint ?? Fingerprint.compute(), blasCore: BLAS.coreName,
+                      threads: options.threads, pid: Int(getpid()))
+        done = try ZMQSocket(context, .pair)
+        try done.bind(doneEndpoint)
+        socket = try WorkerClient.connect(context, options.endpoint)
+    }
+
+    static func connect(_ context: ZMQContext, _ endpoint: String) throws -> ZMQSocket {
+        let s = try ZMQSocket(context, .dealer)
+        s.setInt(ZMQ_IMMEDIATE, 1)       // queue nothing for a coordinator that is not there
+        s.setInt(ZMQ_SNDHWM, 16)
+        s.setInt64(ZMQ_MAXMSGSIZE, 1 << 31)
+        s.setInt(ZMQ_RECONNECT_IVL, 100)
+        try s.connect(endpoint)
+        return s
+    }
+
+    func send(_ m: Message) {
+        if socket.send(m.encode(), dontWait: true) { lastSent = monotonicSeconds() }
+    }
+
+    /// Works until told to stop (returns 0) or refused (returns 2).
+    public func run() throws -> Int32 {
+        log("connecting to \(options.endpoint) (BLAS \(hello.blasCore), fingerprint \(hello.fingerprint.prefix(16)))")
+        send(.hello(hello))
+        while true {
+            if let parent = options.parentPid, getppid() != parent { log("parent process is gone: exiting"); return 0 }
+            let ready = ZMQSocket.poll([socket, done], timeout: Timing.heartbeatInterval / 2)
+            if ready[1] {
+                while done.receive() != nil {}
+                lock.lock(); let out = finished; finished = []; lock.unlock()
+                for r in out { send(.result(r)) }
+            }
+            if ready[0] {
+                while let frames = socket.receive() {
+                    lastHeard = monotonicSeconds()
+                    let m: Message
+                    do { m = try Message.decode(frames, limits: limits) } catch {
+                        log("rejected a message from the coordinator: \(error)")
+                        continue
+                    }
+                    if let code = try onMessage(m) { return code }
+                }
+            }
+            let now = monotonicSeconds()
+            if now - lastSent >= Timing.heartbeatInterval { send(.heartbeat) }
+            if now - lastHeard > Timing.liveness {
+                log(String(format: "coordinator silent for %.1fs: reconnecting in %.2fs", now - lastHeard, backoff))
+                Thread.sleep(forTimeInterval: backoff)
+                backoff = min(backoff * 2, Timing.reconnectMaximum)
+                socket = try WorkerClient.connect(context, options.endpoint)
+                lastHeard = monotonicSeconds()
+                weightsStep = nil
+                send(.hello(hello))
+            }
+        }
+    }
+
+    /// Returns an exit code when the worker should stop.
+    func onMessage(_ m: Message) throws -> Int32? {
+        switch m {
+        case .welcome(let w):
+            if welcome?.model != w.model || welcome?.seed != w.seed {
+                computer = ShardComputer(model: w.model, seed: w.seed)
+                cache = [:]
+            }
+            if welcome?.runId != w.runId { cache = [:] }
+            welcome = w
+            weights = nil
+            weightsStep = nil
+            limits.parameterCount = ParameterLayout(w.model).count
+            limits.inputSize = w.model.inputSize
+            backoff = Timing.reconnectInitial
+            log("joined run \(String(w.runId, radix: 16)): \(w.model.arch.rawValue) H=\(w.model.hidden) layers=\(w.model.layers)")
+        case .refuse(let reason):
+            log("refused by the coordinator: \(reason)")
+            return 2
+        case .work(let work):
+            guard let computer else { send(.hello(hello)); return nil }
+            if let w = work.weights { weights = w; weightsStep = work.step }
+            for e in work.sequences { cache[e.id] = e }
+            let examples = work.sequenceIds.compactMap { cache[$0] }
+            guard let params = weights, weightsStep == work.step, examples.count == work.sequenceIds.count else {
+                log("work for step \(work.step) does not match what this worker holds: saying hello again")
+                weightsStep = nil
+                send(.hello(hello))
+                return nil
+            }
+            let delay = options.delayPerShard
+            let endpoint = doneEndpoint
+            queue.async { [self] in
+                if delay > 0 { Thread.sleep(forTimeInterval: delay) }
+                let grad = FloatBuffer(count: params.count)
+                let r = computer.compute(params: params, examples: examples, step: work.step, into: grad)
+                lock.lock()
+                finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames, grad: grad))
+                lock.unlock()
+                if notifier == nil {
+                    notifier = try? ZMQSocket(context, .pair)
+                    try? notifier?.connect(endpoint)
+                }
+                notifier?.send([[1]])
+            }
+        case .heartbeat:
+            break
+        case .stop:
+            log("coordinator says stop: exiting")
+            return 0
+        case .reset:
+            weightsStep = nil
+            send(.hello(hello))
+        case .hello, .result:
+            log("unexpected \(m.typeName) from the coordinator: dropped")
+        }
+        return nil
+    }
+}

@@ -1,0 +1,103 @@
+import CZMQ
+import Foundation
+
+/// The thin part of the shell: libzmq sockets with multipart send and receive.
+public final class ZMQContext: @unchecked Sendable {
+    let raw: UnsafeMutableRawPointer
+    public init() { raw = zmq_ctx_new() }
+    deinit { zmq_ctx_term(raw) }
+}
+
+public struct ZMQError: Error, CustomStringConvertible {
+    public let description: String
+    static func last(_ what: String) -> ZMQError { ZMQError(description: "\(what): \(String(cString: zmq_strerror(zmq_errno())))") }
+}
+
+public final class ZMQSocket {
+    public enum Kind { case router, dealer, pair }
+    let raw: UnsafeMutableRawPointer
+    let context: ZMQContext
+
+    public init(_ context: ZMQContext, _ kind: Kind) throws {
+        self.context = context
+        let t: Int32 = switch kind { case .router: ZMQ_ROUTER; case .dealer: ZMQ_DEALER; case .pair: ZMQ_PAIR }
+        guard let s = zmq_socket(context.raw, t) else { throw ZMQError.last("zmq_socket") }
+        raw = s
+        setInt(ZMQ_LINGER, 0)
+    }
+
+    deinit { zmq_close(raw) }
+
+    @discardableResult
+    public func setInt(_ option: Int32, _ value: Int32) -> Bool {
+        var v = value
+        return zmq_setsockopt(raw, option, &v, MemoryLayout<Int32>.size) == 0
+    }
+
+    public func setInt64(_ option: Int32, _ value: Int64) {
+        var v = value
+        zmq_setsockopt(raw, option, &v, MemoryLayout<Int64>.size)
+    }
+
+    public func bind(_ endpoint: String) throws {
+        guard zmq_bind(raw, endpoint) == 0 else { throw ZMQError.last("cannot bind \(endpoint)") }
+    }
+
+    public func connect(_ endpoint: String) throws {
+        guard zmq_connect(raw, endpoint) == 0 else { throw ZMQError.last("cannot connect to \(endpoint)") }
+    }
+
+    /// The endpoint actually bound (resolves a `*` port).
+    public var lastEndpoint: String {
+        var buf = [CChar](repeating: 0, count: 256)
+        var len = buf.count
+        zmq_getsockopt(raw, ZMQ_LAST_ENDPOINT, &buf, &len)
+        return String(cString: buf)
+    }
+
+    /// Sends all frames as one message. Returns false when it would block (`dontWait`).
+    @discardableResult
+    public func send(_ frames: [[UInt8]], dontWait: Bool = false) -> Bool {
+        for (i, f) in frames.enumerated() {
+            var flags: Int32 = i < frames.count - 1 ? ZMQ_SNDMORE : 0
+            if dontWait { flags |= ZMQ_DONTWAIT }
+            let rc = f.withUnsafeBytes { zmq_send(raw, $0.baseAddress, f.count, flags) }
+            if rc < 0 { return false }
+        }
+        return true
+    }
+
+    /// Receives one whole message (all its frames), or nil when none is waiting.
+    public func receive() -> [[UInt8]]? {
+        var frames: [[UInt8]] = []
+        var msg = zmq_msg_t()
+        while true {
+            zmq_msg_init(&msg)
+            let rc = zmq_msg_recv(&msg, raw, frames.isEmpty ? ZMQ_DONTWAIT : 0)
+            if rc < 0 { zmq_msg_close(&msg); return frames.isEmpty ? nil : frames }
+            let size = zmq_msg_size(&msg)
+            if let data = zmq_msg_data(&msg) {
+                frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
+            } else {
+                frames.append([])
+            }
+            let more = zmq_msg_more(&msg) != 0
+            zmq_msg_close(&msg)
+            if !more { return frames }
+        }
+    }
+
+    /// Waits up to `timeout` seconds for any of `sockets` to be readable; returns which are.
+    public static func poll(_ sockets: [ZMQSocket], timeout: Double) -> [Bool] {
+        var items = sockets.map { zmq_pollitem_t(socket: $0.raw, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
+        let rc = zmq_poll(&items, Int32(items.count), max(0, Int(timeout * 1000)))
+        if rc <= 0 { return sockets.map { _ in false } }
+        return items.map { ($0.revents & Int16(ZMQ_POLLIN)) != 0 }
+    }
+}
+
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
