@@ -1,0 +1,140 @@
+import Cluster
+import Foundation
+import XCTest
+
+/// Tier 3 (real processes on loopback, `kill -9`): the same final SHA-256 as `coord start --local`
+/// whatever the number of workers and whatever fails.
+final class ClusterProcessTests: XCTestCase {
+    var h: ProcessHarness!
+    nonisolated(unsafe) static var references: [Int: String] = [:]
+
+    override func setUp() { h = ProcessHarness() }
+    override func tearDown() { h.cleanUp() }
+
+    /// The single-process reference hash for `steps` steps of the test config.
+    func reference(steps: Int) throws -> String {
+        if let r = ClusterProcessTests.references[steps] { return r }
+        let p = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/ref\(steps)"] + ProcessHarness.options(steps: steps), name: "ref\(steps)")
+        XCTAssertEqual(h.wait(p, timeout: 120), 0, h.text(h.log("ref\(steps)")))
+        let r = try XCTUnwrap(h.hash("ref\(steps)"), h.text(h.log("ref\(steps)")))
+        ClusterProcessTests.references[steps] = r
+        return r
+    }
+
+    func coordinator(_ name: String, steps: Int, extra: [String]) throws -> Process {
+        try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/\(name)"] + ProcessHarness.options(steps: steps) + extra, name: name)
+    }
+
+    func worker(_ name: String, _ endpoint: String, _ extra: [String] = []) throws -> Process {
+        try h.start("worker", ["join", endpoint] + extra, name: name)
+    }
+
+    func testSameBitsWithOneToFourWorkersAsSingleProcess() throws {
+        let ref = try reference(steps: 16)
+        for n in 1...4 {
+            let c = try coordinator("spawn\(n)", steps: 16, extra: ["--spawn", "\(n)", "--bind", "tcp://127.0.0.1:0"])
+            XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("spawn\(n)")))
+            XCTAssertEqual(h.hash("spawn\(n)"), ref, "\(n) workers")
+            let metrics = h.metricsLines(h.dir + "/spawn\(n)")
+            XCTAssertEqual(metrics.count, 16)
+            XCTAssertTrue(metrics.contains { $0.contains("\"clipped\":true") }, "clipping must be active in this test")
+            XCTAssertTrue(metrics.last!.contains("\"workers_alive\":\(n)"))
+        }
+    }
+
+    func testWorkersKilledMidStepAndLateJoinersChangeNothing() throws {
+        let ref = try reference(steps: 40)
+        let c = try coordinator("chaos", steps: 40, extra: ["--bind", "tcp://127.0.0.1:0", "--min-workers", "2"])
+        let ep = try XCTUnwrap(h.endpoint("chaos"))
+        let slow = ["--debug-delay", "0.1"]  // each shard takes >= 100 ms: a worker almost always holds one
+        let w1 = try worker("w1", ep, slow), w2 = try worker("w2", ep, slow)
+        let dir = h.dir + "/chaos"
+        h.until(60) { self.h.metricsLines(dir).count >= 3 }
+        h.kill9(w1)
+        let w3 = try worker("w3", ep, slow)
+        h.until(60) { self.h.metricsLines(dir).count >= 14 }
+        h.kill9(w2)
+        _ = try worker("w4", ep, slow)
+        h.until(60) { self.h.metricsLines(dir).count >= 26 }
+        h.kill9(w3)
+        XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("chaos")))
+        XCTAssertEqual(h.hash("chaos"), ref)
+        let log = h.text(h.log("chaos"))
+        XCTAssertGreaterThanOrEqual(log.components(separatedBy: "declared dead").count - 1, 3, log)
+        XCTAssertTrue(log.contains("goes back to the queue"), "at least one killed worker was holding a shard:\n\(log)")
+        XCTAssertTrue(h.metricsLines(dir).contains { !$0.contains("\"shards_reissued\":0") })
+    }
+
+    func testStragglersShardsAreReissuedAndTheResultIsUnchanged() throws {
+        let ref = try reference(steps: 8)
+        let c = try coordinator("straggle", steps: 8, extra: ["--bind", "tcp://127.0.0.1:0", "--min-workers", "2"])
+        let ep = try XCTUnwrap(h.endpoint("straggle"))
+        _ = try worker("fast", ep)
+        _ = try worker("slow", ep, ["--debug-delay", "4"])
+        XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("straggle")))
+        XCTAssertEqual(h.hash("straggle"), ref)
+        XCTAssertTrue(h.text(h.log("straggle")).contains("is straggling: also issued to"), h.text(h.log("straggle")))
+    }
+
+    func testCoordinatorKill9ThenResumeReachesTheSameBits() throws {
+        let ref = try reference(steps: 40)
+        let first = try coordinator("resume", steps: 40, extra: ["--bind", "tcp://127.0.0.1:0", "--min-workers", "2"])
+        let ep = try XCTUnwrap(h.endpoint("resume"))
+        _ = try worker("r1", ep, ["--debug-delay", "0.03"])
+        _ = try worker("r2", ep, ["--debug-delay", "0.03"])
+        let dir = h.dir + "/resume"
+        XCTAssertTrue(h.until(90) { self.h.metricsLines(dir).count >= 10 })
+        h.kill9(first)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/checkpoint.safetensors"))
+        let again = try h.start("coord", ["start", "--checkpoint-dir", dir, "--resume", "--bind", ep, "--min-workers", "2"]
+                                    + ProcessHarness.options(steps: 40), name: "resume2")
+        XCTAssertEqual(h.wait(again, timeout: 180), 0, h.text(h.log("resume2")))
+        XCTAssertEqual(h.hash("resume2"), ref)
+        XCTAssertEqual(h.metricsLines(dir).count, 40, "metrics has each step once after the resume")
+    }
+
+    func testWorkerWithOtherNumericsIsRefusedWithTheFix() throws {
+        let c = try coordinator("fp", steps: 4, extra: ["--bind", "tcp://127.0.0.1:0"])
+        let ep = try XCTUnwrap(h.endpoint("fp"))
+        let bad = try worker("bad", ep, ["--debug-fingerprint", "00ff00ff"])
+        XCTAssertEqual(h.wait(bad, timeout: 30), 2)
+        let said = h.text(h.log("bad"))
+        for s in ["numerics fingerprint mismatch", "OPENBLAS_CORETYPE=", "BLAS core"] { XCTAssertTrue(said.contains(s), said) }
+        XCTAssertTrue(h.text(h.log("fp")).contains("refused"))
+        h.kill9(c)
+    }
+
+    func testGarbageOnTheCoordinatorsPortChangesNothing() throws {
+        let ref = try reference(steps: 16)
+        let c = try coordinator("garbage", steps: 16, extra: ["--bind", "tcp://127.0.0.1:0", "--min-workers", "1"])
+        let ep = try XCTUnwrap(h.endpoint("garbage"))
+        _ = try worker("g1", ep, ["--debug-delay", "0.05"])
+        // Raw bytes on the TCP port (not even ZMTP).
+        let port = UInt16(ep.split(separator: ":").last!)!
+        for k in 0..<5 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = port.bigEndian
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            if ok == 0 { let junk = [UInt8](repeating: UInt8(k * 37 & 0xff), count: 300); _ = junk.withUnsafeBytes { write(fd, $0.baseAddress, 300) } }
+            close(fd)
+        }
+        // Well-framed ZeroMQ messages that are not valid Lockstep messages.
+        let ctx = ZMQContext()
+        let s = try ZMQSocket(ctx, .dealer)
+        try s.connect(ep)
+        let result = Message.result(ShardResult(step: 0, shard: 0, lossSum: 1, frames: 1, grad: FloatBufferHelper.make(7))).encode()
+        var wrongVersion = Message.heartbeat.encode(); wrongVersion[0][4] = 42
+        let junk: [[[UInt8]]] = [[[1, 2, 3]], [Array("LKST".utf8)], wrongVersion, [Array(result[0].prefix(9))], result,
+                                 Array(repeating: [0], count: 40), [Array(repeating: 0xff, count: 70_000)]]
+        for _ in 0..<3 { for j in junk { s.send(j) } ; Thread.sleep(forTimeInterval: 0.1) }
+        XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("garbage")))
+        XCTAssertEqual(h.hash("garbage"), ref)
+        XCTAssertTrue(h.text(h.log("garbage")).contains("rejected"), h.text(h.log("garbage")))
+    }
+}
+
+import Numerics
+enum FloatBufferHelper { static func make(_ n: Int) -> FloatBuffer { FloatBuffer(count: n) } }

@@ -1,0 +1,138 @@
+import BiLSTM
+@testable import Cluster
+import Numerics
+import XCTest
+
+/// Tier 1 (pure, no sockets): the coordinator's protocol logic, event by event.
+final class CoordinatorCoreTests: XCTestCase {
+    let a = Peer([1]), b = Peer([2]), c = Peer([3])
+    let welcome = Welcome(runId: 7, model: ModelConfig(inputSize: 2, hidden: 2, layers: 1, classes: 2), seed: 1)
+
+    func core(min: Int = 1, max: Int = 8) -> CoordinatorCore {
+        CoordinatorCore(fingerprint: "f00d", blasCore: "Haswell", welcome: welcome, minWorkers: min, maxWorkers: max)
+    }
+
+    func hello(_ fp: String = "f00d", pid: Int = 1) -> Message {
+        .hello(Hello(fingerprint: fp, blasCore: fp == "f00d" ? "Haswell" : "SkylakeX", threads: 1, pid: pid))
+    }
+
+    func result(_ step: Int, _ shard: Int, _ v: Float = 1) -> Message {
+        .result(ShardResult(step: step, shard: shard, lossSum: Double(v), frames: 3, grad: FloatBuffer([v, v])))
+    }
+
+    func works(_ ds: [Directive]) -> [(Peer, Int, Bool, [Int])] {
+        ds.compactMap { if case let .sendWork(p, _, s, w, f) = $0 { return (p, s, w, f) } else { return nil } }
+    }
+
+    func testHelloIsWelcomedAndMismatchedNumericsAreRefusedWithTheFix() {
+        var k = core()
+        let ok = k.onMessage(hello(), from: a, now: 0)
+        XCTAssertTrue(ok.contains(.send(a, .welcome(welcome))))
+        let bad = k.onMessage(hello("beef"), from: b, now: 0)
+        guard case let .send(p, .refuse(reason)) = bad.first else { return XCTFail("expected a refusal, got \(bad)") }
+        XCTAssertEqual(p, b)
+        for s in ["SkylakeX", "Haswell", "OPENBLAS_CORETYPE=Haswell", "fingerprint"] { XCTAssertTrue(reason.contains(s), reason) }
+        XCTAssertEqual(k.alive, 1)
+    }
+
+    func testNoWorkBeforeMinWorkersThenLowestShardsFirstWithWeightsAndSequencesOnce() {
+        var k = core(min: 2)
+        XCTAssertTrue(works(k.beginStep(0, shards: [[0, 1], [2], [1, 3]], now: 0)).isEmpty)
+        XCTAssertTrue(works(k.onMessage(hello(), from: a, now: 0)).isEmpty, "waits for 2 workers")
+        let w = works(k.onMessage(hello(pid: 2), from: b, now: 0))
+        XCTAssertEqual(w.map(\.0), [a, b])
+        XCTAssertEqual(w.map(\.1), [0, 1])
+        XCTAssertEqual(w.map(\.2), [true, true], "first work of a step carries the weights")
+        XCTAssertEqual(w[0].3, [0, 1])
+        let next = works(k.onMessage(result(0, 0), from: a, now: 1))
+        XCTAssertEqual(next.count, 1)
+        XCTAssertEqual(next[0].1, 2)
+        XCTAssertFalse(next[0].2, "a has this step's weights already")
+        XCTAssertEqual(next[0].3, [3], "sequence 1 was already sent to a")
+    }
+
+    func testStepCompletesOnlyWithEveryShardAndResultsComeInShardOrder() {
+        var k = core()
+        _ = k.onMessage(hello(), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        _ = k.beginStep(4, shards: [[0], [1]], now: 0)
+        XCTAssertFalse(k.onMessage(result(4, 1, 2), from: b, now: 1).contains(.stepComplete))
+        XCTAssertTrue(k.onMessage(result(4, 0, 1), from: a, now: 1).contains(.stepComplete))
+        XCTAssertEqual(k.results.map(\.shard), [0, 1])
+    }
+
+    func testStaleResultsAreDroppedAndDuplicatesComparedBitForBit() {
+        var k = core()
+        _ = k.onMessage(hello(), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        _ = k.beginStep(2, shards: [[0], [1], [2]], now: 0)
+        let stale = k.onMessage(result(1, 0), from: a, now: 1)
+        XCTAssertTrue(stale.contains { if case .log(let s) = $0 { return s.contains("stale") } else { return false } })
+        XCTAssertNil(k.shards[0].result)
+        _ = k.onMessage(result(2, 0, 1), from: a, now: 1)
+        let same = k.onMessage(result(2, 0, 1), from: b, now: 1)
+        XCTAssertTrue(same.contains { if case .log(let s) = $0 { return s.contains("bit for bit") } else { return false } })
+        let differ = k.onMessage(result(2, 0, 1.0000001), from: b, now: 1)
+        guard case .fatal(let why)? = differ.first else { return XCTFail("a mismatch must stop the run: \(differ)") }
+        XCTAssertTrue(why.contains("pid 1") && why.contains("pid 2"), "names both workers: \(why)")
+    }
+
+    func testSilentWorkerIsDeclaredDeadAndItsShardGoesToAnother() {
+        var k = core()
+        _ = k.onMessage(hello(), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        _ = k.beginStep(0, shards: [[0], [1], [2]], now: 0)
+        XCTAssertEqual(k.workers.map(\.assigned), [0, 1])
+        _ = k.onMessage(.heartbeat, from: b, now: Timing.liveness)  // any message counts
+        _ = k.onMessage(result(0, 1), from: b, now: Timing.liveness)
+        XCTAssertEqual(k.workers[1].assigned, 2)
+        let tick = k.onTick(now: Timing.liveness + 0.1)
+        XCTAssertEqual(k.alive, 1, "a was silent past the liveness window")
+        XCTAssertTrue(tick.contains { if case .log(let s) = $0 { return s.contains("declared dead") } else { return false } })
+        XCTAssertEqual(k.reissuedThisStep, 1)
+        _ = k.onMessage(result(0, 2), from: b, now: Timing.liveness + 0.2)
+        XCTAssertEqual(k.workers[0].assigned, 0, "b takes the dead worker's shard")
+    }
+
+    func testStragglersShardIsAlsoIssuedToAnIdleWorker() {
+        var k = core()
+        _ = k.onMessage(hello(), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        _ = k.beginStep(0, shards: [[0], [1]], now: 0)
+        _ = k.onMessage(result(0, 1), from: b, now: 0.1)  // b idle now; a holds shard 0
+        XCTAssertTrue(works(k.onTick(now: 0.2)).isEmpty, "not a straggler yet")
+        let later = k.stragglerAfter + 0.5
+        _ = k.onMessage(.heartbeat, from: a, now: later)
+        _ = k.onMessage(.heartbeat, from: b, now: later)
+        let dup = works(k.onTick(now: later))
+        XCTAssertEqual(dup.map(\.0), [b])
+        XCTAssertEqual(dup.map(\.1), [0])
+        XCTAssertEqual(k.reissuedThisStep, 1)
+        XCTAssertTrue(k.onMessage(result(0, 0), from: b, now: later + 0.1).contains(.stepComplete))
+    }
+
+    func testUnknownPeerIsAskedToSayHelloAndFullCoordinatorRefuses() {
+        var k = core(max: 1)
+        XCTAssertEqual(k.onMessage(.heartbeat, from: c, now: 0).first, .send(c, .reset))
+        _ = k.onMessage(hello(), from: a, now: 0)
+        guard case .send(_, .refuse(let why))? = k.onMessage(hello(pid: 2), from: b, now: 0).first else { return XCTFail() }
+        XCTAssertTrue(why.contains("--max-workers"))
+    }
+
+    func testNonFiniteGradientStopsTheRunNamingStepAndShard() {
+        var k = core()
+        _ = k.onMessage(hello(), from: a, now: 0)
+        _ = k.beginStep(9, shards: [[0]], now: 0)
+        let out = k.onMessage(.result(ShardResult(step: 9, shard: 0, lossSum: 1, frames: 1, grad: FloatBuffer([.nan, 0]))), from: a, now: 1)
+        guard case .fatal(let why)? = out.first else { return XCTFail("\(out)") }
+        XCTAssertTrue(why.contains("step 9 shard 0") && why.contains("non-finite"), why)
+    }
+
+    func testHeartbeatsGoToEveryWorkerEachInterval() {
+        var k = core()
+        _ = k.onMessage(hello(), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        XCTAssertEqual(k.onTick(now: 1).filter { if case .send(_, .heartbeat) = $0 { return true } else { return false } }.count, 2)
+        XCTAssertTrue(k.onTick(now: 1 + Timing.heartbeatInterval / 2).isEmpty)
+    }
+}

@@ -1,0 +1,93 @@
+import Foundation
+import XCTest
+
+/// Starts the real built `coord` and `worker` binaries, tracks exactly the pids it starts, and
+/// kills only those. Output goes to files in a scratch directory.
+final class ProcessHarness {
+    let dir: String
+    let bin: String
+    private(set) var started: [Process] = []
+
+    init() {
+        dir = NSTemporaryDirectory() + "lockstep-proc-\(UUID().uuidString)"
+        try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // The test runner lives beside the built executables (.build/<triple>/debug/).
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        bin = ProcessInfo.processInfo.environment["LOCKSTEP_BIN"] ?? URL(fileURLWithPath: exe).deletingLastPathComponent().path
+    }
+
+    /// Test options shared by every run: small, dropout on, clipping active.
+    static func options(steps: Int) -> [String] {
+        ["--steps", "\(steps)", "--synthetic-sequences", "96", "--hidden", "16", "--min-length", "5", "--max-length", "25",
+         "--batch-size", "16", "--shard-size", "4", "--dropout", "0.3", "--max-norm", "0.05", "--seed", "5", "--checkpoint-every", "4"]
+    }
+
+    @discardableResult
+    func start(_ program: String, _ args: [String], name: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin + "/" + program)
+        p.arguments = args
+        FileManager.default.createFile(atPath: log(name), contents: nil)
+        FileManager.default.createFile(atPath: out(name), contents: nil)
+        p.standardError = FileHandle(forWritingAtPath: log(name))
+        p.standardOutput = FileHandle(forWritingAtPath: out(name))
+        try p.run()
+        started.append(p)
+        return p
+    }
+
+    func log(_ name: String) -> String { dir + "/\(name).err" }
+    func out(_ name: String) -> String { dir + "/\(name).out" }
+    func text(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+    func kill9(_ p: Process) {
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+    }
+
+    /// Waits for `p` to exit; kills it and fails when it takes longer than `timeout` seconds.
+    func wait(_ p: Process, timeout: Double, file: StaticString = #filePath, line: UInt = #line) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        if p.isRunning {
+            kill9(p)
+            XCTFail("process \(p.executableURL!.lastPathComponent) \(p.arguments!.joined(separator: " ")) did not finish in \(timeout)s", file: file, line: line)
+            return nil
+        }
+        return p.terminationStatus
+    }
+
+    /// Polls until `condition` holds or `timeout` passes.
+    @discardableResult
+    func until(_ timeout: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline { if condition() { return true }; Thread.sleep(forTimeInterval: 0.05) }
+        return condition()
+    }
+
+    func hash(_ name: String) -> String? {
+        text(out(name)).split(separator: "\n").first { $0.hasPrefix("final weights sha256: ") }.map { String($0.dropFirst(22)) }
+    }
+
+    /// The endpoint the coordinator logged ("listening on tcp://…").
+    func endpoint(_ name: String) -> String? {
+        var found: String?
+        until(30) {
+            if let r = text(log(name)).range(of: "listening on ") {
+                found = String(text(log(name))[r.upperBound...].prefix { $0 != ";" && $0 != "\n" })
+            }
+            return found != nil
+        }
+        return found
+    }
+
+    func metricsLines(_ checkpointDir: String) -> [String] {
+        text(checkpointDir + "/metrics.jsonl").split(separator: "\n").map(String.init)
+    }
+
+    /// Kills every process this harness started that is still running; removes the scratch dir.
+    func cleanUp() {
+        for p in started where p.isRunning { kill9(p) }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
