@@ -13,6 +13,8 @@ public enum Timing {
     public static let stragglerFactor: Double = 4
     /// …and at least this long (seconds).
     public static let stragglerMinimum: Double = 1.0
+    /// Shards in flight per worker: one computing, one queued, so no worker idles for a round trip.
+    public static let shardsInFlight = 2
     /// Worker reconnect back-off: first wait and cap (seconds).
     public static let reconnectInitial: Double = 0.25
     public static let reconnectMaximum: Double = 4.0
@@ -50,8 +52,9 @@ public struct CoordinatorCore {
         public var lastSeen: Double
         public var weightsStep: Int?
         public var sentSequences: Set<Int> = []
-        public var assigned: Int?
-        public var assignedAt: Double = 0
+        /// Shards sent to this worker and not yet answered, in the order it computes them.
+        public var assigned: [Int] = []
+        public var lastProgress: Double = 0
     }
 
     public struct Shard {
@@ -67,6 +70,7 @@ public struct CoordinatorCore {
     public let welcome: Welcome
     public var minWorkers: Int
     public var maxWorkers: Int
+    public var inFlight: Int
     public private(set) var workers: [Worker] = []
     public private(set) var step: Int? = nil
     public private(set) var shards: [Shard] = []
@@ -76,7 +80,9 @@ public struct CoordinatorCore {
     private var lastHeartbeat: Double = -.infinity
     private var unknownPeersWarned: Set<Peer> = []
 
-    public init(fingerprint: String, blasCore: String, welcome: Welcome, minWorkers: Int = 1, maxWorkers: Int = 256) {
+    public init(fingerprint: String, blasCore: String, welcome: Welcome, minWorkers: Int = 1, maxWorkers: Int = 256,
+                inFlight: Int = Timing.shardsInFlight) {
+        self.inFlight = inFlight
         self.fingerprint = fingerprint
         self.blasCore = blasCore
         self.welcome = welcome
@@ -101,7 +107,7 @@ public struct CoordinatorCore {
         self.step = step
         shards = cut.map { Shard(sequenceIds: $0) }
         reissuedThisStep = 0
-        for i in workers.indices { workers[i].assigned = nil }
+        for i in workers.indices { workers[i].assigned = []; workers[i].lastProgress = now }
         return assign(now: now)
     }
 
@@ -148,10 +154,11 @@ public struct CoordinatorCore {
 
     private mutating func onResult(_ r: ShardResult, worker w: Int, now: Double) -> [Directive] {
         let name = workers[w].name
-        if workers[w].assigned == r.shard && r.step == step {
-            workers[w].assigned = nil
-            recentShardSeconds.append(now - workers[w].assignedAt)
+        if r.step == step, let k = workers[w].assigned.firstIndex(of: r.shard) {
+            workers[w].assigned.remove(at: k)
+            recentShardSeconds.append(now - workers[w].lastProgress)
             if recentShardSeconds.count > 32 { recentShardSeconds.removeFirst() }
+            workers[w].lastProgress = now
         }
         guard r.step == step, r.shard >= 0, r.shard < shards.count else {
             return [.log("stale result (step \(r.step), shard \(r.shard)) from \(name): dropped")] + assign(now: now)
@@ -200,7 +207,7 @@ public struct CoordinatorCore {
 
     private mutating func release(_ w: Int, now: Double, why: String) -> [Directive] {
         var msg = "\(workers[w].name) \(why)"
-        if let s = workers[w].assigned, s < shards.count {
+        for s in workers[w].assigned where s < shards.count {
             shards[s].holders.removeAll { $0 == workers[w].peer }
             if shards[s].result == nil && shards[s].holders.isEmpty {
                 reissuedThisStep += 1
@@ -210,34 +217,37 @@ public struct CoordinatorCore {
         return [.log(msg)]
     }
 
-    /// Gives each idle worker the lowest pending shard, or else duplicates a straggler's.
+    /// Fills each worker up to `inFlight` shards, lowest pending first, one per worker per
+    /// round; an idle worker with nothing pending duplicates a straggler's shard.
     private mutating func assign(now: Double) -> [Directive] {
         guard started, let step else { return [] }
         var out: [Directive] = []
-        for w in workers.indices where workers[w].assigned == nil {
-            var pick = shards.indices.first { shards[$0].result == nil && shards[$0].holders.isEmpty }
-            var straggler = false
-            if pick == nil {
-                pick = shards.indices.first {
-                    shards[$0].result == nil && shards[$0].holders.count == 1
-                        && now - (shards[$0].issuedAt ?? now) > stragglerAfter
+        for depth in 1...max(inFlight, 1) {
+            for w in workers.indices where workers[w].assigned.count < depth {
+                var pick = shards.indices.first { shards[$0].result == nil && shards[$0].holders.isEmpty }
+                var straggler = false
+                if pick == nil && workers[w].assigned.isEmpty {
+                    pick = shards.indices.first {
+                        shards[$0].result == nil && shards[$0].holders.count == 1
+                            && now - (shards[$0].issuedAt ?? now) > stragglerAfter
+                    }
+                    straggler = pick != nil
                 }
-                straggler = pick != nil
+                guard let s = pick else { continue }
+                shards[s].holders.append(workers[w].peer)
+                if shards[s].issuedAt == nil || straggler { shards[s].issuedAt = now }
+                if straggler {
+                    reissuedThisStep += 1
+                    out.append(.log("step \(step) shard \(s) is straggling: also issued to \(workers[w].name)"))
+                }
+                if workers[w].assigned.isEmpty { workers[w].lastProgress = now }
+                workers[w].assigned.append(s)
+                let withWeights = workers[w].weightsStep != step
+                workers[w].weightsStep = step
+                let fresh = shards[s].sequenceIds.filter { !workers[w].sentSequences.contains($0) }
+                workers[w].sentSequences.formUnion(fresh)
+                out.append(.sendWork(workers[w].peer, step: step, shard: s, withWeights: withWeights, newSequences: fresh))
             }
-            guard let s = pick else { break }
-            shards[s].holders.append(workers[w].peer)
-            if shards[s].issuedAt == nil || straggler { shards[s].issuedAt = now }
-            if straggler {
-                reissuedThisStep += 1
-                out.append(.log("step \(step) shard \(s) is straggling: also issued to \(workers[w].name)"))
-            }
-            workers[w].assigned = s
-            workers[w].assignedAt = now
-            let withWeights = workers[w].weightsStep != step
-            workers[w].weightsStep = step
-            let fresh = shards[s].sequenceIds.filter { !workers[w].sentSequences.contains($0) }
-            workers[w].sentSequences.formUnion(fresh)
-            out.append(.sendWork(workers[w].peer, step: step, shard: s, withWeights: withWeights, newSequences: fresh))
         }
         return out
     }

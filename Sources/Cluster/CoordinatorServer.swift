@@ -15,7 +15,9 @@ public final class CoordinatorServer {
     public private(set) var endpoint: String
     public private(set) var rejected = 0
     var stepDone = false
-    var weightsCache: (step: Int, bytes: FloatBuffer)? = nil
+    var bytesSent = 0
+    /// The current step's weights, encoded once and sent to every worker that needs them.
+    var weightsFrame: (step: Int, bytes: [UInt8])? = nil
     let log: (String) -> Void
 
     public init(trainer: Trainer, context: ZMQContext, bind: String, minWorkers: Int, maxWorkers: Int,
@@ -56,18 +58,26 @@ public final class CoordinatorServer {
             try execute(core.onTick(now: monotonicSeconds()))
             if stepDone {
                 stepDone = false
+                let coordStart = monotonicSeconds()
                 let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
                 var report = t.apply(parts: parts, seconds: monotonicSeconds() - stepStarted)
                 report.workersAlive = core.alive
                 report.reissued = core.reissuedThisStep
+                let sentDuringStep = bytesSent
+                bytesSent = 0
+                if !t.done {
+                    try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: monotonicSeconds()))
+                }
+                let now = monotonicSeconds()
+                report.coordinatorSeconds = now - coordStart
+                report.seconds = now - stepStarted
+                report.bytesSent = sentDuringStep + bytesSent
+                bytesSent = 0
+                stepStarted = now
                 metrics.write(report)
                 progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
                                  extra: "  workers \(core.alive)")
                 if t.run.checkpointEvery > 0 && t.step % t.run.checkpointEvery == 0 && !t.done { try t.saveCheckpoint() }
-                if !t.done {
-                    stepStarted = monotonicSeconds()
-                    try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: stepStarted))
-                }
             }
         }
         try t.saveCheckpoint()
@@ -89,16 +99,20 @@ public final class CoordinatorServer {
         try execute(core.onMessage(message, from: peer, now: monotonicSeconds()))
     }
 
+    func send(_ frames: [[UInt8]]) {
+        if socket.send(frames, dontWait: true) { bytesSent += frames.reduce(0) { $0 + $1.count } }
+    }
+
     func execute(_ directives: [Directive]) throws {
         for d in directives {
             switch d {
             case .send(let peer, let m):
-                socket.send([peer.id] + m.encode(), dontWait: true)
+                send([peer.id] + m.encode())
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
                 let ids = core.shards[shard].sequenceIds
-                let work = Work(step: step, shard: shard, sequenceIds: ids, weights: withWeights ? trainer.params : nil,
-                                sequences: fresh.map { trainer.data.examples[$0] })
-                socket.send([peer.id] + Message.work(work).encode(), dontWait: true)
+                if withWeights && weightsFrame?.step != step { weightsFrame = (step, Array(trainer.params.bytes)) }
+                let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: fresh.map { trainer.data.examples[$0] })
+                send([peer.id] + Message.encodeWork(work, weightsFrame: withWeights ? weightsFrame!.bytes : nil))
             case .log(let s): log(s)
             case .stepComplete: stepDone = true
             case .fatal(let s): throw LockstepError("run stopped at step \(trainer.step + 1): \(s)")

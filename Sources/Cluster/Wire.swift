@@ -178,19 +178,7 @@ extension Message {
         case .refuse(let reason):
             w.string(String(reason.utf8.prefix(4000)) ?? "")
         case .work(let work):
-            w.int(work.step); w.int(work.shard)
-            w.u32(UInt32(work.sequenceIds.count))
-            for id in work.sequenceIds { w.int(id) }
-            w.u8(work.weights != nil ? 1 : 0)
-            if let weights = work.weights { frames.append(Array(weights.bytes)) }
-            var s = ByteWriter()
-            s.u32(UInt32(work.sequences.count))
-            for e in work.sequences {
-                s.int(e.id); s.u32(UInt32(e.length)); s.u32(UInt32(e.x.count / max(e.length, 1)))
-                e.x.withUnsafeBytes { s.bytes += $0 }
-                e.y.withUnsafeBytes { s.bytes += $0 }
-            }
-            frames.append(s.bytes)
+            return Message.encodeWork(work, weightsFrame: work.weights.map { Array($0.bytes) })
         case .result(let r):
             w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames)
             frames.append(Array(r.grad.bytes))
@@ -198,6 +186,28 @@ extension Message {
             break
         }
         return [w.bytes] + frames
+    }
+
+    /// A work message whose weights frame was encoded once for every worker of the step.
+    public static func encodeWork(_ work: Work, weightsFrame: [UInt8]?) -> [[UInt8]] {
+        var w = ByteWriter()
+        w.bytes = Message.magic
+        w.u16(Message.protocolVersion)
+        w.u8(4)
+        w.u8(0)
+        w.int(work.step); w.int(work.shard)
+        w.u32(UInt32(work.sequenceIds.count))
+        for id in work.sequenceIds { w.int(id) }
+        w.u8(weightsFrame != nil ? 1 : 0)
+        var s = ByteWriter()
+        s.bytes.reserveCapacity(4 + work.sequences.reduce(0) { $0 + 16 + 4 * ($1.x.count + $1.length) })
+        s.u32(UInt32(work.sequences.count))
+        for e in work.sequences {
+            s.int(e.id); s.u32(UInt32(e.length)); s.u32(UInt32(e.x.count / max(e.length, 1)))
+            e.x.withUnsafeBytes { s.bytes += $0 }
+            e.y.withUnsafeBytes { s.bytes += $0 }
+        }
+        return [w.bytes] + (weightsFrame.map { [$0] } ?? []) + [s.bytes]
     }
 
     /// Validates and decodes; throws `WireError` naming what is wrong, never traps.

@@ -74,7 +74,13 @@ public final class WorkerClient {
             if ready[1] {
                 while done.receive() != nil {}
                 lock.lock(); let out = finished; finished = []; lock.unlock()
-                for r in out { send(.result(r)) }
+                for r in out {
+                    // The gradient frame goes out zero-copy.
+                    var frames = Message.result(ShardResult(step: r.step, shard: r.shard, lossSum: r.lossSum, frames: r.frames,
+                                                            grad: FloatBuffer(count: 0))).encode()
+                    frames.removeLast()
+                    if socket.send(frames, tail: r.grad, dontWait: true) { lastSent = monotonicSeconds() }
+                }
             }
             if ready[0] {
                 while let frames = socket.receive() {
@@ -135,7 +141,7 @@ public final class WorkerClient {
             let endpoint = doneEndpoint
             queue.async { [self] in
                 if delay > 0 { Thread.sleep(forTimeInterval: delay) }
-                let grad = FloatBuffer(count: params.count)
+                let grad = FloatBuffer(uninitializedCount: params.count)
                 let r = computer.compute(params: params, examples: examples, step: work.step, into: grad)
                 lock.lock()
                 finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames, grad: grad))

@@ -1,5 +1,6 @@
 import CZMQ
 import Foundation
+import Numerics
 
 /// The thin part of the shell: libzmq sockets with multipart send and receive.
 public final class ZMQContext: @unchecked Sendable {
@@ -63,6 +64,27 @@ public final class ZMQSocket {
             if dontWait { flags |= ZMQ_DONTWAIT }
             let rc = f.withUnsafeBytes { zmq_send(raw, $0.baseAddress, f.count, flags) }
             if rc < 0 { return false }
+        }
+        return true
+    }
+
+    /// Sends `head` frames then `tail` without copying it: ZeroMQ holds a reference to the
+    /// buffer until its I/O thread has sent it. The buffer must not change afterwards.
+    @discardableResult
+    public func send(_ head: [[UInt8]], tail: FloatBuffer, dontWait: Bool = false) -> Bool {
+        let wait: Int32 = dontWait ? ZMQ_DONTWAIT : 0
+        for f in head {
+            let rc = f.withUnsafeBytes { zmq_send(raw, $0.baseAddress, f.count, ZMQ_SNDMORE | wait) }
+            if rc < 0 { return false }
+        }
+        var msg = zmq_msg_t()
+        let hint = Unmanaged.passRetained(tail).toOpaque()
+        zmq_msg_init_data(&msg, tail.ptr, tail.count * 4, { _, hint in
+            Unmanaged<FloatBuffer>.fromOpaque(hint!).release()
+        }, hint)
+        if zmq_msg_send(&msg, raw, wait) < 0 {
+            zmq_msg_close(&msg)  // runs the free function: the reference is dropped
+            return false
         }
         return true
     }

@@ -13,6 +13,13 @@ public final class FloatBuffer: @unchecked Sendable {
         ptr.initialize(repeating: 0, count: max(count, 1))
     }
 
+    /// A buffer whose contents the caller overwrites entirely (no zeroing: it is written next).
+    public init(uninitializedCount count: Int) {
+        precondition(count >= 0)
+        self.count = count
+        ptr = .allocate(capacity: max(count, 1))
+    }
+
     public convenience init(_ values: [Float]) {
         self.init(count: values.count)
         values.withUnsafeBufferPointer { ptr.update(from: $0.baseAddress!, count: values.count) }

@@ -11,22 +11,26 @@ public enum TreeSum {
         return lo + p
     }
 
-    /// Adds `parts` into `parts[0]` in tree order. All parts must have the same count.
-    public static func reduce(_ parts: [FloatBuffer]) -> FloatBuffer {
+    /// Adds `parts` in tree order, in place: the sum ends up in (and is) `parts[0]`, and the
+    /// other parts are overwritten with partial sums. Every element sees `left + right` at each
+    /// node, so the bits depend only on the tree.
+    @discardableResult
+    public static func reduceInPlace(_ parts: [FloatBuffer]) -> FloatBuffer {
         precondition(!parts.isEmpty, "reduce of no parts")
-        let out = parts[0].clone()
-        if parts.count > 1 { reduceInto(out, parts, 0, parts.count) }
-        return out
+        func go(_ lo: Int, _ hi: Int) {
+            if hi - lo == 1 { return }
+            let mid = split(lo, hi)
+            go(lo, mid)
+            go(mid, hi)
+            add(parts[lo].ptr, parts[mid].ptr, parts[lo].count)
+        }
+        go(0, parts.count)
+        return parts[0]
     }
 
-    /// out = sum(parts[lo..<hi]) where out may already hold parts[lo].
-    private static func reduceInto(_ out: FloatBuffer, _ parts: [FloatBuffer], _ lo: Int, _ hi: Int) {
-        if hi - lo == 1 { return }
-        let mid = split(lo, hi)
-        reduceInto(out, parts, lo, mid)
-        let right = parts[mid].clone()
-        reduceInto(right, parts, mid, hi)
-        add(out.ptr, right.ptr, out.count)
+    /// The tree sum into a new buffer, leaving `parts` untouched.
+    public static func reduce(_ parts: [FloatBuffer]) -> FloatBuffer {
+        reduceInPlace(parts.map { $0.clone() })
     }
 
     /// The same tree over plain numbers (loss sums), in Double.

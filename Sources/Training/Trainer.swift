@@ -31,11 +31,15 @@ public struct StepReport: Sendable {
     public var seconds: Double
     public var workersAlive: Int = 0
     public var reissued: Int = 0
+    /// Coordinator time for this step: reduce + clip + optimizer step + sending the next step's work.
+    public var coordinatorSeconds: Double = 0
+    public var bytesSent: Int = 0
 
     public var json: String {
         let fps = seconds > 0 ? Double(frames) / seconds : 0
         return "{\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(loss),\"frames\":\(frames),\"frames_per_s\":\(Int(fps)),"
-            + "\"grad_norm\":\(gradNorm),\"clipped\":\(clipped),\"workers_alive\":\(workersAlive),\"shards_reissued\":\(reissued)}"
+            + "\"grad_norm\":\(gradNorm),\"clipped\":\(clipped),\"workers_alive\":\(workersAlive),\"shards_reissued\":\(reissued),"
+            + "\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent)}"
     }
 }
 
@@ -94,9 +98,10 @@ public final class Trainer {
         return schedule.shards(of: epochCache!.batches[index])
     }
 
-    /// Adds shard results in the fixed tree, averages, clips, steps. `parts[k]` is shard k's.
+    /// Adds shard results in the fixed tree, averages, clips, steps. `parts[k]` is shard k's;
+    /// their gradient buffers are consumed (reduced in place).
     public func apply(parts: [(grad: FloatBuffer, result: BatchResult)], seconds: Double) -> StepReport {
-        let sum = TreeSum.reduce(parts.map(\.grad))
+        let sum = TreeSum.reduceInPlace(parts.map(\.grad))
         let lossSum = TreeSum.reduce(parts.map(\.result.lossSum))
         let frames = parts.reduce(0) { $0 + $1.result.frames }
         let denom = Float(max(frames, 1))

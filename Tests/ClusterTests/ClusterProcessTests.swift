@@ -9,7 +9,14 @@ final class ClusterProcessTests: XCTestCase {
     nonisolated(unsafe) static var references: [Int: String] = [:]
 
     override func setUp() { h = ProcessHarness() }
-    override func tearDown() { h.cleanUp() }
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 {
+            print("logs of the failed test kept in \(h.dir)")
+            for p in h.started where p.isRunning { h.kill9(p) }
+        } else {
+            h.cleanUp()
+        }
+    }
 
     /// The single-process reference hash for `steps` steps of the test config.
     func reference(steps: Int) throws -> String {
@@ -55,13 +62,14 @@ final class ClusterProcessTests: XCTestCase {
         h.until(60) { self.h.metricsLines(dir).count >= 14 }
         h.kill9(w2)
         _ = try worker("w4", ep, slow)
-        h.until(60) { self.h.metricsLines(dir).count >= 26 }
+        h.until(60) { self.h.metricsLines(dir).count >= 22 }
         h.kill9(w3)
         XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("chaos")))
         XCTAssertEqual(h.hash("chaos"), ref)
         let log = h.text(h.log("chaos"))
-        XCTAssertGreaterThanOrEqual(log.components(separatedBy: "declared dead").count - 1, 3, log)
-        XCTAssertTrue(log.contains("goes back to the queue"), "at least one killed worker was holding a shard:\n\(log)")
+        XCTAssertGreaterThanOrEqual(log.components(separatedBy: "declared dead").count - 1, 2, log)
+        // A dead worker's shards come back either when its death is declared or, sooner, as stragglers.
+        XCTAssertTrue(log.contains("goes back to the queue") || log.contains("is straggling"), log)
         XCTAssertTrue(h.metricsLines(dir).contains { !$0.contains("\"shards_reissued\":0") })
     }
 

@@ -8,8 +8,8 @@ final class CoordinatorCoreTests: XCTestCase {
     let a = Peer([1]), b = Peer([2]), c = Peer([3])
     let welcome = Welcome(runId: 7, model: ModelConfig(inputSize: 2, hidden: 2, layers: 1, classes: 2), seed: 1)
 
-    func core(min: Int = 1, max: Int = 8) -> CoordinatorCore {
-        CoordinatorCore(fingerprint: "f00d", blasCore: "Haswell", welcome: welcome, minWorkers: min, maxWorkers: max)
+    func core(min: Int = 1, max: Int = 8, inFlight: Int = 1) -> CoordinatorCore {
+        CoordinatorCore(fingerprint: "f00d", blasCore: "Haswell", welcome: welcome, minWorkers: min, maxWorkers: max, inFlight: inFlight)
     }
 
     func hello(_ fp: String = "f00d", pid: Int = 1) -> Message {
@@ -82,16 +82,16 @@ final class CoordinatorCoreTests: XCTestCase {
         _ = k.onMessage(hello(), from: a, now: 0)
         _ = k.onMessage(hello(pid: 2), from: b, now: 0)
         _ = k.beginStep(0, shards: [[0], [1], [2]], now: 0)
-        XCTAssertEqual(k.workers.map(\.assigned), [0, 1])
+        XCTAssertEqual(k.workers.map(\.assigned), [[0], [1]])
         _ = k.onMessage(.heartbeat, from: b, now: Timing.liveness)  // any message counts
         _ = k.onMessage(result(0, 1), from: b, now: Timing.liveness)
-        XCTAssertEqual(k.workers[1].assigned, 2)
+        XCTAssertEqual(k.workers[1].assigned, [2])
         let tick = k.onTick(now: Timing.liveness + 0.1)
         XCTAssertEqual(k.alive, 1, "a was silent past the liveness window")
         XCTAssertTrue(tick.contains { if case .log(let s) = $0 { return s.contains("declared dead") } else { return false } })
         XCTAssertEqual(k.reissuedThisStep, 1)
         _ = k.onMessage(result(0, 2), from: b, now: Timing.liveness + 0.2)
-        XCTAssertEqual(k.workers[0].assigned, 0, "b takes the dead worker's shard")
+        XCTAssertEqual(k.workers[0].assigned, [0], "b takes the dead worker's shard")
     }
 
     func testStragglersShardIsAlsoIssuedToAnIdleWorker() {
@@ -126,6 +126,21 @@ final class CoordinatorCoreTests: XCTestCase {
         let out = k.onMessage(.result(ShardResult(step: 9, shard: 0, lossSum: 1, frames: 1, grad: FloatBuffer([.nan, 0]))), from: a, now: 1)
         guard case .fatal(let why)? = out.first else { return XCTFail("\(out)") }
         XCTAssertTrue(why.contains("step 9 shard 0") && why.contains("non-finite"), why)
+    }
+
+    func testTwoShardsInFlightPerWorkerRoundRobinAndADeadWorkerReleasesBoth() {
+        var k = core(inFlight: 2)
+        _ = k.onMessage(hello(), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        let w = works(k.beginStep(0, shards: [[0], [1], [2], [3], [4]], now: 0))
+        XCTAssertEqual(w.map(\.1), [0, 1, 2, 3], "one each, then a second each")
+        XCTAssertEqual(k.workers.map(\.assigned), [[0, 2], [1, 3]])
+        XCTAssertEqual(works(k.onMessage(result(0, 1), from: b, now: 0.1)).map(\.1), [4])
+        _ = k.onMessage(.heartbeat, from: b, now: Timing.liveness + 0.05)
+        _ = k.onTick(now: Timing.liveness + 0.1)
+        XCTAssertEqual(k.reissuedThisStep, 2, "a held two shards")
+        XCTAssertEqual(k.workers.map(\.assigned), [[3, 4]])
+        XCTAssertEqual(works(k.onMessage(result(0, 3), from: b, now: Timing.liveness + 0.2)).map(\.1), [0])
     }
 
     func testHeartbeatsGoToEveryWorkerEachInterval() {

@@ -91,3 +91,14 @@ final class SIMDParityTests: XCTestCase {
         }
     }
 }
+
+final class TreeSumInPlaceTests: XCTestCase {
+    func testInPlaceReductionGivesTheSameBitsAsTheCopyingOne() {
+        for n in 1...9 {
+            let parts = (0..<n).map { k in FloatBuffer((0..<5).map { Float(k * 7 + $0) * 1e7 + 0.1 * Float(k) }) }
+            let copied = TreeSum.reduce(parts)
+            XCTAssertEqual(parts[0][1], 1e7 + 0, "reduce leaves its inputs alone")
+            XCTAssertEqual(TreeSum.reduceInPlace(parts).array.map(\.bitPattern), copied.array.map(\.bitPattern), "n=\(n)")
+        }
+    }
+}
