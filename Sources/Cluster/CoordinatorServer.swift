@@ -48,6 +48,7 @@ public final class CoordinatorServer {
         var stepStarted = monotonicSeconds()
         try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: stepStarted))
         while !t.done {
+            if Interrupt.requested { try interrupted(); return }
             if ZMQSocket.poll([socket], timeout: 0.05)[0] {
                 var drained = 0
                 while drained < 1000, let frames = socket.receive() {
@@ -82,6 +83,13 @@ public final class CoordinatorServer {
         }
         try t.saveCheckpoint()
         try execute(core.finish())
+    }
+
+    private func interrupted() throws {
+        try trainer.saveCheckpoint()
+        try execute(core.finish())
+        throw LockstepError("interrupted after step \(trainer.step): checkpoint written to \(trainer.checkpointPath)",
+                            hint: "continue with the same command plus --resume")
     }
 
     /// Tells every worker to stop (also on a fatal error).

@@ -94,7 +94,8 @@ public final class WorkerClient {
                 }
             }
             let now = monotonicSeconds()
-            if now - lastSent >= Timing.heartbeatInterval { send(.heartbeat) }
+            // Until welcomed, repeat hello: the first may have left before the connection was up.
+            if now - lastSent >= Timing.heartbeatInterval { send(welcome == nil ? .hello(hello) : .heartbeat) }
             if now - lastHeard > Timing.liveness {
                 log(String(format: "coordinator silent for %.1fs: reconnecting in %.2fs", now - lastHeard, backoff))
                 Thread.sleep(forTimeInterval: backoff)
@@ -102,6 +103,7 @@ public final class WorkerClient {
                 socket = try WorkerClient.connect(context, options.endpoint)
                 lastHeard = monotonicSeconds()
                 weightsStep = nil
+                welcome = nil
                 send(.hello(hello))
             }
         }

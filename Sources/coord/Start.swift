@@ -57,6 +57,7 @@ struct Start: ParsableCommand {
     func run() throws {
         do {
             let config = try training.runConfig()
+            Interrupt.install()
             let (trainer, heldOut) = try prepare(config, resume: resume, fresh: fresh)
             if local {
                 try trainLocal(trainer)
@@ -104,6 +105,11 @@ func trainLocal(_ trainer: Trainer) throws {
     let metrics = MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
     let progress = ProgressLine(total: trainer.totalSteps)
     while !trainer.done {
+        if Interrupt.requested {
+            try trainer.saveCheckpoint()
+            throw LockstepError("interrupted after step \(trainer.step): checkpoint written to \(trainer.checkpointPath)",
+                                hint: "continue with the same command plus --resume")
+        }
         let started = Date()
         let step = trainer.step
         let parts = trainer.shards(forStep: step).map { shard -> (grad: FloatBuffer, result: BatchResult) in
