@@ -20,13 +20,33 @@ public final class CoordinatorServer {
     var weightsFrame: (step: Int, bytes: [UInt8])? = nil
     let log: (String) -> Void
 
+    var zap: ZAPHandler?
+    var monitor: ZMQSocket?
+    /// Failed handshakes repeat on every reconnect of a misconfigured worker: log one line per window.
+    var handshakeFailures = 0
+    var handshakeLogAt = -Double.infinity
+    static let handshakeLogWindow = 10.0  // seconds
+
+    /// With `curve` (the coordinator's keypair and the allowed worker keys) every worker must
+    /// complete a CURVE handshake with an allow-listed key before any message reaches the core.
     public init(trainer: Trainer, context: ZMQContext, bind: String, minWorkers: Int, maxWorkers: Int,
-                log: @escaping (String) -> Void) throws {
+                curve: (keys: CurveKeypair, allowed: [String])? = nil, log: @escaping (String) -> Void) throws {
         self.trainer = trainer
         self.log = log
         socket = try ZMQSocket(context, .router)
+        if let curve {
+            zap = try ZAPHandler(context: context, allowed: curve.allowed, log: log)
+            socket.curveServer(curve.keys)
+            // Handshake failures (wrong server key, no key) never reach ZAP: watch for them.
+            let events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+            let ep = "inproc://lockstep-monitor-\(UUID().uuidString)"
+            zmq_socket_monitor(socket.raw, ep, events)
+            let m = try ZMQSocket(context, .pair)
+            try m.connect(ep)
+            monitor = m
+        }
         // Bound memory whatever peers send: the largest legal message is a gradient.
-        socket.setInt64(ZMQ_MAXMSGSIZE, Int64(trainer.layout.count * 4 + (64 << 20)))
+        socket.setInt64(ZMQ_MAXMSGSIZE, Int64(trainer.layout.count * 4 + (1 << 16)))
         socket.setInt(ZMQ_SNDHWM, 64)
         socket.setInt(ZMQ_RCVHWM, 256)
         do { try socket.bind(bind) } catch {
@@ -49,7 +69,21 @@ public final class CoordinatorServer {
         try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: stepStarted))
         while !t.done {
             if Interrupt.requested { try interrupted(); return }
-            if ZMQSocket.poll([socket], timeout: 0.05)[0] {
+            let ready = ZMQSocket.poll([socket] + [zap?.socket, monitor].compactMap { $0 }, timeout: 0.05)
+            if zap != nil && ready[1] { zap!.serve() }
+            if let monitor, ready.count > 2 && ready[2] {
+                while let ev = monitor.receive() {
+                    handshakeFailures += 1
+                    let now = monotonicSeconds()
+                    guard now - handshakeLogAt >= CoordinatorServer.handshakeLogWindow else { continue }
+                    handshakeLogAt = now
+                    let code = ev.first.map { Int($0[0]) | Int($0[1]) << 8 } ?? 0
+                    let kind = code == Int(ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) ? "authentication" : "protocol: wrong server key, or no key"
+                    log("refused a connection on \(ev.count > 1 ? String(decoding: ev[1], as: UTF8.self) : "?"): CURVE handshake failed (\(kind)); "
+                        + "\(handshakeFailures) failed handshake(s) so far")
+                }
+            }
+            if ready[0] {
                 var drained = 0
                 while drained < 1000, let frames = socket.receive() {
                     drained += 1
@@ -118,7 +152,7 @@ public final class CoordinatorServer {
                 send([peer.id] + m.encode())
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
                 let ids = core.shards[shard].sequenceIds
-                if withWeights && weightsFrame?.step != step { weightsFrame = (step, Array(trainer.params.bytes)) }
+                if withWeights && weightsFrame?.step != step { weightsFrame = (step, trainer.params.byteArray) }
                 let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: fresh.map { trainer.data.examples[$0] })
                 send([peer.id] + Message.encodeWork(work, weightsFrame: withWeights ? weightsFrame!.bytes : nil))
             case .log(let s): log(s)

@@ -12,7 +12,7 @@ public enum Fingerprint {
         let grads = FloatBuffer(count: params.count)
         let r = ShardComputer(model: model, seed: 0xF3).compute(params: params, examples: data.examples, step: 3, into: grads)
         var h = SHA256()
-        h.update(grads.bytes)
+        grads.withBytes { h.update($0) }
         withUnsafeBytes(of: r.lossSum.bitPattern) { h.update($0) }
         return h.finalize().hexString
     }

@@ -178,10 +178,10 @@ extension Message {
         case .refuse(let reason):
             w.string(String(reason.utf8.prefix(4000)) ?? "")
         case .work(let work):
-            return Message.encodeWork(work, weightsFrame: work.weights.map { Array($0.bytes) })
+            return Message.encodeWork(work, weightsFrame: work.weights?.byteArray)
         case .result(let r):
             w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames)
-            frames.append(Array(r.grad.bytes))
+            frames.append(r.grad.byteArray)
         case .heartbeat, .stop, .reset:
             break
         }

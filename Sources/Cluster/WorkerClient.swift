@@ -14,6 +14,8 @@ public final class WorkerClient {
         public var fingerprint: String? = nil      // test hook: pretend to have other numerics
         public var delayPerShard: Double = 0       // test hook: a slow worker
         public var parentPid: pid_t? = nil         // exit when this process is gone
+        /// CURVE: this worker's keypair and the coordinator's public key.
+        public var curve: (keys: CurveKeypair, serverKey: String)? = nil
         public init(endpoint: String) { self.endpoint = endpoint }
     }
 
@@ -47,11 +49,13 @@ public final class WorkerClient {
                       threads: options.threads, pid: Int(getpid()))
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
-        socket = try WorkerClient.connect(context, options.endpoint)
+        socket = try WorkerClient.connect(context, options)
     }
 
-    static func connect(_ context: ZMQContext, _ endpoint: String) throws -> ZMQSocket {
+    static func connect(_ context: ZMQContext, _ options: Options) throws -> ZMQSocket {
+        let endpoint = options.endpoint
         let s = try ZMQSocket(context, .dealer)
+        if let c = options.curve { s.curveClient(c.keys, serverKey: c.serverKey) }
         s.setInt(ZMQ_IMMEDIATE, 1)       // queue nothing for a coordinator that is not there
         s.setInt(ZMQ_SNDHWM, 16)
         s.setInt64(ZMQ_MAXMSGSIZE, 1 << 31)
@@ -97,10 +101,11 @@ public final class WorkerClient {
             // Until welcomed, repeat hello: the first may have left before the connection was up.
             if now - lastSent >= Timing.heartbeatInterval { send(welcome == nil ? .hello(hello) : .heartbeat) }
             if now - lastHeard > Timing.liveness {
-                log(String(format: "coordinator silent for %.1fs: reconnecting in %.2fs", now - lastHeard, backoff))
+                log(String(format: "coordinator silent for %.1fs: reconnecting in %.2fs", now - lastHeard, backoff)
+                    + (welcome == nil ? " (never welcomed: is it running? with CURVE, check --server-key and that this worker's public key is on its allow-list)" : ""))
                 Thread.sleep(forTimeInterval: backoff)
                 backoff = min(backoff * 2, Timing.reconnectMaximum)
-                socket = try WorkerClient.connect(context, options.endpoint)
+                socket = try WorkerClient.connect(context, options)
                 lastHeard = monotonicSeconds()
                 weightsStep = nil
                 welcome = nil

@@ -15,13 +15,13 @@ public struct ZMQError: Error, CustomStringConvertible {
 }
 
 public final class ZMQSocket {
-    public enum Kind { case router, dealer, pair }
+    public enum Kind { case router, dealer, pair, rep }
     let raw: UnsafeMutableRawPointer
     let context: ZMQContext
 
     public init(_ context: ZMQContext, _ kind: Kind) throws {
         self.context = context
-        let t: Int32 = switch kind { case .router: ZMQ_ROUTER; case .dealer: ZMQ_DEALER; case .pair: ZMQ_PAIR }
+        let t: Int32 = switch kind { case .router: ZMQ_ROUTER; case .dealer: ZMQ_DEALER; case .pair: ZMQ_PAIR; case .rep: ZMQ_REP }
         guard let s = zmq_socket(context.raw, t) else { throw ZMQError.last("zmq_socket") }
         raw = s
         setInt(ZMQ_LINGER, 0)

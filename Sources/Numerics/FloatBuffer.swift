@@ -47,8 +47,17 @@ public final class FloatBuffer: @unchecked Sendable {
         return b
     }
 
-    /// The little-endian bytes of the buffer (every supported host is little-endian).
-    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: ptr, count: count * 4) }
+    /// Calls `body` with the buffer's little-endian bytes (every supported host is little-endian),
+    /// keeping the buffer alive for the call: a bare pointer would not keep a temporary alive.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(UnsafeRawBufferPointer(start: ptr, count: count * 4)) }
+    }
+
+    /// A copy of the bytes.
+    public var byteArray: [UInt8] { withBytes { Array($0) } }
+
+    /// SHA-256 of the bytes: the identity of a weights buffer.
+    public var sha256: String { withBytes { SHA256.hex($0) } }
 
     public var allFinite: Bool {
         for i in 0..<count where !ptr[i].isFinite { return false }

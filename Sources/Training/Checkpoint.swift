@@ -31,7 +31,7 @@ public struct Checkpoint {
         meta["format"] = format
         meta["step"] = String(step)
         meta["model"] = String(decoding: try JSONEncoder.sorted.encode(layout.config), as: UTF8.self)
-        meta["weights_sha256"] = SHA256.hex(params.bytes)
+        meta["weights_sha256"] = params.sha256
         if let optimizer { meta["optimizer"] = optimizer.config.kind.rawValue; meta["optimizer_steps"] = String(optimizer.steps) }
         st.metadata = meta
         try st.write(atomically: path)

@@ -25,8 +25,10 @@ public enum GradientReport {
         var st = Safetensors()
         st.add("loss", .init(floats: [Float(r.lossSum / Double(max(r.frames, 1)))], shape: []))
         st.add("logprobs", .init(floats: logprobs, shape: [B, lmax, C]))
-        for t in engine.layout.tensors {
-            st.add("grad." + t.name, .init(floats: UnsafeBufferPointer(start: grads.ptr + t.offset, count: t.count), shape: t.shape))
+        withExtendedLifetime(grads) {
+            for t in engine.layout.tensors {
+                st.add("grad." + t.name, .init(floats: UnsafeBufferPointer(start: grads.ptr + t.offset, count: t.count), shape: t.shape))
+            }
         }
         st.metadata = ["frames": String(r.frames), "loss_sum": String(r.lossSum)]
         return st

@@ -114,7 +114,7 @@ public final class Trainer {
                           gradNorm: norm, clipped: clipped, seconds: seconds)
     }
 
-    public var weightsHash: String { SHA256.hex(params.bytes) }
+    public var weightsHash: String { params.sha256 }
 
     public var checkpointPath: String { (run.checkpointDir as NSString).appendingPathComponent("checkpoint.safetensors") }
 

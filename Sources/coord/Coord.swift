@@ -12,7 +12,7 @@ struct Coord: ParsableCommand {
         workers, on crashes, or on stop-and-resume. `coord start --local` is the single-process
         reference every cluster run reproduces.
         """,
-        subcommands: [Start.self, Grad.self])
+        subcommands: [Start.self, Grad.self, Keygen.self])
 }
 
 /// Prints a user-facing error and exits 1 (argument errors go through ArgumentParser: exit 64).

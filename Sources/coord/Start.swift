@@ -29,6 +29,10 @@ struct Start: ParsableCommand {
     var minWorkers: Int?
     @Option(help: "Refuse workers beyond this many.")
     var maxWorkers = 256
+    @Option(help: "CURVE: this coordinator's keypair file (from `coord keygen`). Needs --allow. Required to bind beyond loopback without --insecure.")
+    var curveKeys: String?
+    @Option(help: "CURVE: allow-list of worker public keys, one 40-character Z85 key per line (# comments).")
+    var allow: String?
     @Flag(help: "Allow binding to a non-loopback address without authentication. Anyone who can reach the port can join.")
     var insecure = false
 
@@ -43,8 +47,9 @@ struct Start: ParsableCommand {
             }
             let host = bind.dropFirst(6).split(separator: ":")[0]
             let loopback = host == "127.0.0.1" || host == "localhost" || host.hasPrefix("127.") || host == "[::1]"
-            if !loopback && !insecure {
-                throw ValidationError("binding \(bind) exposes the coordinator beyond this machine without authentication. HINT: bind tcp://127.0.0.1:PORT, or pass --insecure on a network you trust")
+            if (curveKeys == nil) != (allow == nil) { throw ValidationError("--curve-keys and --allow go together") }
+            if !loopback && !insecure && curveKeys == nil {
+                throw ValidationError("binding \(bind) exposes the coordinator beyond this machine without authentication. HINT: use CURVE (coord keygen; --curve-keys and --allow), bind tcp://127.0.0.1:PORT, or pass --insecure on a network you trust")
             }
             if spawn < 0 || spawn > 64 { throw ValidationError("--spawn must be in 0...64") }
             if let m = minWorkers, m < 1 { throw ValidationError("--min-workers must be at least 1") }
@@ -62,11 +67,17 @@ struct Start: ParsableCommand {
             if local {
                 try trainLocal(trainer)
             } else {
-                if !bind.contains("127.") && !bind.contains("localhost") {
+                if insecure && curveKeys == nil {
                     log("WARNING: --insecure: \(bind) accepts any worker that can reach it, unauthenticated")
                 }
+                var curve: (keys: CurveKeypair, allowed: [String])? = nil
+                if let curveKeys, let allow {
+                    curve = (try CurveKeypair.read(curveKeys), try CurveKeypair.allowList(allow))
+                    log("CURVE on: \(curve!.allowed.count) worker key(s) allowed from \(allow)")
+                }
                 try trainCluster(trainer, bind: bind.replacingOccurrences(of: ":0", with: ":*", options: .anchored.union(.backwards)),
-                                 spawn: spawn, minWorkers: minWorkers ?? max(spawn, 1), maxWorkers: maxWorkers)
+                                 spawn: spawn, minWorkers: minWorkers ?? max(spawn, 1), maxWorkers: maxWorkers, curve: curve,
+                                 curveKeysPath: curveKeys)
             }
             report(trainer, heldOut: heldOut)
         } catch { fail(error) }
@@ -127,11 +138,12 @@ func trainLocal(_ trainer: Trainer) throws {
     try trainer.saveCheckpoint()
 }
 
-func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int, maxWorkers: Int) throws {
+func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int, maxWorkers: Int,
+                  curve: (keys: CurveKeypair, allowed: [String])? = nil, curveKeysPath: String? = nil) throws {
     BLAS.setThreads(1)
     let context = ZMQContext()
     let server = try CoordinatorServer(trainer: trainer, context: context, bind: bind, minWorkers: minWorkers,
-                                       maxWorkers: maxWorkers, log: { log("[coord] " + $0) })
+                                       maxWorkers: maxWorkers, curve: curve, log: { log("[coord] " + $0) })
     var children: [Process] = []
     defer {
         // Spawned workers got `stop`; give them a moment, then end only those pids.
@@ -150,6 +162,14 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
             let p = Process()
             p.executableURL = workerExe
             p.arguments = ["join", endpoint, "--parent-pid", String(getpid())]
+            if let curve, let curveKeysPath {
+                // Local children share the coordinator's keypair; it must be on the allow-list too.
+                guard curve.allowed.contains(curve.keys.publicKey) else {
+                    throw LockstepError("--spawn with CURVE: the coordinator's own public key is not on the allow-list",
+                                        hint: "add the line from the coordinator's .pub file to the --allow file")
+                }
+                p.arguments! += ["--curve-keys", curveKeysPath, "--server-key", curve.keys.publicKey]
+            }
             let logPath = (trainer.run.checkpointDir as NSString).appendingPathComponent("worker-\(i).log")
             FileManager.default.createFile(atPath: logPath, contents: nil)
             p.standardError = FileHandle(forWritingAtPath: logPath)

@@ -7,7 +7,7 @@ struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker",
         abstract: "Lockstep worker: computes shard gradients for a coordinator.",
-        subcommands: [Join.self])
+        subcommands: [Join.self, WorkerKeygen.self])
 }
 
 struct Join: ParsableCommand {
@@ -24,6 +24,10 @@ struct Join: ParsableCommand {
     var address: String
     @Option(help: "OpenBLAS threads in this worker (processes are the unit of parallelism: default 1).")
     var threads = 1
+    @Option(help: "CURVE: this worker's keypair file (from `worker keygen`); its public key must be on the coordinator's allow-list.")
+    var curveKeys: String?
+    @Option(help: "CURVE: the coordinator's public key: 40-character Z85, or the path of its .pub file.")
+    var serverKey: String?
     @Option(help: .hidden) var parentPid: Int32?
     @Option(help: .hidden) var debugFingerprint: String?
     @Option(help: .hidden) var debugDelay: Double = 0
@@ -39,6 +43,7 @@ struct Join: ParsableCommand {
         guard parts.count == 2, let port = Int(parts[1]), (1...65535).contains(port) else {
             throw ValidationError("cannot read the address \(address). HINT: give HOST:PORT, e.g. 127.0.0.1:5555")
         }
+        if (curveKeys == nil) != (serverKey == nil) { throw ValidationError("--curve-keys and --server-key go together") }
     }
 
     func run() throws {
@@ -49,8 +54,31 @@ struct Join: ParsableCommand {
         o.delayPerShard = debugDelay
         let pid = getpid()
         do {
+            if let curveKeys, let serverKey {
+                o.curve = (try CurveKeypair.read(curveKeys), try CurveKeypair.publicKey(serverKey))
+            }
             let client = try WorkerClient(o, log: { FileHandle.standardError.write(Data("[worker \(pid)] \($0)\n".utf8)) })
             Foundation.exit(try client.run())
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(1)
+        }
+    }
+}
+
+struct WorkerKeygen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keygen",
+        abstract: "Write a CURVE keypair for a worker: NAME.key (secret, mode 0600) and NAME.pub.",
+        discussion: "Add the line of NAME.pub to the coordinator's --allow file; join with --curve-keys NAME.key --server-key COORD.pub.")
+
+    @Option(help: "Path prefix of the files to write.")
+    var out = "worker"
+
+    func run() throws {
+        do {
+            try CurveKeypair.generate().write(base: out)
+            print("wrote \(out).key (secret, 0600) and \(out).pub")
         } catch {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             Foundation.exit(1)

@@ -1,3 +1,4 @@
+import Foundation
 import BiLSTM
 @testable import Cluster
 import Numerics
@@ -66,5 +67,22 @@ final class WireTests: XCTestCase {
         }
         XCTAssertGreaterThan(refused, 1000)
         XCTAssertGreaterThan(decoded, 0, "flipped payload bytes are still well-formed messages")
+    }
+}
+
+final class CurveKeyFileTests: XCTestCase {
+    func testAllowListAcceptsKeysWithHashesPubLinesAndComments() throws {
+        let path = NSTemporaryDirectory() + "allow-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var withHash: [String] = []
+        while withHash.count < 2 {
+            let k = CurveKeypair.generate().publicKey
+            if k.contains("#") { withHash.append(k) }
+        }
+        let (a, b) = (withHash[0], withHash[1])
+        try "# workers\n\n\(a)\n\(b)   # trailing words are ignored\npublic-key = \(b)\n#\n".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try CurveKeypair.allowList(path), [a, b, b])
+        try "not-a-key\n".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try CurveKeypair.allowList(path)) { XCTAssertTrue("\($0)".contains(":1:") && "\($0)".contains("HINT"), "\($0)") }
     }
 }

@@ -1,0 +1,155 @@
+import CZMQ
+import Foundation
+import Training
+
+/// ZeroMQ CURVE keys (Z85 text, 40 characters) and the files that hold them.
+///
+/// A keypair file (`NAME.key`, mode 0600) holds `public-key = …` and `secret-key = …`; the
+/// public file (`NAME.pub`) holds the public key alone. An allow-list file has one public key
+/// per line; `#` starts a comment. Both `coord keygen` and `worker keygen` write these files.
+public struct CurveKeypair: Sendable, Equatable {
+    public let publicKey: String
+    public let secretKey: String
+
+    public static func generate() -> CurveKeypair {
+        var pub = [CChar](repeating: 0, count: 41), sec = [CChar](repeating: 0, count: 41)
+        precondition(zmq_curve_keypair(&pub, &sec) == 0, "libzmq was built without CURVE")
+        return CurveKeypair(publicKey: String(cString: pub), secretKey: String(cString: sec))
+    }
+
+    /// Writes `base.key` (0600) and `base.pub`; refuses to overwrite an existing key.
+    public func write(base: String) throws {
+        let keyPath = base + ".key", pubPath = base + ".pub"
+        for p in [keyPath, pubPath] where FileManager.default.fileExists(atPath: p) {
+            throw LockstepError("\(p) already exists; not overwriting a key", hint: "choose another --out or delete the old key first")
+        }
+        let secret = "# Lockstep CURVE keypair: keep this file secret\npublic-key = \(publicKey)\nsecret-key = \(secretKey)\n"
+        let fd = open(keyPath, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard fd >= 0 else { throw LockstepError("cannot create \(keyPath): \(String(cString: strerror(errno)))", hint: "check the directory") }
+        _ = secret.withCString { Foundation.write(fd, $0, strlen($0)) }
+        fchmod(fd, 0o600)
+        close(fd)
+        try "# Lockstep CURVE public key\npublic-key = \(publicKey)\n".write(toFile: pubPath, atomically: true, encoding: .utf8)
+    }
+
+    public static func read(_ path: String) throws -> CurveKeypair {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw LockstepError("\(path): cannot read the key file", hint: "create one with `coord keygen` or `worker keygen`")
+        }
+        var pub: String?, sec: String?
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2 else { continue }
+            if parts[0] == "public-key" { pub = parts[1] }
+            if parts[0] == "secret-key" { sec = parts[1] }
+        }
+        guard let pub, let sec, isKey(pub), isKey(sec) else {
+            throw LockstepError("\(path): not a Lockstep keypair (needs public-key = … and secret-key = …, 40-character Z85 each)",
+                                hint: "create one with `coord keygen --out NAME` or `worker keygen --out NAME`")
+        }
+        return CurveKeypair(publicKey: pub, secretKey: sec)
+    }
+
+    public static func isKey(_ s: String) -> Bool {
+        guard s.utf8.count == 40 else { return false }
+        var out = [UInt8](repeating: 0, count: 32)
+        return zmq_z85_decode(&out, s) != nil
+    }
+
+    public static func z85(_ raw: [UInt8]) -> String? {
+        guard raw.count == 32 else { return nil }
+        var out = [CChar](repeating: 0, count: 41)
+        return zmq_z85_encode(&out, raw, 32) != nil ? String(cString: out) : nil
+    }
+
+    /// A public key given inline (40 characters) or as a path to a `.pub` / `.key` file.
+    public static func publicKey(_ arg: String) throws -> String {
+        if isKey(arg) { return arg }
+        let keys = try allowList(arg)
+        guard keys.count == 1 else {
+            throw LockstepError("\(arg): expected one public key", hint: "pass the coordinator's .pub file or its 40-character key")
+        }
+        return keys[0]
+    }
+
+    /// The keys of an allow-list file: one key per line, as the first word of the line or as
+    /// `public-key = KEY` (so `.pub` files can be appended as they are). Z85 keys may contain
+    /// `#`, so a comment is a line that starts with `# ` (or is `#` alone), and words after the
+    /// key are ignored.
+    public static func allowList(_ path: String) throws -> [String] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw LockstepError("\(path): cannot read the allow-list", hint: "one worker public key (40-character Z85) per line")
+        }
+        var keys: [String] = []
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line == "#" || line.hasPrefix("# ") { continue }
+            var words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            if words.count >= 3 && words[0] == "public-key" && words[1] == "=" { words.removeFirst(2) }
+            guard let key = words.first, isKey(key) else {
+                throw LockstepError("\(path):\(n + 1): '\(line.prefix(60))' is not a 40-character Z85 public key",
+                                    hint: "copy the key from the worker's .pub file; comment lines start with '# '")
+            }
+            keys.append(key)
+        }
+        return keys
+    }
+}
+
+extension ZMQSocket {
+    func setString(_ option: Int32, _ value: String) {
+        _ = value.withCString { zmq_setsockopt(raw, option, $0, strlen($0)) }
+    }
+
+    /// Makes this socket a CURVE server (the coordinator).
+    public func curveServer(_ keys: CurveKeypair) {
+        setInt(ZMQ_CURVE_SERVER, 1)
+        setString(ZMQ_CURVE_SECRETKEY, keys.secretKey)
+        setString(ZMQ_ZAP_DOMAIN, "lockstep")
+    }
+
+    /// Makes this socket a CURVE client (a worker) of the server with `serverKey`.
+    public func curveClient(_ keys: CurveKeypair, serverKey: String) {
+        setString(ZMQ_CURVE_SERVERKEY, serverKey)
+        setString(ZMQ_CURVE_PUBLICKEY, keys.publicKey)
+        setString(ZMQ_CURVE_SECRETKEY, keys.secretKey)
+    }
+}
+
+/// The ZAP handler (RFC 27): libzmq asks it about every CURVE handshake; only allow-listed
+/// public keys pass. Runs on the coordinator's own loop over an inproc REP socket.
+public final class ZAPHandler {
+    let socket: ZMQSocket
+    let allowed: Set<String>
+    let log: (String) -> Void
+    public private(set) var denied = 0
+
+    public init(context: ZMQContext, allowed: [String], log: @escaping (String) -> Void) throws {
+        socket = try ZMQSocket(context, .rep)
+        try socket.bind("inproc://zeromq.zap.01")
+        self.allowed = Set(allowed)
+        self.log = log
+    }
+
+    /// Answers every pending request.
+    public func serve() {
+        while let f = socket.receive() {
+            guard f.count >= 6 else { socket.send([Array("1.0".utf8), [], Array("500".utf8), Array("bad request".utf8), [], []]); continue }
+            let requestId = f[1]
+            let address = String(decoding: f[3], as: UTF8.self)
+            let mechanism = String(decoding: f[5], as: UTF8.self)
+            var ok = false
+            var who = "no key"
+            if mechanism == "CURVE", f.count >= 7, let key = CurveKeypair.z85(f[6]) {
+                who = "key \(key)"
+                ok = allowed.contains(key)
+            }
+            if !ok {
+                denied += 1
+                log("refused a worker from \(address.isEmpty ? "?" : address) (\(mechanism), \(who)): not on the allow-list")
+            }
+            socket.send([Array("1.0".utf8), requestId, Array((ok ? "200" : "400").utf8),
+                         Array((ok ? "OK" : "not on the allow-list").utf8), Array((ok ? who : "").utf8), []])
+        }
+    }
+}

@@ -1,0 +1,19 @@
+import ArgumentParser
+import Cluster
+import Foundation
+
+struct Keygen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a CURVE keypair for the coordinator: NAME.key (secret, mode 0600) and NAME.pub.",
+        discussion: "Give workers NAME.pub (their --server-key); start the coordinator with --curve-keys NAME.key --allow FILE.")
+
+    @Option(help: "Path prefix of the files to write.")
+    var out = "coordinator"
+
+    func run() throws {
+        do {
+            try CurveKeypair.generate().write(base: out)
+            print("wrote \(out).key (secret, 0600) and \(out).pub")
+        } catch { fail(error) }
+    }
+}
