@@ -171,10 +171,7 @@ public struct CoordinatorCore {
             return [.fatal("step \(r.step) shard \(r.shard): \(name) and \(shards[r.shard].resultFrom ?? "?") returned different bits for the same work. "
                 + "HINT: the two hosts compute differently (CPU kernel or build); run every worker with the same binary and OPENBLAS_CORETYPE")]
         }
-        guard r.lossSum.isFinite, r.grad.allFinite else {
-            return [.fatal("step \(r.step) shard \(r.shard) (sequences \(shards[r.shard].sequenceIds.prefix(8))…): non-finite loss or gradient from \(name). "
-                + "HINT: lower --lr or --max-norm; the last checkpoint is intact")]
-        }
+        // Non-finite results are kept: the trainer stops or skips the step, the same way on every rerun.
         shards[r.shard].result = r
         shards[r.shard].resultFrom = name
         var out = assign(now: now)

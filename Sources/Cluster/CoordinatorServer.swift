@@ -95,7 +95,7 @@ public final class CoordinatorServer {
                 stepDone = false
                 let coordStart = monotonicSeconds()
                 let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
-                var report = t.apply(parts: parts, seconds: monotonicSeconds() - stepStarted)
+                var report = try t.apply(parts: parts, seconds: monotonicSeconds() - stepStarted)
                 report.workersAlive = core.alive
                 report.reissued = core.reissuedThisStep
                 let sentDuringStep = bytesSent

@@ -4,6 +4,9 @@ import Numerics
 
 /// Everything one training run needs. The same keys come from a TOML file and from the
 /// command line (which overrides the file).
+/// What a non-finite loss or gradient does to a run.
+public enum NonfinitePolicy: String, Codable, Sendable, CaseIterable { case stop, skip }
+
 public struct RunConfig: Codable, Equatable, Sendable {
     // Data
     public var data: String? = nil
@@ -23,6 +26,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var optimizer = OptimizerConfig()
     public var maxNorm: Float = 1.0
     public var seed: UInt64 = 1
+    public var onNonfinite: NonfinitePolicy = .stop
     // Files
     public var checkpointDir = "runs/lockstep"
     public var checkpointEvery = 50
@@ -71,7 +75,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
                 "dropout=\(dropout.bitPattern)", "batch=\(batchSize)", "shard=\(shardSize)", "seed=\(seed)",
                 "opt=\(o.kind.rawValue)", "lr=\(o.lr.bitPattern)", "mom=\(o.momentum.bitPattern)", "wd=\(o.weightDecay.bitPattern)",
                 "b1=\(o.beta1.bitPattern)", "b2=\(o.beta2.bitPattern)", "eps=\(o.eps.bitPattern)", "maxnorm=\(maxNorm.bitPattern)",
-                "classes=\(classes.map(String.init) ?? "auto")"].joined(separator: ";")
+                "classes=\(classes.map(String.init) ?? "auto")", "nonfinite=\(onNonfinite.rawValue)"].joined(separator: ";")
     }
 
     public var hash: String { SHA256.hex(Array(identity.utf8)) }

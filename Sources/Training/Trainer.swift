@@ -34,12 +34,17 @@ public struct StepReport: Sendable {
     /// Coordinator time for this step: reduce + clip + optimizer step + sending the next step's work.
     public var coordinatorSeconds: Double = 0
     public var bytesSent: Int = 0
+    /// Why the update was skipped (`--on-nonfinite skip`), if it was.
+    public var skipped: String? = nil
 
     public var json: String {
         let fps = seconds > 0 ? Double(frames) / seconds : 0
+        let loss = self.loss.isFinite ? "\(self.loss)" : "null"
+        let gradNorm = self.gradNorm.isFinite ? "\(self.gradNorm)" : "null"
         return "{\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(loss),\"frames\":\(frames),\"frames_per_s\":\(Int(fps)),"
             + "\"grad_norm\":\(gradNorm),\"clipped\":\(clipped),\"workers_alive\":\(workersAlive),\"shards_reissued\":\(reissued),"
-            + "\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent)}"
+            + "\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent),"
+            + "\"skipped\":\(skipped != nil)}"
     }
 }
 
@@ -100,15 +105,31 @@ public final class Trainer {
 
     /// Adds shard results in the fixed tree, averages, clips, steps. `parts[k]` is shard k's;
     /// their gradient buffers are consumed (reduced in place).
-    public func apply(parts: [(grad: FloatBuffer, result: BatchResult)], seconds: Double) -> StepReport {
-        let sum = TreeSum.reduceInPlace(parts.map(\.grad))
+    ///
+    /// A non-finite loss or gradient stops the run (throws, naming the step and shard) or, with
+    /// `--on-nonfinite skip`, skips the update: the step counts, weights and optimizer state stay.
+    /// Either way the outcome is a function of the data, so every rerun does the same.
+    public func apply(parts: [(grad: FloatBuffer, result: BatchResult)], seconds: Double) throws -> StepReport {
+        let epoch = schedule.position(step: step).epoch
         let lossSum = TreeSum.reduce(parts.map(\.result.lossSum))
         let frames = parts.reduce(0) { $0 + $1.result.frames }
+        if let bad = parts.firstIndex(where: { !$0.result.lossSum.isFinite || !$0.grad.allFinite }) {
+            let seqs = shards(forStep: step)[bad]
+            let what = "step \(step + 1), shard \(bad) (sequences \(seqs.prefix(8).map(String.init).joined(separator: ", "))\(seqs.count > 8 ? ", …" : "")): non-finite loss or gradient"
+            guard run.onNonfinite == .skip else {
+                throw LockstepError("run stopped at \(what); the last checkpoint is intact",
+                                    hint: "lower --lr or --max-norm, check the data, or pass --on-nonfinite skip to skip such steps")
+            }
+            step += 1
+            var r = StepReport(step: step, epoch: epoch, loss: .nan, frames: frames, gradNorm: .nan, clipped: false, seconds: seconds)
+            r.skipped = what
+            return r
+        }
+        let sum = TreeSum.reduceInPlace(parts.map(\.grad))
         let denom = Float(max(frames, 1))
         for i in 0..<sum.count { sum.ptr[i] = sum.ptr[i] / denom }
         let (norm, clipped) = Clip.clip(sum, maxNorm: run.maxNorm)
         optimizer.step(params: params, grads: sum)
-        let epoch = schedule.position(step: step).epoch
         step += 1
         return StepReport(step: step, epoch: epoch, loss: lossSum / Double(max(frames, 1)), frames: frames,
                           gradNorm: norm, clipped: clipped, seconds: seconds)

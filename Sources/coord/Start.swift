@@ -128,7 +128,7 @@ func trainLocal(_ trainer: Trainer) throws {
             let r = computer.compute(params: trainer.params, examples: shard.map { trainer.data.examples[$0] }, step: step, into: grad)
             return (grad, r)
         }
-        let report = trainer.apply(parts: parts, seconds: Date().timeIntervalSince(started))
+        let report = try trainer.apply(parts: parts, seconds: Date().timeIntervalSince(started))
         metrics.write(report)
         progress.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9))
         if trainer.run.checkpointEvery > 0 && trainer.step % trainer.run.checkpointEvery == 0 && !trainer.done {

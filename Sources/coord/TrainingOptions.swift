@@ -53,6 +53,8 @@ struct TrainingOptions: ParsableArguments {
     var maxNorm: Float?
     @Option(help: "Seed of every random number: init, shuffle, dropout, synthetic data (default 1).")
     var seed: UInt64?
+    @Option(help: "On a non-finite loss or gradient: stop (name the step and shard; the last checkpoint stays) or skip the update (default stop).")
+    var onNonfinite: NonfinitePolicy?
     @Option(help: "Directory for checkpoint.safetensors and metrics.jsonl (default runs/lockstep).")
     var checkpointDir: String?
     @Option(help: "Write a checkpoint every N steps (and always at the end); 0: only at the end (default 50).")
@@ -85,6 +87,7 @@ struct TrainingOptions: ParsableArguments {
         if let v = maxNorm { c.maxNorm = v }
         if let v = seed { c.seed = v }
         if let v = checkpointDir { c.checkpointDir = v }
+        if let v = onNonfinite { c.onNonfinite = v }
         if let v = checkpointEvery { c.checkpointEvery = v }
         return c
     }
@@ -92,6 +95,7 @@ struct TrainingOptions: ParsableArguments {
 
 extension Arch: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
+extension NonfinitePolicy: ExpressibleByArgument {}
 
 enum TOMLConfig {
     static func apply(path: String, to c: inout RunConfig) throws {
@@ -139,6 +143,9 @@ enum TOMLConfig {
             case "seed": c.seed = UInt64(max(0, try int(key, v)))
             case "checkpoint-dir": c.checkpointDir = try str(key, v)
             case "checkpoint-every": c.checkpointEvery = try int(key, v)
+            case "on-nonfinite":
+                guard let p = NonfinitePolicy(rawValue: try str(key, v)) else { throw bad(key, "\"stop\" or \"skip\"") }
+                c.onNonfinite = p
             case "synthetic":
                 guard let t = v.table else { throw bad(key, "a table [synthetic]") }
                 for k in t.keys {

@@ -41,7 +41,7 @@ struct Bench: ParsableCommand {
             let t0 = Date()
             let shard = trainer.shards(forStep: s)[0]
             let r = computer.compute(params: trainer.params, examples: shard.map { data.examples[$0] }, step: s, into: grad)
-            _ = trainer.apply(parts: [(grad, r)], seconds: 0)
+            _ = try trainer.apply(parts: [(grad, r)], seconds: 0)
             if s >= 2 { seconds += Date().timeIntervalSince(t0); frames += shard.reduce(0) { $0 + data.examples[$1].length } }
         }
         // Inference: forward only, no dropout, same batches.

@@ -1,5 +1,6 @@
 import BiLSTM
 import Foundation
+import Glibc
 import Numerics
 @testable import Training
 import XCTest
@@ -23,14 +24,14 @@ final class CheckpointTests: XCTestCase {
         return r
     }
 
-    func train(_ t: Trainer, until: Int) {
+    func train(_ t: Trainer, until: Int) throws {
         let computer = ShardComputer(model: t.model, seed: t.run.seed)
         while t.step < until {
             let parts = t.shards(forStep: t.step).map { s -> (grad: FloatBuffer, result: BatchResult) in
                 let g = FloatBuffer(count: t.layout.count)
                 return (g, computer.compute(params: t.params, examples: s.map { t.data.examples[$0] }, step: t.step, into: g))
             }
-            _ = t.apply(parts: parts, seconds: 0)
+            _ = try t.apply(parts: parts, seconds: 0)
         }
     }
 
@@ -63,19 +64,57 @@ final class CheckpointTests: XCTestCase {
     func testSameSeedTwiceSameWeightsAndResumeIsBitIdentical() throws {
         let r = smallRun(steps: 9, dir: dir)
         let data = r.synthetic.generate(seed: r.seed)
-        let a = try Trainer(run: r, data: data); train(a, until: 9)
-        let b = try Trainer(run: r, data: data); train(b, until: 9)
+        let a = try Trainer(run: r, data: data); try train(a, until: 9)
+        let b = try Trainer(run: r, data: data); try train(b, until: 9)
         XCTAssertEqual(a.weightsHash, b.weightsHash)
         // Stop at step 4, checkpoint, resume in a fresh trainer.
-        let c = try Trainer(run: r, data: data); train(c, until: 4)
+        let c = try Trainer(run: r, data: data); try train(c, until: 4)
         try c.saveCheckpoint()
         let d = try Trainer(run: r, data: data, resumeFrom: try Checkpoint.load(path: c.checkpointPath))
         XCTAssertEqual(d.step, 4)
-        train(d, until: 9)
+        try train(d, until: 9)
         XCTAssertEqual(d.weightsHash, a.weightsHash, "resume must reach the same bits")
         var other = r; other.seed = 2
-        let e = try Trainer(run: other, data: data); train(e, until: 9)
+        let e = try Trainer(run: other, data: data); try train(e, until: 9)
         XCTAssertNotEqual(e.weightsHash, a.weightsHash)
+    }
+
+    /// A dataset whose sequence 5 holds infinities (built directly: the loader would refuse it),
+    /// so every batch holding it yields NaN (inf - inf in the first GEMM).
+    func poisoned(_ r: RunConfig) -> Dataset {
+        let clean = r.synthetic.generate(seed: r.seed)
+        var ex = clean.examples
+        ex[5] = Example(id: 5, x: ex[5].x.map { _ in Float.infinity }, y: ex[5].y)
+        return Dataset(examples: ex, inputSize: clean.inputSize, classes: clean.classes, source: "poisoned")
+    }
+
+    func testNonFiniteStopsNamingStepAndShardOrSkipsTheSameWayEveryTime() throws {
+        var r = smallRun(steps: 8, dir: dir)
+        let data = poisoned(r)
+        let t = try Trainer(run: r, data: data)
+        XCTAssertThrowsError(try train(t, until: 8)) { e in
+            let text = "\(e)"
+            XCTAssertTrue(text.contains("non-finite") && text.contains("shard") && text.contains("5"), text)
+            XCTAssertTrue(text.contains("--on-nonfinite skip"), text)
+        }
+        r.onNonfinite = .skip
+        var hashes: [String] = []
+        var skipped = 0
+        for _ in 0..<2 {
+            let s = try Trainer(run: r, data: data)
+            let computer = ShardComputer(model: s.model, seed: r.seed)
+            while !s.done {
+                let parts = s.shards(forStep: s.step).map { sh -> (grad: FloatBuffer, result: BatchResult) in
+                    let g = FloatBuffer(count: s.layout.count)
+                    return (g, computer.compute(params: s.params, examples: sh.map { data.examples[$0] }, step: s.step, into: g))
+                }
+                if try s.apply(parts: parts, seconds: 0).skipped != nil { skipped += 1 }
+            }
+            XCTAssertTrue(s.params.allFinite)
+            hashes.append(s.weightsHash)
+        }
+        XCTAssertEqual(hashes[0], hashes[1])
+        XCTAssertEqual(skipped, 4, "sequence 5 is in 2 of the 8 batches (once per epoch), skipped in each of the 2 runs")
     }
 
     func testShardSizeIsPartOfTheMathButNothingElseIs() throws {
@@ -92,7 +131,7 @@ final class CheckpointTests: XCTestCase {
     func testResumeRefusesAnotherConfigOrOtherData() throws {
         let r = smallRun(steps: 3, dir: dir)
         let data = r.synthetic.generate(seed: r.seed)
-        let t = try Trainer(run: r, data: data); train(t, until: 2)
+        let t = try Trainer(run: r, data: data); try train(t, until: 2)
         try t.saveCheckpoint()
         let ck = try Checkpoint.load(path: t.checkpointPath)
         var changed = r; changed.optimizer.lr = 0.5
@@ -114,6 +153,33 @@ final class CheckpointTests: XCTestCase {
         st.add("b", .init(floats: [3], shape: [1]))
         XCTAssertThrowsError(try st.write(atomically: path)) { XCTAssertTrue("\($0)".contains("HINT"), "\($0)") }
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)), before, "the previous file is untouched")
+    }
+
+    func testDiskFullLeavesThePreviousCheckpointWhole() throws {
+        var r = smallRun(steps: 2, dir: dir + "/tiny")
+        r.hidden = 24
+        let t = try Trainer(run: r, data: r.synthetic.generate(seed: r.seed))
+        try FileManager.default.createDirectory(atPath: r.checkpointDir, withIntermediateDirectories: true)
+        try t.saveCheckpoint()
+        let size = (try FileManager.default.attributesOfItem(atPath: t.checkpointPath)[.size] as! NSNumber).intValue
+        try FileManager.default.removeItem(atPath: t.checkpointPath)
+        // Room for one checkpoint, not for the temporary copy beside it.
+        let kib = (size * 3 / 2) / 1024 + 8
+        guard mountTmpfs(r.checkpointDir, kib: kib) else { throw XCTSkip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)") }
+        defer { _ = umount2(r.checkpointDir, 2) }
+        try t.saveCheckpoint()
+        let before = try Data(contentsOf: URL(fileURLWithPath: t.checkpointPath))
+        try train(t, until: 1)
+        XCTAssertThrowsError(try t.saveCheckpoint()) { e in
+            XCTAssertTrue("\(e)".contains("No space left") && "\(e)".contains("previous file is untouched") && "\(e)".contains("HINT"), "\(e)")
+        }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: t.checkpointPath)), before)
+        XCTAssertEqual(try Checkpoint.load(path: t.checkpointPath).step, 0, "the previous checkpoint still loads")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: r.checkpointDir), ["checkpoint.safetensors"], "no torn temporary left")
+    }
+
+    private func mountTmpfs(_ path: String, kib: Int) -> Bool {
+        mount("tmpfs", path, "tmpfs", 0, "size=\(kib)k") == 0
     }
 
     func testMissingDirectoryIsAClearError() {
