@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "coord", targets: ["coord"]),
         .executable(name: "worker", targets: ["worker"]),
         .executable(name: "lockstep-bench", targets: ["lockstep-bench"]),
+        .executable(name: "lockstep-fuzz", targets: ["lockstep-fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -46,10 +47,13 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: fast),
 
+        // The wire decoder's fuzz target (scripts/fuzz builds it with libFuzzer).
+        .executableTarget(name: "lockstep-fuzz", dependencies: ["Cluster", "BiLSTM", "Numerics"]),
+
         .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
         .testTarget(name: "BiLSTMTests", dependencies: ["BiLSTM", "Training"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
-        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Training"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Training"], resources: [.copy("FuzzCorpus")]),
     ],
     swiftLanguageModes: [.v5]
 )

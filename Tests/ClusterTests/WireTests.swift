@@ -86,3 +86,20 @@ final class CurveKeyFileTests: XCTestCase {
         XCTAssertThrowsError(try CurveKeypair.allowList(path)) { XCTAssertTrue("\($0)".contains(":1:") && "\($0)".contains("HINT"), "\($0)") }
     }
 }
+
+/// The fuzzer's regression corpus (scripts/fuzz adds any crasher it finds): every input must
+/// decode or be refused, never trap.
+final class FuzzCorpusTests: XCTestCase {
+    func testEveryCorpusInputIsDecodedOrRefused() throws {
+        let dir = try XCTUnwrap(Bundle.module.path(forResource: "FuzzCorpus", ofType: nil))
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir)
+        XCTAssertGreaterThanOrEqual(files.count, 9, "the seeds of every message type are there")
+        var decoded = 0
+        for f in files {
+            let d = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f))
+            d.withUnsafeBytes { FuzzInput.run($0) }
+            if d.withUnsafeBytes({ (try? Message.decode(FuzzInput.frames($0), limits: WireLimits())) != nil }) { decoded += 1 }
+        }
+        XCTAssertGreaterThanOrEqual(decoded, 9, "the seeds are valid messages")
+    }
+}
