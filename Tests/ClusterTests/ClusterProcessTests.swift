@@ -138,9 +138,15 @@ final class ClusterProcessTests: XCTestCase {
         let junk: [[[UInt8]]] = [[[1, 2, 3]], [Array("LKST".utf8)], wrongVersion, [Array(result[0].prefix(9))], result,
                                  Array(repeating: [0], count: 40), [Array(repeating: 0xff, count: 70_000)]]
         for _ in 0..<3 { for j in junk { s.send(j) } ; Thread.sleep(forTimeInterval: 0.1) }
+        // Floods: 200,000 frames in one message, and a frame far over the size limit.
+        s.send(Array(repeating: [7], count: 200_000))
+        let huge = try ZMQSocket(ctx, .dealer)
+        try huge.connect(ep)
+        huge.send([Array(repeating: 0xAB, count: 48 << 20)])
         XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("garbage")))
         XCTAssertEqual(h.hash("garbage"), ref)
         XCTAssertTrue(h.text(h.log("garbage")).contains("rejected"), h.text(h.log("garbage")))
+        XCTAssertTrue(h.text(h.log("garbage")).contains("frames"), "the 200,000-frame message was refused")
     }
 }
 
