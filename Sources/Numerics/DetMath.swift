@@ -6,29 +6,18 @@
 /// reorder, so they give the same bits on every x86-64 and ARM64 host (DESIGN.md §3.5).
 /// Accuracy: `detExp` within 2 ulp on [-87, 88]; `detLog` within 2 ulp; `detTanh` within
 /// 1e-7 absolute.
+/// Scalar forms are lane 0 of the eight-lane forms: one formula, so the fused loops (eight
+/// lanes) and their tails (scalar) agree bit for bit by construction.
 @inline(__always)
-public func detExp(_ x: Float) -> Float {
-    let xc = min(max(x, -87.0), 88.0)
-    // n = round(x / ln2) with the 1.5·2^23 trick: exact for |t| < 2^22, no libm call.
-    let t = xc * 1.442_695_04
-    let k = t + 12_582_912.0
-    let n = k - 12_582_912.0
-    // Cody–Waite: ln2 = hi + lo with hi short enough that n·hi is exact.
-    let r = (xc - n * 0.693_145_751_953_125) - n * 1.428_606_765_330_187e-6
-    var p: Float = 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    // k's low mantissa bits hold n (k = 1.5·2^23 + n): 2^n from integer ops alone.
-    let scale = Float(bitPattern: (k.bitPattern &- 0x4B40_0000 &+ 127) << 23)
-    return p * scale
-}
+public func detExp(_ x: Float) -> Float { detExp(SIMD8(repeating: x))[0] }
 
-/// `detExp` on eight lanes: the same operations in the same order, so the same bits per lane.
+@inline(__always)
+public func detSigmoid(_ x: Float) -> Float { detSigmoid(SIMD8(repeating: x))[0] }
+
+@inline(__always)
+public func detTanh(_ x: Float) -> Float { detTanh(SIMD8(repeating: x))[0] }
+
+/// exp on eight lanes: Cody–Waite range reduction, a degree-7 polynomial, 2^n from integer ops.
 @inline(__always)
 public func detExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
     let xc = pointwiseMin(pointwiseMax(x, SIMD8(repeating: -87.0)), SIMD8(repeating: 88.0))
@@ -65,23 +54,6 @@ public func detTanh(_ x: SIMD8<Float>) -> SIMD8<Float> {
     let small: SIMD8<Float> = a + a * a2 * poly
     let m = big.replacing(with: small, where: a .< 0.0625)
     return m.replacing(with: -m, where: x .< 0)
-}
-
-@inline(__always)
-public func detSigmoid(_ x: Float) -> Float {
-    1.0 / (1.0 + detExp(-x))
-}
-
-@inline(__always)
-public func detTanh(_ x: Float) -> Float {
-    let a = abs(x)
-    let e = detExp(-2.0 * a)
-    let big = (1.0 - e) / (1.0 + e)
-    // Near zero 1 - e cancels; the odd series is exact to float there.
-    let a2 = a * a
-    let small = a + a * a2 * (-1.0 / 3.0 + a2 * (2.0 / 15.0 - a2 * (17.0 / 315.0)))
-    let m = a < 0.0625 ? small : big
-    return x < 0 ? -m : m
 }
 
 /// Natural log for positive normal floats (the log-sum-exp of a softmax).

@@ -173,10 +173,10 @@ public final class Trainer {
 
 /// Appends one JSON line per step to `metrics.jsonl`; on resume, drops lines past the resumed step.
 public final class MetricsLog {
-    private let handle: FileHandle?
+    private let handle: FileHandle
     public let path: String
 
-    public init(directory: String, resumeStep: Int?) {
+    public init(directory: String, resumeStep: Int?) throws {
         path = (directory as NSString).appendingPathComponent("metrics.jsonl")
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var keep = ""
@@ -187,12 +187,15 @@ public final class MetricsLog {
                 }
             }
         }
-        FileManager.default.createFile(atPath: path, contents: Data(keep.utf8))
-        handle = FileHandle(forWritingAtPath: path)
-        handle?.seekToEndOfFile()
+        guard FileManager.default.createFile(atPath: path, contents: Data(keep.utf8)),
+              let h = FileHandle(forWritingAtPath: path) else {
+            throw LockstepError("cannot write \(path)", hint: "check that --checkpoint-dir is writable and has free space")
+        }
+        handle = h
+        handle.seekToEndOfFile()
     }
 
     public func write(_ report: StepReport) {
-        handle?.write(Data((report.json + "\n").utf8))
+        handle.write(Data((report.json + "\n").utf8))
     }
 }

@@ -113,7 +113,7 @@ func prepare(_ config: RunConfig, resume: Bool, fresh: Bool) throws -> (Trainer,
 func trainLocal(_ trainer: Trainer) throws {
     BLAS.setThreads(1)
     let computer = ShardComputer(model: trainer.model, seed: trainer.run.seed)
-    let metrics = MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
+    let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
     let progress = ProgressLine(total: trainer.totalSteps)
     while !trainer.done {
         if Interrupt.requested {
@@ -171,7 +171,7 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
                 p.arguments! += ["--curve-keys", curveKeysPath, "--server-key", curve.keys.publicKey]
             }
             let logPath = (trainer.run.checkpointDir as NSString).appendingPathComponent("worker-\(i).log")
-            FileManager.default.createFile(atPath: logPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             p.standardError = FileHandle(forWritingAtPath: logPath)
             p.standardOutput = FileHandle.nullDevice
             try p.run()
@@ -179,7 +179,7 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
             log("[coord] spawned worker \(i) (pid \(p.processIdentifier)), log \(logPath)")
         }
     }
-    let metrics = MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
+    let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
     do {
         try server.run(metrics: metrics, progress: ProgressLine(total: trainer.totalSteps))
     } catch {

@@ -21,7 +21,7 @@ struct FuzzTool {
             guard let dir = args.dropFirst().first else { fallthrough }
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             for (name, frames) in FuzzInput.seeds {
-                FileManager.default.createFile(atPath: "\(dir)/\(name)", contents: Data(FuzzInput.encode(frames)))
+                try Data(FuzzInput.encode(frames)).write(to: URL(fileURLWithPath: "\(dir)/\(name)"))
             }
             print("wrote \(FuzzInput.seeds.count) seeds to \(dir)")
         case "replay":

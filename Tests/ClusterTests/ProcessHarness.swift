@@ -27,8 +27,8 @@ final class ProcessHarness {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: bin + "/" + program)
         p.arguments = args
-        FileManager.default.createFile(atPath: log(name), contents: nil)
-        FileManager.default.createFile(atPath: out(name), contents: nil)
+        _ = FileManager.default.createFile(atPath: log(name), contents: nil)
+        _ = FileManager.default.createFile(atPath: out(name), contents: nil)
         p.standardError = FileHandle(forWritingAtPath: log(name))
         p.standardOutput = FileHandle(forWritingAtPath: out(name))
         try p.run()

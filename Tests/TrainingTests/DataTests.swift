@@ -29,7 +29,7 @@ final class DataTests: XCTestCase {
         ]
         if let drop { members.removeAll { $0.0 == drop + ".npy" } }
         let path = dir + "/d-\(UUID().uuidString).npz"
-        FileManager.default.createFile(atPath: path, contents: Data(ZipArchive.write(members.map { (name: $0.0, bytes: $0.1) })))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(ZipArchive.write(members.map { (name: $0.0, bytes: $0.1) })))
         return path
     }
 
@@ -75,7 +75,7 @@ final class DataTests: XCTestCase {
     func testTruncatedFile() throws {
         let good = try Data(contentsOf: URL(fileURLWithPath: npz()))
         let path = dir + "/trunc.npz"
-        FileManager.default.createFile(atPath: path, contents: good.prefix(good.count - 40))
+        _ = FileManager.default.createFile(atPath: path, contents: good.prefix(good.count - 40))
         assertRefused(path, mentions: ["zip"])
     }
 
@@ -83,7 +83,7 @@ final class DataTests: XCTestCase {
         var good = [UInt8](try Data(contentsOf: URL(fileURLWithPath: npz())))
         good[200] ^= 0xFF  // inside x.npy's data
         let path = dir + "/corrupt.npz"
-        FileManager.default.createFile(atPath: path, contents: Data(good))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(good))
         assertRefused(path, mentions: ["CRC"])
     }
 
@@ -93,7 +93,7 @@ final class DataTests: XCTestCase {
 
     func testNotAZip() {
         let path = dir + "/text.npz"
-        FileManager.default.createFile(atPath: path, contents: Data("hello".utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data("hello".utf8))
         assertRefused(path, mentions: ["zip"])
     }
 
@@ -102,7 +102,7 @@ final class DataTests: XCTestCase {
     func testRoundTripThroughNpzBytes() throws {
         let d = SyntheticTask(sequences: 5, inputSize: 8, classes: 4, minLength: 1, maxLength: 9).generate(seed: 3)
         let path = dir + "/rt.npz"
-        FileManager.default.createFile(atPath: path, contents: Data(d.npzBytes()))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(d.npzBytes()))
         let back = try Dataset.load(npz: path, classes: 4)
         XCTAssertEqual(back.examples.map(\.x), d.examples.map(\.x))
         XCTAssertEqual(back.examples.map(\.y), d.examples.map(\.y))
