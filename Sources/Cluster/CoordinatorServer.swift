@@ -16,8 +16,8 @@ public final class CoordinatorServer {
     public private(set) var rejected = 0
     var stepDone = false
     var bytesSent = 0
-    /// The current step's weights, encoded once and sent to every worker that needs them.
-    var weightsFrame: (step: Int, bytes: [UInt8])? = nil
+    /// The current step's weights, copied once and sent (without further copies) to every worker.
+    var weightsFrame: (step: Int, buffer: FloatBuffer)? = nil
     let log: (String) -> Void
 
     var zap: ZAPHandler?
@@ -152,9 +152,16 @@ public final class CoordinatorServer {
                 send([peer.id] + m.encode())
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
                 let ids = core.shards[shard].sequenceIds
-                if withWeights && weightsFrame?.step != step { weightsFrame = (step, trainer.params.byteArray) }
+                // A snapshot: the optimizer changes trainer.params while ZeroMQ may still be sending.
+                if withWeights && weightsFrame?.step != step { weightsFrame = (step, trainer.params.clone()) }
                 let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: fresh.map { trainer.data.examples[$0] })
-                send([peer.id] + Message.encodeWork(work, weightsFrame: withWeights ? weightsFrame!.bytes : nil))
+                let (header, sequences) = Message.encodeWork(work, withWeights: withWeights)
+                var parts: [ZMQSocket.Part] = [.bytes(peer.id), .bytes(header)]
+                if withWeights { parts.append(.floats(weightsFrame!.buffer)) }
+                parts.append(.bytes(sequences))
+                if socket.send(parts: parts, dontWait: true) {
+                    bytesSent += peer.id.count + header.count + sequences.count + (withWeights ? trainer.params.count * 4 : 0)
+                }
             case .log(let s): log(s)
             case .stepComplete: stepDone = true
             case .fatal(let s): throw LockstepError("run stopped at step \(trainer.step + 1): \(s)")

@@ -178,7 +178,8 @@ extension Message {
         case .refuse(let reason):
             w.string(String(reason.utf8.prefix(4000)) ?? "")
         case .work(let work):
-            return Message.encodeWork(work, weightsFrame: work.weights?.byteArray)
+            let (header, sequences) = Message.encodeWork(work, withWeights: work.weights != nil)
+            return [header] + (work.weights.map { [$0.byteArray] } ?? []) + [sequences]
         case .result(let r):
             w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames)
             frames.append(r.grad.byteArray)
@@ -188,8 +189,9 @@ extension Message {
         return [w.bytes] + frames
     }
 
-    /// A work message whose weights frame was encoded once for every worker of the step.
-    public static func encodeWork(_ work: Work, weightsFrame: [UInt8]?) -> [[UInt8]] {
+    /// A work message without its weights frame: the header says whether one follows it
+    /// (frame 1), so the sender can add the step's weights without copying them per worker.
+    public static func encodeWork(_ work: Work, withWeights: Bool) -> (header: [UInt8], sequences: [UInt8]) {
         var w = ByteWriter()
         w.bytes = Message.magic
         w.u16(Message.protocolVersion)
@@ -198,7 +200,7 @@ extension Message {
         w.int(work.step); w.int(work.shard)
         w.u32(UInt32(work.sequenceIds.count))
         for id in work.sequenceIds { w.int(id) }
-        w.u8(weightsFrame != nil ? 1 : 0)
+        w.u8(withWeights ? 1 : 0)
         var s = ByteWriter()
         s.bytes.reserveCapacity(4 + work.sequences.reduce(0) { $0 + 16 + 4 * ($1.x.count + $1.length) })
         s.u32(UInt32(work.sequences.count))
@@ -207,7 +209,7 @@ extension Message {
             e.x.withUnsafeBytes { s.bytes += $0 }
             e.y.withUnsafeBytes { s.bytes += $0 }
         }
-        return [w.bytes] + (weightsFrame.map { [$0] } ?? []) + [s.bytes]
+        return (w.bytes, s.bytes)
     }
 
     /// Validates and decodes; throws `WireError` naming what is wrong, never traps.

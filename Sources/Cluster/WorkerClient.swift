@@ -83,7 +83,7 @@ public final class WorkerClient {
                     var frames = Message.result(ShardResult(step: r.step, shard: r.shard, lossSum: r.lossSum, frames: r.frames,
                                                             grad: FloatBuffer(count: 0))).encode()
                     frames.removeLast()
-                    if socket.send(frames, tail: r.grad, dontWait: true) { lastSent = monotonicSeconds() }
+                    if socket.send(parts: frames.map { .bytes($0) } + [.floats(r.grad)], dontWait: true) { lastSent = monotonicSeconds() }
                 }
             }
             if ready[0] {

@@ -68,23 +68,33 @@ public final class ZMQSocket {
         return true
     }
 
-    /// Sends `head` frames then `tail` without copying it: ZeroMQ holds a reference to the
-    /// buffer until its I/O thread has sent it. The buffer must not change afterwards.
+    /// A frame to send: bytes (copied by ZeroMQ) or a float buffer sent without a copy.
+    public enum Part {
+        case bytes([UInt8])
+        /// ZeroMQ holds a reference until its I/O thread has sent it: the buffer must not change.
+        case floats(FloatBuffer)
+    }
+
+    /// Sends the parts as one message.
     @discardableResult
-    public func send(_ head: [[UInt8]], tail: FloatBuffer, dontWait: Bool = false) -> Bool {
-        let wait: Int32 = dontWait ? ZMQ_DONTWAIT : 0
-        for f in head {
-            let rc = f.withUnsafeBytes { zmq_send(raw, $0.baseAddress, f.count, ZMQ_SNDMORE | wait) }
-            if rc < 0 { return false }
-        }
-        var msg = zmq_msg_t()
-        let hint = Unmanaged.passRetained(tail).toOpaque()
-        zmq_msg_init_data(&msg, tail.ptr, tail.count * 4, { _, hint in
-            Unmanaged<FloatBuffer>.fromOpaque(hint!).release()
-        }, hint)
-        if zmq_msg_send(&msg, raw, wait) < 0 {
-            zmq_msg_close(&msg)  // runs the free function: the reference is dropped
-            return false
+    public func send(parts: [Part], dontWait: Bool = false) -> Bool {
+        for (i, part) in parts.enumerated() {
+            var flags: Int32 = i < parts.count - 1 ? ZMQ_SNDMORE : 0
+            if dontWait { flags |= ZMQ_DONTWAIT }
+            switch part {
+            case .bytes(let f):
+                if f.withUnsafeBytes({ zmq_send(raw, $0.baseAddress, f.count, flags) }) < 0 { return false }
+            case .floats(let buffer):
+                var msg = zmq_msg_t()
+                let hint = Unmanaged.passRetained(buffer).toOpaque()
+                zmq_msg_init_data(&msg, buffer.ptr, buffer.count * 4, { _, hint in
+                    Unmanaged<FloatBuffer>.fromOpaque(hint!).release()
+                }, hint)
+                if zmq_msg_send(&msg, raw, flags) < 0 {
+                    zmq_msg_close(&msg)  // runs the free function: the reference is dropped
+                    return false
+                }
+            }
         }
         return true
     }

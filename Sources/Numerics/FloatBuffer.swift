@@ -59,8 +59,16 @@ public final class FloatBuffer: @unchecked Sendable {
     /// SHA-256 of the bytes: the identity of a weights buffer.
     public var sha256: String { withBytes { SHA256.hex($0) } }
 
+    /// x·0 is 0 for finite x and NaN for ±inf or NaN, so one branch-free (vectorizable) sum decides.
     public var allFinite: Bool {
-        for i in 0..<count where !ptr[i].isFinite { return false }
-        return true
+        var acc = SIMD8<Float>()
+        var i = 0
+        while i + 8 <= count {
+            acc += UnsafeRawPointer(ptr + i).loadUnaligned(as: SIMD8<Float>.self) * 0
+            i += 8
+        }
+        var tail: Float = 0
+        while i < count { tail += ptr[i] * 0; i += 1 }
+        return (acc.sum() + tail) == 0
     }
 }
