@@ -37,7 +37,8 @@ struct Start: ParsableCommand {
     var insecure = false
 
     func validate() throws {
-        let c = try training.runConfig()
+        let c: RunConfig
+        do { c = try training.runConfig() } catch { throw ValidationError("\(error)") }
         let problems = c.problems()
         if !problems.isEmpty { throw ValidationError(problems.joined(separator: "\n")) }
         if resume && fresh { throw ValidationError("--resume and --fresh contradict each other") }
