@@ -8,8 +8,8 @@ struct Coord: ParsableCommand {
         commandName: "coord",
         abstract: "Lockstep coordinator: trains a BiLSTM sequence labeller with bit-reproducible results.",
         discussion: """
-        The final weights' SHA-256 depends only on the config and the data: not on the number of
-        workers, on crashes, or on stop-and-resume. `coord start --local` is the single-process
+        The final weights' SHA-256 depends only on the config and the data: not on the number of \
+        workers, on crashes, or on stop-and-resume. `coord start --local` is the single-process \
         reference every cluster run reproduces.
         """,
         subcommands: [Start.self, Grad.self, Keygen.self])

@@ -8,9 +8,9 @@ struct Grad: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "One forward/backward of a checkpoint on a whole data file, written as safetensors.",
         discussion: """
-        Writes `loss` (mean NLL over valid frames), `logprobs` [B, Lmax, C] in the file's sequence
-        order (0 on padding), and `grad.<name>` for every parameter (the gradient of that mean).
-        Reads Lockstep checkpoints and weights saved from PyTorch (shape inferred from the names).
+        Writes `loss` (mean NLL over valid frames), `logprobs` [B, Lmax, C] in the file's sequence \
+        order (0 on padding), and `grad.<name>` for every parameter (the gradient of that mean). \
+        Reads Lockstep checkpoints and weights saved from PyTorch (shape inferred from the names). \
         The tool for comparing Lockstep with PyTorch tensor by tensor.
         """)
 

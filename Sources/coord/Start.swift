@@ -9,8 +9,8 @@ struct Start: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train: alone with --local, or as the coordinator of a cluster of workers.",
         discussion: """
-        At the end it prints the final weights' SHA-256 and the checkpoint path. For a fixed
-        config and data the hash is the same with --local, with any number of workers, and
+        At the end it prints the final weights' SHA-256 and the checkpoint path. For a fixed \
+        config and data the hash is the same with --local, with any number of workers, and \
         after any crash followed by --resume.
         """)
 

@@ -14,9 +14,9 @@ struct Join: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Connect to a coordinator and work until it says stop.",
         discussion: """
-        The worker first proves its numerics (a fixed tiny forward/backward hashed with its BLAS
-        core); a coordinator with a different hash refuses it. It reconnects with back-off when
-        the coordinator goes away, so a coordinator restarted with --resume picks it up again.
+        The worker first proves its numerics (a fixed tiny forward/backward hashed with its BLAS \
+        core); a coordinator with a different hash refuses it. It reconnects with back-off when \
+        the coordinator goes away, so a coordinator restarted with --resume picks it up again. \
         Exit codes: 0 stopped by the coordinator, 2 refused, 1 error.
         """)
 
