@@ -33,6 +33,12 @@ public struct CurveKeypair: Sendable, Equatable {
         try "# Lockstep CURVE public key\npublic-key = \(publicKey)\n".write(toFile: pubPath, atomically: true, encoding: .utf8)
     }
 
+    /// What both `keygen` commands do: a new keypair in `out.key` and `out.pub`.
+    public static func keygen(out: String) throws -> String {
+        try generate().write(base: out)
+        return "wrote \(out).key (secret, 0600) and \(out).pub"
+    }
+
     public static func read(_ path: String) throws -> CurveKeypair {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw LockstepError("\(path): cannot read the key file", hint: "create one with `coord keygen` or `worker keygen`")

@@ -11,9 +11,6 @@ struct Keygen: ParsableCommand {
     var out = "coordinator"
 
     func run() throws {
-        do {
-            try CurveKeypair.generate().write(base: out)
-            print("wrote \(out).key (secret, 0600) and \(out).pub")
-        } catch { fail(error) }
+        do { print(try CurveKeypair.keygen(out: out)) } catch { fail(error) }
     }
 }

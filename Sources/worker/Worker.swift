@@ -76,10 +76,7 @@ struct WorkerKeygen: ParsableCommand {
     var out = "worker"
 
     func run() throws {
-        do {
-            try CurveKeypair.generate().write(base: out)
-            print("wrote \(out).key (secret, 0600) and \(out).pub")
-        } catch {
+        do { print(try CurveKeypair.keygen(out: out)) } catch {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             Foundation.exit(1)
         }
