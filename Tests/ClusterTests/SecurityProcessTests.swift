@@ -55,3 +55,63 @@ final class SecurityProcessTests: XCTestCase {
         XCTAssertTrue(said.contains("without authentication") && said.contains("--curve-keys") && said.contains("--insecure"), said)
     }
 }
+
+/// Tier 3: floods do not exhaust the coordinator or change the result.
+final class FloodProcessTests: XCTestCase {
+    var h: ProcessHarness!
+    override func setUp() { h = ProcessHarness() }
+    override func tearDown() { h.cleanUp() }
+
+    func rssMiB(_ pid: Int32) -> Double {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Double(line.split(separator: " ").dropFirst().first ?? "0").map { $0 / 1024 } ?? 0
+    }
+
+    func testConnectionAndHelloFloodsAreSurvived() throws {
+        let opts = ProcessHarness.options(steps: 16)
+        let ref = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/ref"] + opts, name: "ref")
+        XCTAssertEqual(h.wait(ref, timeout: 120), 0)
+        let c = try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/run", "--bind", "tcp://127.0.0.1:0", "--max-workers", "2"] + opts, name: "coord")
+        let ep = try XCTUnwrap(h.endpoint("coord"))
+        try h.start("worker", ["join", ep, "--debug-delay", "0.05"], name: "w1")
+        let before = rssMiB(c.processIdentifier)
+        // 400 idle TCP connections held open for the whole run.
+        let port = UInt16(ep.split(separator: ":").last!)!
+        var fds: [Int32] = []
+        for _ in 0..<400 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = port.bigEndian
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            fds.append(fd)
+        }
+        defer { fds.forEach { close($0) } }
+        // 60 identities saying hello: one fits under --max-workers 2, the rest are refused.
+        let ctx = ZMQContext()
+        var fakes: [ZMQSocket] = []
+        let hello = Message.hello(Hello(fingerprint: Fingerprint.compute(), blasCore: "test", threads: 1, pid: 1)).encode()
+        for _ in 0..<60 {
+            let s = try ZMQSocket(ctx, .dealer)
+            try s.connect(ep)
+            fakes.append(s)
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+        for s in fakes { s.send(hello) }
+        var peak = 0.0
+        h.until(180) {
+            peak = max(peak, self.rssMiB(c.processIdentifier))
+            return !c.isRunning
+        }
+        XCTAssertEqual(h.wait(c, timeout: 5), 0, h.text(h.log("coord")))
+        XCTAssertEqual(h.hash("coord"), h.hash("ref"))
+        let log = h.text(h.log("coord"))
+        XCTAssertGreaterThanOrEqual(log.components(separatedBy: "--max-workers").count - 1, 50, "refusals past the cap:\n\(log.suffix(2000))")
+        XCTAssertTrue(log.contains("declared dead"), "the fake worker that got in never works and is declared dead")
+        XCTAssertGreaterThan(before, 0, "RSS was sampled")
+        XCTAssertLessThan(peak, before + 100, "memory stays bounded under the floods (before \(before) MiB, peak \(peak) MiB)")
+        print("coordinator RSS before the floods \(before) MiB, peak during them \(peak) MiB")
+    }
+}
