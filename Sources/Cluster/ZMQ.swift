@@ -59,13 +59,7 @@ public final class ZMQSocket {
     /// Sends all frames as one message. Returns false when it would block (`dontWait`).
     @discardableResult
     public func send(_ frames: [[UInt8]], dontWait: Bool = false) -> Bool {
-        for (i, f) in frames.enumerated() {
-            var flags: Int32 = i < frames.count - 1 ? ZMQ_SNDMORE : 0
-            if dontWait { flags |= ZMQ_DONTWAIT }
-            let rc = f.withUnsafeBytes { zmq_send(raw, $0.baseAddress, f.count, flags) }
-            if rc < 0 { return false }
-        }
-        return true
+        send(parts: frames.map { .bytes($0) }, dontWait: dontWait)
     }
 
     /// A frame to send: bytes (copied by ZeroMQ) or a float buffer sent without a copy.

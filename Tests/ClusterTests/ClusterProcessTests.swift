@@ -118,15 +118,11 @@ final class ClusterProcessTests: XCTestCase {
         let ep = try XCTUnwrap(h.endpoint("garbage"))
         _ = try worker("g1", ep, ["--debug-delay", "0.05"])
         // Raw bytes on the TCP port (not even ZMTP).
-        let port = UInt16(ep.split(separator: ":").last!)!
         for k in 0..<5 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = port.bigEndian
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            if ok == 0 { let junk = [UInt8](repeating: UInt8(k * 37 & 0xff), count: 300); _ = junk.withUnsafeBytes { write(fd, $0.baseAddress, 300) } }
+            let fd = h.rawConnect(ep)
+            guard fd >= 0 else { continue }
+            let junk = [UInt8](repeating: UInt8(k * 37 & 0xff), count: 300)
+            _ = junk.withUnsafeBytes { write(fd, $0.baseAddress, 300) }
             close(fd)
         }
         // Well-framed ZeroMQ messages that are not valid Lockstep messages.

@@ -81,6 +81,21 @@ final class ProcessHarness {
         return found
     }
 
+    /// A plain TCP connection to the port of `endpoint` (tcp://127.0.0.1:PORT); -1 if refused.
+    func rawConnect(_ endpoint: String) -> Int32 {
+        let port = UInt16(endpoint.split(separator: ":").last!)!
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if ok != 0 { close(fd); return -1 }
+        return fd
+    }
+
     func metricsLines(_ checkpointDir: String) -> [String] {
         text(checkpointDir + "/metrics.jsonl").split(separator: "\n").map(String.init)
     }

@@ -77,17 +77,7 @@ final class FloodProcessTests: XCTestCase {
         try h.start("worker", ["join", ep, "--debug-delay", "0.05"], name: "w1")
         let before = rssMiB(c.processIdentifier)
         // 400 idle TCP connections held open for the whole run.
-        let port = UInt16(ep.split(separator: ":").last!)!
-        var fds: [Int32] = []
-        for _ in 0..<400 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = port.bigEndian
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            fds.append(fd)
-        }
+        let fds = (0..<400).map { _ in h.rawConnect(ep) }.filter { $0 >= 0 }
         defer { fds.forEach { close($0) } }
         // 60 identities saying hello: one fits under --max-workers 2, the rest are refused.
         let ctx = ZMQContext()
