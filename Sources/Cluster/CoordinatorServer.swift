@@ -21,10 +21,11 @@ public final class CoordinatorServer {
     let log: (String) -> Void
 
     var zap: ZAPHandler?
-    var monitor: ZMQSocket?
-    /// Failed handshakes repeat on every reconnect of a misconfigured worker: log one line per window.
-    var handshakeFailures = 0
-    var handshakeLogAt = -Double.infinity
+    var monitor: HandshakeMonitor?
+    /// Failed handshakes repeat on every reconnect of a misconfigured worker: one line per peer
+    /// host and reason per window, with a count.
+    var handshakeFailures: [String: Int] = [:]
+    var handshakeLoggedAt: [String: Double] = [:]
     static let handshakeLogWindow = 10.0  // seconds
 
     /// With `curve` (the coordinator's keypair and the allowed worker keys) every worker must
@@ -38,12 +39,7 @@ public final class CoordinatorServer {
             zap = try ZAPHandler(context: context, allowed: curve.allowed, log: log)
             socket.curveServer(curve.keys)
             // Handshake failures (wrong server key, no key) never reach ZAP: watch for them.
-            let events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
-            let ep = "inproc://lockstep-monitor-\(UUID().uuidString)"
-            zmq_socket_monitor(socket.raw, ep, events)
-            let m = try ZMQSocket(context, .pair)
-            try m.connect(ep)
-            monitor = m
+            monitor = try HandshakeMonitor(context: context, watching: socket)
         }
         // Bound memory whatever peers send: the largest legal message is a gradient.
         socket.setInt64(ZMQ_MAXMSGSIZE, Int64(trainer.layout.count * 4 + (1 << 16)))
@@ -61,6 +57,8 @@ public final class CoordinatorServer {
                                minWorkers: minWorkers, maxWorkers: maxWorkers)
     }
 
+    deinit { monitor?.stop() }
+
     /// Trains to the end. Throws a `LockstepError` when the run must stop (the last checkpoint stays intact).
     public func run(metrics: MetricsLog, progress: ProgressLine?) throws {
         let t = trainer
@@ -69,20 +67,9 @@ public final class CoordinatorServer {
         try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: stepStarted))
         while !t.done {
             if Interrupt.requested { try interrupted(); return }
-            let ready = ZMQSocket.poll([socket] + [zap?.socket, monitor].compactMap { $0 }, timeout: 0.05)
+            let ready = ZMQSocket.poll([socket] + [zap?.socket].compactMap { $0 }, timeout: 0.05)
             if zap != nil && ready[1] { zap!.serve() }
-            if let monitor, ready.count > 2 && ready[2] {
-                while let ev = monitor.receive() {
-                    handshakeFailures += 1
-                    let now = monotonicSeconds()
-                    guard now - handshakeLogAt >= CoordinatorServer.handshakeLogWindow else { continue }
-                    handshakeLogAt = now
-                    let code = ev.first.map { Int($0[0]) | Int($0[1]) << 8 } ?? 0
-                    let kind = code == Int(ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) ? "authentication" : "protocol: wrong server key, or no key"
-                    log("refused a connection on \(ev.count > 1 ? String(decoding: ev[1], as: UTF8.self) : "?"): CURVE handshake failed (\(kind)); "
-                        + "\(handshakeFailures) failed handshake(s) so far")
-                }
-            }
+            logHandshakeFailures()
             if ready[0] {
                 var drained = 0
                 while drained < 1000, let frames = socket.receive() {
@@ -117,6 +104,20 @@ public final class CoordinatorServer {
         }
         try t.saveCheckpoint()
         try execute(core.finish())
+    }
+
+    func logHandshakeFailures() {
+        guard let monitor else { return }
+        let now = monotonicSeconds()
+        for f in monitor.drain() {
+            let host = f.peer.hasPrefix("[") ? String(f.peer.prefix { $0 != "]" }) + "]" : String(f.peer.prefix { $0 != ":" })
+            let key = host + " " + f.reason
+            handshakeFailures[key, default: 0] += 1
+            guard now - handshakeLoggedAt[key, default: -.infinity] >= CoordinatorServer.handshakeLogWindow else { continue }
+            handshakeLoggedAt[key] = now
+            log("refused a connection from \(f.peer): CURVE handshake failed: \(f.reason); "
+                + "\(handshakeFailures[key]!) such failure(s) from \(host) so far")
+        }
     }
 
     private func interrupted() throws {

@@ -233,7 +233,7 @@ extension Message {
             if let p = limits.parameterCount, frame.count != p * 4 {
                 throw WireError("\(what) has \(frame.count / 4) floats, the model has \(p)")
             }
-            let b = FloatBuffer(count: frame.count / 4)
+            let b = FloatBuffer(uninitializedCount: frame.count / 4)
             frame.withUnsafeBytes { UnsafeMutableRawPointer(b.ptr).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
             return b
         }

@@ -96,13 +96,13 @@ public final class ZMQSocket {
     /// Receives one whole message (all its frames), or nil when none is waiting. Frames past
     /// `maxFrames` are read and dropped (one extra empty frame marks the message as too long),
     /// so a peer cannot grow memory by sending many frames.
-    public func receive(maxFrames: Int = 16) -> [[UInt8]]? {
+    public func receive(maxFrames: Int = 16, wait: Bool = false) -> [[UInt8]]? {
         var frames: [[UInt8]] = []
         var msg = zmq_msg_t()
         var parts = 0
         while true {
             zmq_msg_init(&msg)
-            let rc = zmq_msg_recv(&msg, raw, parts == 0 ? ZMQ_DONTWAIT : 0)
+            let rc = zmq_msg_recv(&msg, raw, parts == 0 && !wait ? ZMQ_DONTWAIT : 0)
             if rc < 0 { zmq_msg_close(&msg); return frames.isEmpty ? nil : frames }
             parts += 1
             let size = zmq_msg_size(&msg)

@@ -42,7 +42,7 @@ public final class FloatBuffer: @unchecked Sendable {
     }
 
     public func clone() -> FloatBuffer {
-        let b = FloatBuffer(count: count)
+        let b = FloatBuffer(uninitializedCount: count)
         b.copy(from: self)
         return b
     }

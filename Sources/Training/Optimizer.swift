@@ -30,15 +30,22 @@ public final class Optimizer {
     public var stateNames: [String] { config.kind == .adam ? ["exp_avg", "exp_avg_sq"] : ["momentum_buffer"] }
 
     public func step(params: FloatBuffer, grads: FloatBuffer) {
+        step(params: params, grads: grads, scaling: GradientScaling())
+    }
+
+    /// One step on `grads` read through `scaling` (divide by the frame count, then the clip
+    /// factor): the same roundings as scaling the buffer first, without the extra passes.
+    public func step(params: FloatBuffer, grads: FloatBuffer, scaling: GradientScaling) {
         let n = params.count, p = params.ptr, g = grads.ptr
         let c = config
+        let divisor = scaling.divisor, factor = scaling.factor
         steps += 1
         switch c.kind {
         case .sgd:
             let buf = state[0].ptr
             let first = steps == 1
             for i in 0..<n {
-                var d = g[i]
+                var d = g[i] / divisor * factor
                 if c.weightDecay != 0 { d = d + c.weightDecay * p[i] }
                 if c.momentum != 0 {
                     buf[i] = first ? d : c.momentum * buf[i] + d
@@ -57,7 +64,7 @@ public final class Optimizer {
             // Eight lanes at a time: the same IEEE operations per element, so the same bits.
             var i = 0
             while i + 8 <= n {
-                var d = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self)
+                var d = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self) / divisor * factor
                 let pv = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self)
                 if c.weightDecay != 0 { d = d + c.weightDecay * pv }
                 var mv = UnsafeRawPointer(m + i).loadUnaligned(as: SIMD8<Float>.self)
@@ -73,7 +80,7 @@ public final class Optimizer {
             }
             while i < n {
                 defer { i += 1 }
-                var d = g[i]
+                var d = g[i] / divisor * factor
                 if c.weightDecay != 0 { d = d + c.weightDecay * p[i] }
                 m[i] = m[i] + w1 * (d - m[i])
                 v[i] = v[i] * c.beta2 + w2 * (d * d)
@@ -84,22 +91,49 @@ public final class Optimizer {
     }
 }
 
+/// How the optimizer reads the reduced gradient sum: `g / divisor · factor`. Dividing by 1 and
+/// multiplying by 1 are exact, so the identity scaling leaves the gradient's bits alone.
+public struct GradientScaling: Sendable {
+    public var divisor: Float = 1
+    public var factor: Float = 1
+    public init(divisor: Float = 1, factor: Float = 1) { self.divisor = divisor; self.factor = factor }
+}
+
 public enum Clip {
-    /// The L2 norm of the whole buffer, summed in index order in Double.
-    public static func norm(_ g: FloatBuffer) -> Float {
-        var s = 0.0
-        for i in 0..<g.count { let v = Double(g.ptr[i]); s += v * v }
+    /// The L2 norm of `g / divisor`, in Double: eight lane sums (element `i` goes to lane
+    /// `i mod 8`) added in a fixed tree. A fixed order, and no serial dependency chain.
+    public static func norm(_ g: FloatBuffer, divisor: Float = 1) -> Float {
+        let p = g.ptr, n = g.count
+        var lo = SIMD4<Double>(), hi = SIMD4<Double>()
+        var i = 0
+        while i + 8 <= n {
+            let q = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self) / divisor
+            let a = SIMD4<Double>(SIMD4<Float>(q[0], q[1], q[2], q[3])), b = SIMD4<Double>(SIMD4<Float>(q[4], q[5], q[6], q[7]))
+            lo += a * a
+            hi += b * b
+            i += 8
+        }
+        let lanes = lo + hi
+        var s = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
+        while i < n { let v = Double(p[i] / divisor); s += v * v; i += 1 }
         return Float(s.squareRoot())
     }
 
-    /// `torch.nn.utils.clip_grad_norm_`: scale by `maxNorm / (norm + 1e-6)` when that is below 1.
-    /// Returns the norm before clipping and whether it clipped.
+    /// `torch.nn.utils.clip_grad_norm_`'s factor for `g / divisor`: `maxNorm / (norm + 1e-6)` when
+    /// that is below 1, else 1 (no clipping). Returns the norm before clipping too.
+    public static func factor(_ g: FloatBuffer, divisor: Float = 1, maxNorm: Float) -> (norm: Float, factor: Float, clipped: Bool) {
+        let total = norm(g, divisor: divisor)
+        let coef = maxNorm / (total + 1e-6)
+        guard maxNorm > 0, coef < 1 else { return (total, 1, false) }
+        return (total, coef, true)
+    }
+
+    /// Clips `g` in place like `torch.nn.utils.clip_grad_norm_`. Returns the norm before clipping
+    /// and whether it clipped.
     @discardableResult
     public static func clip(_ g: FloatBuffer, maxNorm: Float) -> (norm: Float, clipped: Bool) {
-        let total = norm(g)
-        let coef = maxNorm / (total + 1e-6)
-        guard maxNorm > 0, coef < 1 else { return (total, false) }
-        for i in 0..<g.count { g.ptr[i] *= coef }
-        return (total, true)
+        let (total, coef, clipped) = factor(g, maxNorm: maxNorm)
+        if clipped { for i in 0..<g.count { g.ptr[i] *= coef } }
+        return (total, clipped)
     }
 }

@@ -4,8 +4,10 @@ import Numerics
 ///
 /// Epoch `e`: a Philox shuffle from `(seed, e)`; windows of `16 · batchSize` sequences are
 /// sorted by length (descending, ties by index) and cut into batches, whose order is then
-/// shuffled; each batch is cut into shards of `shardSize` by position. Nothing here depends
-/// on the number of workers.
+/// shuffled; each batch is dealt into `ceil(batchSize / shardSize)` shards by position
+/// (position `i` of the length-sorted batch goes to shard `i mod count`), so the shards of a
+/// step carry nearly equal frames and workers finish together. Nothing here depends on the
+/// number of workers.
 public struct Schedule: Sendable {
     public let lengths: [Int]
     public let batchSize: Int
@@ -51,9 +53,12 @@ public struct Schedule: Sendable {
         return order.map { batches[$0] }
     }
 
-    /// Cuts a batch into shards by position.
+    /// Deals a length-sorted batch into shards of at most `shardSize` sequences, round-robin by
+    /// position. A contiguous cut would give one worker the longest sequences and leave the other idle
+    /// at the step barrier; dealt shards differ by at most one sequence and stay length-sorted.
     public func shards(of batch: [Int]) -> [[Int]] {
-        stride(from: 0, to: batch.count, by: shardSize).map { Array(batch[$0..<min($0 + shardSize, batch.count)]) }
+        let count = (batch.count + shardSize - 1) / shardSize
+        return (0..<count).map { k in stride(from: k, to: batch.count, by: count).map { batch[$0] } }
     }
 
     /// (epoch, index within the epoch) of a global step.

@@ -26,6 +26,9 @@ public struct StepReport: Sendable {
     public var epoch: Int
     public var loss: Double
     public var frames: Int
+    /// Frames in the step's largest shard: with `frames / shards` it shows how evenly the step divides.
+    public var maxShardFrames: Int = 0
+    public var shards: Int = 0
     public var gradNorm: Float
     public var clipped: Bool
     public var seconds: Double
@@ -43,7 +46,7 @@ public struct StepReport: Sendable {
         let gradNorm = self.gradNorm.isFinite ? "\(self.gradNorm)" : "null"
         return "{\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(loss),\"frames\":\(frames),\"frames_per_s\":\(Int(fps)),"
             + "\"grad_norm\":\(gradNorm),\"clipped\":\(clipped),\"workers_alive\":\(workersAlive),\"shards_reissued\":\(reissued),"
-            + "\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent),"
+            + "\"shards\":\(shards),\"max_shard_frames\":\(maxShardFrames),\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent),"
             + "\"skipped\":\(skipped != nil)}"
     }
 }
@@ -123,16 +126,21 @@ public final class Trainer {
             step += 1
             var r = StepReport(step: step, epoch: epoch, loss: .nan, frames: frames, gradNorm: .nan, clipped: false, seconds: seconds)
             r.skipped = what
+            r.shards = parts.count
             return r
         }
+        // Divide by the frame count and clip inside the norm and optimizer passes: the same
+        // roundings as scaling the summed buffer in place, two passes fewer on the step barrier.
         let sum = TreeSum.reduceInPlace(parts.map(\.grad))
-        let denom = Float(max(frames, 1))
-        for i in 0..<sum.count { sum.ptr[i] = sum.ptr[i] / denom }
-        let (norm, clipped) = Clip.clip(sum, maxNorm: run.maxNorm)
-        optimizer.step(params: params, grads: sum)
+        let divisor = Float(max(frames, 1))
+        let (norm, factor, clipped) = Clip.factor(sum, divisor: divisor, maxNorm: run.maxNorm)
+        optimizer.step(params: params, grads: sum, scaling: GradientScaling(divisor: divisor, factor: factor))
         step += 1
-        return StepReport(step: step, epoch: epoch, loss: lossSum / Double(max(frames, 1)), frames: frames,
-                          gradNorm: norm, clipped: clipped, seconds: seconds)
+        var r = StepReport(step: step, epoch: epoch, loss: lossSum / Double(max(frames, 1)), frames: frames,
+                           gradNorm: norm, clipped: clipped, seconds: seconds)
+        r.shards = parts.count
+        r.maxShardFrames = parts.map(\.result.frames).max() ?? 0
+        return r
     }
 
     public var weightsHash: String { params.sha256 }

@@ -125,7 +125,14 @@ final class CheckpointTests: XCTestCase {
         let all = s.batches(epoch: 0)
         XCTAssertEqual(all.flatMap { $0 }.sorted(), Array(0..<100), "an epoch covers every sequence once")
         for b in all { XCTAssertEqual(b, b.sorted { s.lengths[$0] != s.lengths[$1] ? s.lengths[$0] > s.lengths[$1] : $0 < $1 }) }
-        XCTAssertEqual(s.shards(of: Array(0..<10)).map(\.count), [3, 3, 3, 1])
+        XCTAssertEqual(s.shards(of: Array(0..<10)), [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]], "dealt by position")
+        XCTAssertEqual(s.shards(of: Array(0..<9)), [[0, 3, 6], [1, 4, 7], [2, 5, 8]])
+        for b in all {
+            let shards = s.shards(of: b)
+            XCTAssertEqual(shards.flatMap { $0 }.sorted(), b.sorted(), "shards cover the batch once")
+            XCTAssertLessThanOrEqual(shards.map(\.count).max()! - shards.map(\.count).min()!, 1, "balanced")
+            XCTAssertTrue(shards.allSatisfy { $0.count <= 3 })
+        }
     }
 
     func testResumeRefusesAnotherConfigOrOtherData() throws {

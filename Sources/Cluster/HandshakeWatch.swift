@@ -1,0 +1,130 @@
+import CZMQ
+import Foundation
+
+/// Names the peer behind a failed CURVE handshake (wrong server key, no key), which ZAP never
+/// sees. libzmq 4.3's v1 monitor reports such failures with the *listening* endpoint only, but it
+/// reports each accepted connection's descriptor, and one I/O thread emits a connection's events
+/// in order: accepted(fd) … handshake failed … disconnected(fd). So the peer address is read
+/// from the descriptor on `accepted`, and reported on the `disconnected` that follows a failure.
+/// Pure: the shell passes in each event and the address it read.
+public struct HandshakeWatch: Sendable {
+    public struct Failure: Equatable, Sendable {
+        public var peer: String
+        public var reason: String
+    }
+
+    var peers: [UInt32: String] = [:]
+    var pendingReason: String? = nil
+
+    public init() {}
+
+    /// Feeds one monitor event; returns a failure to log when a failed connection closes.
+    public mutating func on(event: UInt16, value: UInt32, peer: String? = nil) -> Failure? {
+        switch Int32(event) {
+        case ZMQ_EVENT_ACCEPTED:
+            peers[value] = peer ?? "an address that could not be read (the connection closed first)"
+        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            pendingReason = HandshakeWatch.reason(event: Int32(event), value: value)
+        case ZMQ_EVENT_DISCONNECTED:
+            let peer = peers.removeValue(forKey: value)
+            if let reason = pendingReason {
+                pendingReason = nil
+                return Failure(peer: peer ?? "an unknown address", reason: reason)
+            }
+        default:
+            break
+        }
+        return nil
+    }
+
+    static func reason(event: Int32, value: UInt32) -> String {
+        switch (event, Int32(bitPattern: value)) {
+        case (ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
+            return "it offered no CURVE key (give the worker --curve-keys and --server-key)"
+        case (ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC):
+            return "its handshake could not be decrypted: it holds the wrong server key (give it this coordinator's .pub as --server-key)"
+        case (ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, _):
+            return "ZMTP protocol error 0x\(String(value, radix: 16))"
+        case (ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, _):
+            return "authentication refused (status \(value))"
+        default:
+            return "the connection dropped during the handshake"
+        }
+    }
+
+    /// The monitor events this watch needs.
+    public static let events = ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+}
+
+/// The IO side of `HandshakeWatch`: a thread that blocks on the socket monitor, so that it reads
+/// an accepted connection's address before a failing handshake closes it (a busy main loop
+/// would often be too late). Failures queue up for the main loop to log.
+final class HandshakeMonitor {
+    private let socket: ZMQSocket
+    private let lock = NSLock()
+    private var failures: [HandshakeWatch.Failure] = []
+    private var stopped = false
+    private var thread: Thread?
+
+    init(context: ZMQContext, watching target: ZMQSocket) throws {
+        let ep = "inproc://lockstep-monitor-\(UUID().uuidString)"
+        guard zmq_socket_monitor(target.raw, ep, HandshakeWatch.events) == 0 else { throw ZMQError.last("zmq_socket_monitor") }
+        socket = try ZMQSocket(context, .pair)
+        socket.setInt(ZMQ_RCVTIMEO, 200)  // milliseconds: how soon the thread notices stop()
+        try socket.connect(ep)
+        let t = Thread { [self] in loop() }
+        t.name = "lockstep.handshake-monitor"
+        thread = t
+        t.start()
+    }
+
+    /// Failures seen since the last call.
+    func drain() -> [HandshakeWatch.Failure] {
+        lock.lock(); defer { lock.unlock() }
+        let out = failures
+        failures = []
+        return out
+    }
+
+    func stop() { lock.lock(); stopped = true; lock.unlock() }
+
+    private func loop() {
+        var watch = HandshakeWatch()
+        while true {
+            lock.lock(); let done = stopped; lock.unlock()
+            if done { return }
+            guard let frames = socket.receive(wait: true) else {
+                if zmq_errno() == ETERM { return }
+                continue
+            }
+            guard frames[0].count >= 6 else { continue }
+            let f = frames[0]
+            let event = UInt16(f[0]) | UInt16(f[1]) << 8
+            let value = UInt32(f[2]) | UInt32(f[3]) << 8 | UInt32(f[4]) << 16 | UInt32(f[5]) << 24
+            let peer = Int32(event) == ZMQ_EVENT_ACCEPTED ? peerAddress(fd: Int32(bitPattern: value)) : nil
+            if let failure = watch.on(event: event, value: value, peer: peer) {
+                lock.lock(); failures.append(failure); lock.unlock()
+            }
+        }
+    }
+}
+
+/// "host:port" of a connected TCP socket's peer, or nil.
+func peerAddress(fd: Int32) -> String? {
+    var storage = sockaddr_storage()
+    var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let rc = withUnsafeMutablePointer(to: &storage) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+    }
+    guard rc == 0 else { return nil }
+    var host = [CChar](repeating: 0, count: Int(NI_MAXHOST)), port = [CChar](repeating: 0, count: Int(NI_MAXSERV))
+    let gr = withUnsafePointer(to: &storage) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            getnameinfo($0, len, &host, socklen_t(host.count), &port, socklen_t(port.count), NI_NUMERICHOST | NI_NUMERICSERV)
+        }
+    }
+    guard gr == 0 else { return nil }
+    let h = String(cString: host)
+    return (h.contains(":") ? "[\(h)]" : h) + ":" + String(cString: port)
+}
