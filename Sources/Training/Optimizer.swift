@@ -1,4 +1,5 @@
 import BiLSTM
+import Dispatch
 import Numerics
 
 public enum OptimizerKind: String, Codable, Sendable, CaseIterable { case sgd, adam }
@@ -36,15 +37,34 @@ public final class Optimizer {
     /// One step on `grads` read through `scaling` (divide by the frame count, then the clip
     /// factor): the same roundings as scaling the buffer first, without the extra passes.
     public func step(params: FloatBuffer, grads: FloatBuffer, scaling: GradientScaling) {
-        let n = params.count, p = params.ptr, g = grads.ptr
+        steps += 1
+        // beta^t by repeated multiplication: no libm pow, same bits on every host.
+        var b1t = 1.0, b2t = 1.0
+        for _ in 0..<steps { b1t *= Double(config.beta1); b2t *= Double(config.beta2) }
+        let n = params.count
+        // Every element is updated on its own, so splitting the buffer across the (otherwise idle,
+        // at the step barrier) cores gives the same bits as one pass.
+        let chunks = n >= Optimizer.parallelMinimum ? 2 : 1
+        let chunk = (n / chunks + 7) / 8 * 8
+        DispatchQueue.concurrentPerform(iterations: chunks) { k in
+            let lo = min(k * chunk, n), hi = k == chunks - 1 ? n : min(lo + chunk, n)
+            update(lo..<hi, params: params, grads: grads, scaling: scaling, bias1: b1t, bias2: b2t)
+        }
+    }
+
+    /// Below this many parameters one thread is quicker than waking a second.
+    static let parallelMinimum = 1 << 16
+
+    private func update(_ range: Range<Int>, params: FloatBuffer, grads: FloatBuffer, scaling: GradientScaling,
+                        bias1 b1t: Double, bias2 b2t: Double) {
+        let p = params.ptr, g = grads.ptr
         let c = config
         let divisor = scaling.divisor, factor = scaling.factor
-        steps += 1
         switch c.kind {
         case .sgd:
             let buf = state[0].ptr
             let first = steps == 1
-            for i in 0..<n {
+            for i in range {
                 var d = g[i] / divisor * factor
                 if c.weightDecay != 0 { d = d + c.weightDecay * p[i] }
                 if c.momentum != 0 {
@@ -55,15 +75,12 @@ public final class Optimizer {
             }
         case .adam:
             let m = state[0].ptr, v = state[1].ptr
-            // beta^t by repeated multiplication: no libm pow, same bits on every host.
-            var b1t = 1.0, b2t = 1.0
-            for _ in 0..<steps { b1t *= Double(c.beta1); b2t *= Double(c.beta2) }
             let stepSize = Float(Double(c.lr) / (1 - b1t))
             let bc2Sqrt = Float((1 - b2t).squareRoot())
             let w1 = 1 - c.beta1, w2 = 1 - c.beta2
             // Eight lanes at a time: the same IEEE operations per element, so the same bits.
-            var i = 0
-            while i + 8 <= n {
+            var i = range.lowerBound
+            while i + 8 <= range.upperBound {
                 var d = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self) / divisor * factor
                 let pv = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self)
                 if c.weightDecay != 0 { d = d + c.weightDecay * pv }
@@ -78,7 +95,7 @@ public final class Optimizer {
                 UnsafeMutableRawPointer(p + i).storeBytes(of: np, as: SIMD8<Float>.self)
                 i += 8
             }
-            while i < n {
+            while i < range.upperBound {
                 defer { i += 1 }
                 var d = g[i] / divisor * factor
                 if c.weightDecay != 0 { d = d + c.weightDecay * p[i] }
