@@ -39,7 +39,7 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
         ], swiftSettings: fast),
         .executableTarget(name: "worker", dependencies: [
-            "Cluster",
+            "Cluster", "Numerics",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: fast),
         .executableTarget(name: "lockstep-bench", dependencies: [

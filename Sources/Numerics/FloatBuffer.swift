@@ -72,3 +72,18 @@ public final class FloatBuffer: @unchecked Sendable {
         return (acc.sum() + tail) == 0
     }
 }
+
+#if canImport(Glibc)
+import COpenBLAS
+
+/// Every training step allocates and frees the same few multi-megabyte buffers (gradients,
+/// weight snapshots, messages). glibc would hand each back to the kernel and fault it in again
+/// on the next step (hundreds of page faults per buffer, on the step barrier); keeping them in
+/// the heap makes the next step reuse the same pages.
+public func keepLargeAllocationsInTheHeap() {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)   // bytes: glibc's maximum; larger blocks still use mmap
+    mallopt(M_TRIM_THRESHOLD, 512 << 20)  // bytes of free heap top kept before trimming
+}
+#else
+public func keepLargeAllocationsInTheHeap() {}
+#endif

@@ -61,6 +61,7 @@ struct Start: ParsableCommand {
     }
 
     func run() throws {
+        keepLargeAllocationsInTheHeap()
         do {
             let config = try training.runConfig()
             Interrupt.install()

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Cluster
 import Foundation
+import Numerics
 
 @main
 struct WorkerCommand: ParsableCommand {
@@ -47,6 +48,7 @@ struct Join: ParsableCommand {
     }
 
     func run() throws {
+        keepLargeAllocationsInTheHeap()
         var o = WorkerClient.Options(endpoint: endpoint)
         o.threads = threads
         o.parentPid = parentPid
