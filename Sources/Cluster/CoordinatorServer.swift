@@ -27,6 +27,7 @@ public final class CoordinatorServer {
     var handshakeFailures: [String: Int] = [:]
     var handshakeLoggedAt: [String: Double] = [:]
     static let handshakeLogWindow = 10.0  // seconds
+    static let handshakeHostsTracked = 1024
 
     /// With `curve` (the coordinator's keypair and the allowed worker keys) every worker must
     /// complete a CURVE handshake with an allow-listed key before any message reaches the core.
@@ -110,7 +111,11 @@ public final class CoordinatorServer {
         guard let monitor else { return }
         let now = monotonicSeconds()
         for f in monitor.drain() {
-            let host = f.peer.hasPrefix("[") ? String(f.peer.prefix { $0 != "]" }) + "]" : String(f.peer.prefix { $0 != ":" })
+            var host = f.peer.hasPrefix("[") ? String(f.peer.prefix { $0 != "]" }) + "]" : String(f.peer.prefix { $0 != ":" })
+            // Bounded whatever the number of source addresses: beyond the cap, hosts share one count.
+            if handshakeFailures.count >= CoordinatorServer.handshakeHostsTracked && handshakeFailures[host + " " + f.reason] == nil {
+                host = "other hosts"
+            }
             let key = host + " " + f.reason
             handshakeFailures[key, default: 0] += 1
             guard now - handshakeLoggedAt[key, default: -.infinity] >= CoordinatorServer.handshakeLogWindow else { continue }

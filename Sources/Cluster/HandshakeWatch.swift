@@ -66,6 +66,7 @@ final class HandshakeMonitor {
     private var failures: [HandshakeWatch.Failure] = []
     private var stopped = false
     private var thread: Thread?
+    static let queueLimit = 10_000  // failures waiting for the main loop to log them
 
     init(context: ZMQContext, watching target: ZMQSocket) throws {
         let ep = "inproc://lockstep-monitor-\(UUID().uuidString)"
@@ -104,7 +105,9 @@ final class HandshakeMonitor {
             let value = UInt32(f[2]) | UInt32(f[3]) << 8 | UInt32(f[4]) << 16 | UInt32(f[5]) << 24
             let peer = Int32(event) == ZMQ_EVENT_ACCEPTED ? peerAddress(fd: Int32(bitPattern: value)) : nil
             if let failure = watch.on(event: event, value: value, peer: peer) {
-                lock.lock(); failures.append(failure); lock.unlock()
+                lock.lock()
+                if failures.count < HandshakeMonitor.queueLimit { failures.append(failure) }  // a flood while the main loop is busy
+                lock.unlock()
             }
         }
     }
