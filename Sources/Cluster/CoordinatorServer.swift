@@ -58,7 +58,22 @@ public final class CoordinatorServer {
                                minWorkers: minWorkers, maxWorkers: maxWorkers)
     }
 
-    deinit { monitor?.stop() }
+    deinit {
+        monitor?.stop()
+        if let localSocketPath { unlink(localSocketPath) }
+    }
+
+    var localSocketPath: String?
+
+    /// Also listens on a Unix socket (0600, in the temporary directory) for workers on this host:
+    /// it moves a step's 2.2 MiB of weights and gradients with less CPU and latency than TCP loopback.
+    public func bindLocal() throws -> String {
+        let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("lockstep-\(getpid())-\(UUID().uuidString.prefix(8)).sock")
+        try socket.bind("ipc://" + path)
+        chmod(path, 0o600)
+        localSocketPath = path
+        return "ipc://" + path
+    }
 
     /// Trains to the end. Throws a `LockstepError` when the run must stop (the last checkpoint stays intact).
     public func run(metrics: MetricsLog, progress: ProgressLine?) throws {

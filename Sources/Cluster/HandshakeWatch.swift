@@ -121,6 +121,7 @@ func peerAddress(fd: Int32) -> String? {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
     }
     guard rc == 0 else { return nil }
+    if Int32(storage.ss_family) == AF_UNIX { return "a local socket (ipc)" }
     var host = [CChar](repeating: 0, count: Int(NI_MAXHOST)), port = [CChar](repeating: 0, count: Int(NI_MAXSERV))
     let gr = withUnsafePointer(to: &storage) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {

@@ -159,7 +159,10 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
         guard FileManager.default.isExecutableFile(atPath: workerExe.path) else {
             throw LockstepError("cannot spawn workers: \(workerExe.path) is missing", hint: "build the package (swift build) so worker sits beside coord")
         }
-        let endpoint = server.endpoint.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")
+        var endpoint = server.endpoint.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")
+        do { endpoint = try server.bindLocal() } catch {
+            log("[coord] no local socket (\(error)): spawned workers use \(endpoint)")
+        }
         for i in 0..<spawn {
             let p = Process()
             p.executableURL = workerExe
@@ -178,7 +181,7 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
             p.standardOutput = FileHandle.nullDevice
             try p.run()
             children.append(p)
-            log("[coord] spawned worker \(i) (pid \(p.processIdentifier)), log \(logPath)")
+            log("[coord] spawned worker \(i) (pid \(p.processIdentifier)) on \(endpoint), log \(logPath)")
         }
     }
     let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)

@@ -21,7 +21,7 @@ struct Join: ParsableCommand {
         Exit codes: 0 stopped by the coordinator, 2 refused, 1 error.
         """)
 
-    @Argument(help: "Coordinator address: HOST[:PORT] (port 5555 by default) or a tcp:// endpoint.")
+    @Argument(help: "Coordinator address: HOST[:PORT] (port 5555 by default), or a tcp:// or ipc:// endpoint.")
     var address: String
     @Option(help: "OpenBLAS threads in this worker (processes are the unit of parallelism: default 1).")
     var threads = 1
@@ -34,12 +34,17 @@ struct Join: ParsableCommand {
     @Option(help: .hidden) var debugDelay: Double = 0
 
     var endpoint: String {
-        if address.hasPrefix("tcp://") { return address }
+        if address.hasPrefix("tcp://") || address.hasPrefix("ipc://") { return address }
         return address.contains(":") ? "tcp://\(address)" : "tcp://\(address):5555"
     }
 
     func validate() throws {
         if !(1...256).contains(threads) { throw ValidationError("--threads must be in 1...256") }
+        if endpoint.hasPrefix("ipc://") {
+            guard endpoint.count > 6 else { throw ValidationError("ipc:// needs a socket path, e.g. ipc:///tmp/lockstep.sock") }
+            if (curveKeys == nil) != (serverKey == nil) { throw ValidationError("--curve-keys and --server-key go together") }
+            return
+        }
         let parts = endpoint.dropFirst(6).split(separator: ":")
         guard parts.count == 2, let port = Int(parts[1]), (1...65535).contains(port) else {
             throw ValidationError("cannot read the address \(address). HINT: give HOST:PORT, e.g. 127.0.0.1:5555")

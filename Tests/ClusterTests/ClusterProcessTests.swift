@@ -46,6 +46,10 @@ final class ClusterProcessTests: XCTestCase {
             XCTAssertEqual(metrics.count, 16)
             XCTAssertTrue(metrics.contains { $0.contains("\"clipped\":true") }, "clipping must be active in this test")
             XCTAssertTrue(metrics.last!.contains("\"workers_alive\":\(n)"))
+            // Spawned workers use a local socket, removed at the end.
+            let log = h.text(h.log("spawn\(n)"))
+            let socket = try XCTUnwrap(log.range(of: #"on ipc://[^,]+"#, options: .regularExpression).map { String(log[$0].dropFirst(9)) }, log)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "\(socket) is left behind")
         }
     }
 
