@@ -126,7 +126,7 @@ public final class CoordinatorServer {
         guard let monitor else { return }
         let now = monotonicSeconds()
         for f in monitor.drain() {
-            var host = f.peer.hasPrefix("[") ? String(f.peer.prefix { $0 != "]" }) + "]" : String(f.peer.prefix { $0 != ":" })
+            var host = f.peer.host
             // Bounded whatever the number of source addresses: beyond the cap, hosts share one count.
             if handshakeFailures.count >= CoordinatorServer.handshakeHostsTracked && handshakeFailures[host + " " + f.reason] == nil {
                 host = "other hosts"
@@ -135,7 +135,7 @@ public final class CoordinatorServer {
             handshakeFailures[key, default: 0] += 1
             guard now - handshakeLoggedAt[key, default: -.infinity] >= CoordinatorServer.handshakeLogWindow else { continue }
             handshakeLoggedAt[key] = now
-            log("refused a connection from \(f.peer): CURVE handshake failed: \(f.reason); "
+            log("refused a connection from \(f.peer.description): CURVE handshake failed: \(f.reason); "
                 + "\(handshakeFailures[key]!) such failure(s) from \(host) so far")
         }
     }

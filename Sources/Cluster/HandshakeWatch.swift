@@ -8,28 +8,35 @@ import Foundation
 /// from the descriptor on `accepted`, and reported on the `disconnected` that follows a failure.
 /// Pure: the shell passes in each event and the address it read.
 public struct HandshakeWatch: Sendable {
+    /// Where a connection came from: `host` alone keys the log's rate limit.
+    public struct Peer: Equatable, Sendable {
+        public var host: String
+        public var port: String?
+        public var description: String { port.map { host.contains(":") ? "[\(host)]:\($0)" : "\(host):\($0)" } ?? host }
+    }
+
     public struct Failure: Equatable, Sendable {
-        public var peer: String
+        public var peer: Peer
         public var reason: String
     }
 
-    var peers: [UInt32: String] = [:]
+    var peers: [UInt32: Peer] = [:]
     var pendingReason: String? = nil
 
     public init() {}
 
     /// Feeds one monitor event; returns a failure to log when a failed connection closes.
-    public mutating func on(event: UInt16, value: UInt32, peer: String? = nil) -> Failure? {
+    public mutating func on(event: UInt16, value: UInt32, peer: Peer? = nil) -> Failure? {
         switch Int32(event) {
         case ZMQ_EVENT_ACCEPTED:
-            peers[value] = peer ?? "an address that could not be read (the connection closed first)"
+            peers[value] = peer ?? Peer(host: "an address that could not be read (the connection closed first)")
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
             pendingReason = HandshakeWatch.reason(event: Int32(event), value: value)
         case ZMQ_EVENT_DISCONNECTED:
             let peer = peers.removeValue(forKey: value)
             if let reason = pendingReason {
                 pendingReason = nil
-                return Failure(peer: peer ?? "an unknown address", reason: reason)
+                return Failure(peer: peer ?? Peer(host: "an unknown address"), reason: reason)
             }
         default:
             break
@@ -113,15 +120,15 @@ final class HandshakeMonitor {
     }
 }
 
-/// "host:port" of a connected TCP socket's peer, or nil.
-func peerAddress(fd: Int32) -> String? {
+/// The peer of a connected socket, or nil.
+func peerAddress(fd: Int32) -> HandshakeWatch.Peer? {
     var storage = sockaddr_storage()
     var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
     let rc = withUnsafeMutablePointer(to: &storage) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
     }
     guard rc == 0 else { return nil }
-    if Int32(storage.ss_family) == AF_UNIX { return "a local socket (ipc)" }
+    if Int32(storage.ss_family) == AF_UNIX { return HandshakeWatch.Peer(host: "a local socket (ipc)") }
     var host = [CChar](repeating: 0, count: Int(NI_MAXHOST)), port = [CChar](repeating: 0, count: Int(NI_MAXSERV))
     let gr = withUnsafePointer(to: &storage) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -129,6 +136,5 @@ func peerAddress(fd: Int32) -> String? {
         }
     }
     guard gr == 0 else { return nil }
-    let h = String(cString: host)
-    return (h.contains(":") ? "[\(h)]" : h) + ":" + String(cString: port)
+    return HandshakeWatch.Peer(host: String(cString: host), port: String(cString: port))
 }

@@ -42,12 +42,11 @@ struct Join: ParsableCommand {
         if !(1...256).contains(threads) { throw ValidationError("--threads must be in 1...256") }
         if endpoint.hasPrefix("ipc://") {
             guard endpoint.count > 6 else { throw ValidationError("ipc:// needs a socket path, e.g. ipc:///tmp/lockstep.sock") }
-            if (curveKeys == nil) != (serverKey == nil) { throw ValidationError("--curve-keys and --server-key go together") }
-            return
-        }
-        let parts = endpoint.dropFirst(6).split(separator: ":")
-        guard parts.count == 2, let port = Int(parts[1]), (1...65535).contains(port) else {
-            throw ValidationError("cannot read the address \(address). HINT: give HOST:PORT, e.g. 127.0.0.1:5555")
+        } else {
+            let parts = endpoint.dropFirst(6).split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]), (1...65535).contains(port) else {
+                throw ValidationError("cannot read the address \(address). HINT: give HOST:PORT, e.g. 127.0.0.1:5555")
+            }
         }
         if (curveKeys == nil) != (serverKey == nil) { throw ValidationError("--curve-keys and --server-key go together") }
     }
