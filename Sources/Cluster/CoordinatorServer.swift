@@ -16,8 +16,6 @@ public final class CoordinatorServer {
     public private(set) var rejected = 0
     var stepDone = false
     var bytesSent = 0
-    /// The current step's weights, copied once and sent (without further copies) to every worker.
-    var weightsFrame: (step: Int, buffer: FloatBuffer)? = nil
     let log: (String) -> Void
 
     var zap: ZAPHandler?
@@ -88,7 +86,7 @@ public final class CoordinatorServer {
             logHandshakeFailures()
             if ready[0] {
                 var drained = 0
-                while drained < 1000, let frames = socket.receive() {
+                while drained < 1000, let frames = socket.receiveFrames() {
                     drained += 1
                     try handle(frames)
                 }
@@ -101,6 +99,9 @@ public final class CoordinatorServer {
                 var report = try t.apply(parts: parts, seconds: monotonicSeconds() - stepStarted)
                 report.workersAlive = core.alive
                 report.reissued = core.reissuedThisStep
+                let shardSeconds = core.results.map(\.computeSeconds)
+                report.shardSecondsMax = shardSeconds.max() ?? 0
+                report.shardSecondsMean = shardSeconds.reduce(0, +) / Double(max(shardSeconds.count, 1))
                 let sentDuringStep = bytesSent
                 bytesSent = 0
                 if !t.done {
@@ -116,6 +117,8 @@ public final class CoordinatorServer {
                 progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
                                  extra: "  workers \(core.alive)")
                 if t.run.checkpointEvery > 0 && t.step % t.run.checkpointEvery == 0 && !t.done { try t.saveCheckpoint() }
+                // Received gradients go back to the allocator only now, once the next step's work is out.
+                withExtendedLifetime(parts) {}
             }
         }
         try t.saveCheckpoint()
@@ -150,9 +153,9 @@ public final class CoordinatorServer {
     /// Tells every worker to stop (also on a fatal error).
     public func stopWorkers() { try? execute(core.finish()) }
 
-    func handle(_ frames: [[UInt8]]) throws {
+    func handle(_ frames: [Frame]) throws {
         guard frames.count >= 2 else { rejected += 1; log("rejected a message with no body"); return }
-        let peer = Peer(frames[0])
+        let peer = Peer(frames[0].bytes)
         let message: Message
         do { message = try Message.decode(Array(frames[1...]), limits: limits) } catch {
             rejected += 1
@@ -173,12 +176,11 @@ public final class CoordinatorServer {
                 send([peer.id] + m.encode())
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
                 let ids = core.shards[shard].sequenceIds
-                // A snapshot: the optimizer changes trainer.params while ZeroMQ may still be sending.
-                if withWeights && weightsFrame?.step != step { weightsFrame = (step, trainer.params.clone()) }
                 let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: fresh.map { trainer.data.examples[$0] })
                 let (header, sequences) = Message.encodeWork(work, withWeights: withWeights)
                 var parts: [ZMQSocket.Part] = [.bytes(peer.id), .bytes(header)]
-                if withWeights { parts.append(.floats(weightsFrame!.buffer)) }
+                // Sent without a copy: the trainer writes each step's weights to a fresh buffer.
+                if withWeights { parts.append(.floats(trainer.params)) }
                 parts.append(.bytes(sequences))
                 if socket.send(parts: parts, dontWait: true) {
                     bytesSent += peer.id.count + header.count + sequences.count + (withWeights ? trainer.params.count * 4 : 0)

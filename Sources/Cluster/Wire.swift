@@ -16,7 +16,8 @@ public enum Message: Equatable {
     /// "I do not know you": the receiver should say hello again (e.g. after a coordinator restart).
     case reset
 
-    public static let protocolVersion: UInt16 = 1
+    /// 2: results carry the worker's compute seconds.
+    public static let protocolVersion: UInt16 = 2
     public static let magic: [UInt8] = Array("LKST".utf8)
 
     public var typeName: String {
@@ -75,12 +76,17 @@ public struct ShardResult: Equatable {
     public var lossSum: Double
     public var frames: Int
     public var grad: FloatBuffer
+    /// Wall seconds the worker spent computing the shard: for the metrics, never for the math.
+    public var computeSeconds: Double
 
-    public init(step: Int, shard: Int, lossSum: Double, frames: Int, grad: FloatBuffer) {
+    public init(step: Int, shard: Int, lossSum: Double, frames: Int, grad: FloatBuffer, computeSeconds: Double = 0) {
         self.step = step; self.shard = shard; self.lossSum = lossSum; self.frames = frames; self.grad = grad
+        self.computeSeconds = computeSeconds
     }
 
-    public static func == (a: ShardResult, b: ShardResult) -> Bool { a.sameBits(as: b) && a.step == b.step && a.shard == b.shard }
+    public static func == (a: ShardResult, b: ShardResult) -> Bool {
+        a.sameBits(as: b) && a.step == b.step && a.shard == b.shard && a.computeSeconds == b.computeSeconds
+    }
 
     /// Bit-for-bit equality of what a duplicate computation must reproduce.
     public func sameBits(as o: ShardResult) -> Bool {
@@ -181,7 +187,7 @@ extension Message {
             let (header, sequences) = Message.encodeWork(work, withWeights: work.weights != nil)
             return [header] + (work.weights.map { [$0.byteArray] } ?? []) + [sequences]
         case .result(let r):
-            w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames)
+            w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames); w.f64(r.computeSeconds)
             frames.append(r.grad.byteArray)
         case .heartbeat, .stop, .reset:
             break
@@ -214,10 +220,16 @@ extension Message {
 
     /// Validates and decodes; throws `WireError` naming what is wrong, never traps.
     public static func decode(_ frames: [[UInt8]], limits: WireLimits) throws -> Message {
+        try decode(frames.map { Frame.bytes($0) }, limits: limits)
+    }
+
+    /// The same over received frames: a weights or gradient frame that arrived as floats is
+    /// used as it is.
+    public static func decode(_ frames: [Frame], limits: WireLimits) throws -> Message {
         guard !frames.isEmpty else { throw WireError("empty message") }
         guard frames.count <= limits.maxFrames else { throw WireError("\(frames.count) frames (at most \(limits.maxFrames))") }
         guard frames[0].count <= limits.maxHeaderBytes else { throw WireError("header of \(frames[0].count) bytes") }
-        var r = ByteReader(frames[0])
+        var r = ByteReader(frames[0].bytes)
         guard Array(try r.take(4)) == magic else { throw WireError("not a Lockstep message (bad magic)") }
         let version = try r.u16()
         guard version == protocolVersion else {
@@ -228,14 +240,18 @@ extension Message {
         func expectFrames(_ n: Int) throws {
             guard frames.count == n else { throw WireError("\(type == 4 ? "work" : "message type \(type)") with \(frames.count) frames, expected \(n)") }
         }
-        func floats(_ frame: [UInt8], what: String) throws -> FloatBuffer {
+        func floats(_ frame: Frame, what: String) throws -> FloatBuffer {
             guard frame.count % 4 == 0 else { throw WireError("\(what) frame of \(frame.count) bytes is not float32") }
             if let p = limits.parameterCount, frame.count != p * 4 {
                 throw WireError("\(what) has \(frame.count / 4) floats, the model has \(p)")
             }
-            let b = FloatBuffer(uninitializedCount: frame.count / 4)
-            frame.withUnsafeBytes { UnsafeMutableRawPointer(b.ptr).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
-            return b
+            switch frame {
+            case .floats(let f): return f
+            case .bytes(let bytes):
+                let b = FloatBuffer(uninitializedCount: bytes.count / 4)
+                bytes.withUnsafeBytes { UnsafeMutableRawPointer(b.ptr).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+                return b
+            }
         }
         let msg: Message
         switch type {
@@ -262,7 +278,7 @@ extension Message {
             let hasWeights = try r.u8() == 1
             try expectFrames(hasWeights ? 3 : 2)
             let weights = hasWeights ? try floats(frames[1], what: "weights") : nil
-            var s = ByteReader(frames[frames.count - 1])
+            var s = ByteReader(frames[frames.count - 1].bytes)
             let count = Int(try s.u32())
             guard count <= limits.maxSequences else { throw WireError("\(count) sequences in one message") }
             var seqs: [Example] = []
@@ -281,7 +297,10 @@ extension Message {
         case 5:
             try expectFrames(2)
             let step = try r.int(), shard = try r.int(max: 1 << 20), loss = try r.f64(), count = try r.int(max: 1 << 40)
-            msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count, grad: try floats(frames[1], what: "gradient")))
+            let seconds = try r.f64()
+            guard seconds.isFinite, (0...1e6).contains(seconds) else { throw WireError("result with compute time \(seconds) s") }
+            msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count, grad: try floats(frames[1], what: "gradient"),
+                                      computeSeconds: seconds))
         case 6: try expectFrames(1); msg = .heartbeat
         case 7: try expectFrames(1); msg = .stop
         case 8: try expectFrames(1); msg = .reset

@@ -81,13 +81,13 @@ public final class WorkerClient {
                 for r in out {
                     // The gradient frame goes out zero-copy.
                     var frames = Message.result(ShardResult(step: r.step, shard: r.shard, lossSum: r.lossSum, frames: r.frames,
-                                                            grad: FloatBuffer(count: 0))).encode()
+                                                            grad: FloatBuffer(count: 0), computeSeconds: r.computeSeconds)).encode()
                     frames.removeLast()
                     if socket.send(parts: frames.map { .bytes($0) } + [.floats(r.grad)], dontWait: true) { lastSent = monotonicSeconds() }
                 }
             }
             if ready[0] {
-                while let frames = socket.receive() {
+                while let frames = socket.receiveFrames() {
                     lastHeard = monotonicSeconds()
                     let m: Message
                     do { m = try Message.decode(frames, limits: limits) } catch {
@@ -148,10 +148,13 @@ public final class WorkerClient {
             let endpoint = doneEndpoint
             queue.async { [self] in
                 if delay > 0 { Thread.sleep(forTimeInterval: delay) }
+                let started = monotonicSeconds()
                 let grad = FloatBuffer(uninitializedCount: params.count)
                 let r = computer.compute(params: params, examples: examples, step: work.step, into: grad)
+                let seconds = monotonicSeconds() - started
                 lock.lock()
-                finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames, grad: grad))
+                finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames, grad: grad,
+                                            computeSeconds: seconds))
                 lock.unlock()
                 if notifier == nil {
                     notifier = try? ZMQSocket(context, .pair)

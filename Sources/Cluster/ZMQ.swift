@@ -2,10 +2,29 @@ import CZMQ
 import Foundation
 import Numerics
 
+/// One received frame: bytes, or (large ones) floats left where ZeroMQ put them.
+public enum Frame {
+    case bytes([UInt8])
+    case floats(FloatBuffer)
+
+    public var count: Int {
+        switch self { case .bytes(let b): b.count; case .floats(let f): f.count * 4 }
+    }
+
+    public var bytes: [UInt8] {
+        switch self { case .bytes(let b): b; case .floats(let f): f.byteArray }
+    }
+}
+
 /// The thin part of the shell: libzmq sockets with multipart send and receive.
 public final class ZMQContext: @unchecked Sendable {
     let raw: UnsafeMutableRawPointer
-    public init() { raw = zmq_ctx_new() }
+    /// `ioThreads` > 1 lets ZeroMQ move several peers' messages at once (each connection is
+    /// served by one I/O thread): the coordinator sends a step's weights to its workers in parallel.
+    public init(ioThreads: Int32 = 1) {
+        raw = zmq_ctx_new()
+        if ioThreads != 1 { zmq_ctx_set(raw, ZMQ_IO_THREADS, ioThreads) }
+    }
     deinit { zmq_ctx_term(raw) }
 }
 
@@ -97,26 +116,35 @@ public final class ZMQSocket {
     /// `maxFrames` are read and dropped (one extra empty frame marks the message as too long),
     /// so a peer cannot grow memory by sending many frames.
     public func receive(maxFrames: Int = 16, wait: Bool = false) -> [[UInt8]]? {
-        var frames: [[UInt8]] = []
-        var msg = zmq_msg_t()
+        receiveFrames(maxFrames: maxFrames, wait: wait, floatsFrom: nil)?.map(\.bytes)
+    }
+
+    /// The same, with every frame of at least `floatsFrom` bytes (a multiple of 4) kept as a
+    /// `FloatBuffer` over ZeroMQ's own copy: weights and gradients reach the math without a copy.
+    public func receiveFrames(maxFrames: Int = 16, wait: Bool = false, floatsFrom: Int? = 1 << 16) -> [Frame]? {
+        var frames: [Frame] = []
         var parts = 0
         while true {
-            zmq_msg_init(&msg)
-            let rc = zmq_msg_recv(&msg, raw, parts == 0 && !wait ? ZMQ_DONTWAIT : 0)
-            if rc < 0 { zmq_msg_close(&msg); return frames.isEmpty ? nil : frames }
+            let msg = UnsafeMutablePointer<zmq_msg_t>.allocate(capacity: 1)
+            zmq_msg_init(msg)
+            func close() { zmq_msg_close(msg); msg.deallocate() }
+            let rc = zmq_msg_recv(msg, raw, parts == 0 && !wait ? ZMQ_DONTWAIT : 0)
+            if rc < 0 { close(); return frames.isEmpty ? nil : frames }
             parts += 1
-            let size = zmq_msg_size(&msg)
+            let size = zmq_msg_size(msg)
+            let more = zmq_msg_more(msg) != 0
+            let data = zmq_msg_data(msg)
             if parts > maxFrames + 1 {
-                // Dropped: the message is refused anyway.
+                close()  // dropped: the message is refused anyway
             } else if parts == maxFrames + 1 {
-                frames.append([])
-            } else if let data = zmq_msg_data(&msg) {
-                frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
+                frames.append(.bytes([]))
+                close()
+            } else if let data, let min = floatsFrom, size >= min, size % 4 == 0, Int(bitPattern: data) % 4 == 0 {
+                frames.append(.floats(FloatBuffer(borrowing: data.assumingMemoryBound(to: Float.self), count: size / 4, release: close)))
             } else {
-                frames.append([])
+                frames.append(.bytes(data.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []))
+                close()
             }
-            let more = zmq_msg_more(&msg) != 0
-            zmq_msg_close(&msg)
             if !more { return frames }
         }
     }

@@ -5,12 +5,15 @@
 public final class FloatBuffer: @unchecked Sendable {
     public let count: Int
     public let ptr: UnsafeMutablePointer<Float>
+    /// For memory this buffer does not own (a received message): hands it back.
+    private let release: (() -> Void)?
 
     public init(count: Int) {
         precondition(count >= 0)
         self.count = count
         ptr = .allocate(capacity: max(count, 1))
         ptr.initialize(repeating: 0, count: max(count, 1))
+        release = nil
     }
 
     /// A buffer whose contents the caller overwrites entirely (no zeroing: it is written next).
@@ -18,6 +21,15 @@ public final class FloatBuffer: @unchecked Sendable {
         precondition(count >= 0)
         self.count = count
         ptr = .allocate(capacity: max(count, 1))
+        release = nil
+    }
+
+    /// Floats that live in someone else's memory (a received ZeroMQ message), without a copy;
+    /// `release` runs when this buffer goes away. The memory must stay valid until then.
+    public init(borrowing ptr: UnsafeMutablePointer<Float>, count: Int, release: @escaping () -> Void) {
+        self.count = count
+        self.ptr = ptr
+        self.release = release
     }
 
     public convenience init(_ values: [Float]) {
@@ -25,7 +37,7 @@ public final class FloatBuffer: @unchecked Sendable {
         values.withUnsafeBufferPointer { ptr.update(from: $0.baseAddress!, count: values.count) }
     }
 
-    deinit { ptr.deallocate() }
+    deinit { if let release { release() } else { ptr.deallocate() } }
 
     public subscript(i: Int) -> Float {
         get { ptr[i] }

@@ -30,7 +30,40 @@ public enum TreeSum {
 
     /// The tree sum into a new buffer, leaving `parts` untouched.
     public static func reduce(_ parts: [FloatBuffer]) -> FloatBuffer {
-        reduceInPlace(parts.map { $0.clone() })
+        parts.count == 1 ? parts[0].clone() : reduce(parts) { _, _ in }
+    }
+
+    /// Floats per block handed to `eachBlock`: a multiple of 8, small enough to stay in L2.
+    public static let block = 1 << 14
+
+    /// The tree sum, leaving `parts` untouched (with one part, the sum *is* `parts[0]`). The root
+    /// addition runs block by block, and `eachBlock(start, count)` sees each finished block of
+    /// the sum in index order while it is still in cache: a reader such as the gradient norm
+    /// costs no extra pass over memory. Each node writes `left + right` into a new buffer: the
+    /// same bits as `reduceInPlace`, with the parts kept for a caller that must name a bad one.
+    public static func reduce(_ parts: [FloatBuffer], eachBlock: (UnsafePointer<Float>, Int) -> Void) -> FloatBuffer {
+        precondition(!parts.isEmpty, "reduce of no parts")
+        let n = parts[0].count
+        func go(_ lo: Int, _ hi: Int, root: Bool) -> FloatBuffer {
+            if hi - lo == 1 { return parts[lo] }
+            let mid = split(lo, hi)
+            let a = go(lo, mid, root: false), b = go(mid, hi, root: false)
+            let out = FloatBuffer(uninitializedCount: n)
+            var i = 0
+            while i < n {
+                let m = Swift.min(block, n - i)
+                for j in i..<(i + m) { out.ptr[j] = a.ptr[j] + b.ptr[j] }
+                if root { eachBlock(out.ptr + i, m) }
+                i += m
+            }
+            return out
+        }
+        let sum = go(0, parts.count, root: true)
+        if parts.count == 1 {
+            var i = 0
+            while i < n { eachBlock(sum.ptr + i, Swift.min(block, n - i)); i += block }
+        }
+        return sum
     }
 
     /// The same tree over plain numbers (loss sums), in Double.

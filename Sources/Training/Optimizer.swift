@@ -36,7 +36,11 @@ public final class Optimizer {
 
     /// One step on `grads` read through `scaling` (divide by the frame count, then the clip
     /// factor): the same roundings as scaling the buffer first, without the extra passes.
-    public func step(params: FloatBuffer, grads: FloatBuffer, scaling: GradientScaling) {
+    /// The new parameters go to `next` (default: `params`, in place); a separate `next` leaves
+    /// `params` as it was, so a copy of the old weights that is still being sent needs no snapshot.
+    public func step(params: FloatBuffer, grads: FloatBuffer, scaling: GradientScaling, into next: FloatBuffer? = nil) {
+        let next = next ?? params
+        precondition(next.count == params.count && grads.count == params.count, "optimizer buffers differ in size")
         steps += 1
         // beta^t by repeated multiplication: no libm pow, same bits on every host.
         var b1t = 1.0, b2t = 1.0
@@ -48,16 +52,16 @@ public final class Optimizer {
         let chunk = (n / chunks + 7) / 8 * 8
         DispatchQueue.concurrentPerform(iterations: chunks) { k in
             let lo = min(k * chunk, n), hi = k == chunks - 1 ? n : min(lo + chunk, n)
-            update(lo..<hi, params: params, grads: grads, scaling: scaling, bias1: b1t, bias2: b2t)
+            update(lo..<hi, next: next, params: params, grads: grads, scaling: scaling, bias1: b1t, bias2: b2t)
         }
     }
 
     /// Below this many parameters one thread is quicker than waking a second.
     static let parallelMinimum = 1 << 16
 
-    private func update(_ range: Range<Int>, params: FloatBuffer, grads: FloatBuffer, scaling: GradientScaling,
+    private func update(_ range: Range<Int>, next: FloatBuffer, params: FloatBuffer, grads: FloatBuffer, scaling: GradientScaling,
                         bias1 b1t: Double, bias2 b2t: Double) {
-        let p = params.ptr, g = grads.ptr
+        let p = params.ptr, g = grads.ptr, out = next.ptr
         let c = config
         let divisor = scaling.divisor, factor = scaling.factor
         switch c.kind {
@@ -71,7 +75,7 @@ public final class Optimizer {
                     buf[i] = first ? d : c.momentum * buf[i] + d
                     d = buf[i]
                 }
-                p[i] = p[i] + (-c.lr) * d
+                out[i] = p[i] + (-c.lr) * d
             }
         case .adam:
             let m = state[0].ptr, v = state[1].ptr
@@ -92,7 +96,7 @@ public final class Optimizer {
                 let np = pv + (-stepSize) * (mv / denom)
                 UnsafeMutableRawPointer(m + i).storeBytes(of: mv, as: SIMD8<Float>.self)
                 UnsafeMutableRawPointer(v + i).storeBytes(of: vv, as: SIMD8<Float>.self)
-                UnsafeMutableRawPointer(p + i).storeBytes(of: np, as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(out + i).storeBytes(of: np, as: SIMD8<Float>.self)
                 i += 8
             }
             while i < range.upperBound {
@@ -102,10 +106,44 @@ public final class Optimizer {
                 m[i] = m[i] + w1 * (d - m[i])
                 v[i] = v[i] * c.beta2 + w2 * (d * d)
                 let denom = v[i].squareRoot() / bc2Sqrt + c.eps
-                p[i] = p[i] + (-stepSize) * (m[i] / denom)
+                out[i] = p[i] + (-stepSize) * (m[i] / denom)
             }
         }
     }
+}
+
+/// The gradient norm's sum of squares of `g / divisor`, in Double: eight lane sums (element `i`
+/// goes to lane `i mod 8`) added in a fixed tree, then the last `count mod 8` elements in order.
+/// A fixed order with no serial dependency chain. It may be fed block by block (every block but
+/// the last a multiple of 8 floats) with the same bits as one call over the whole buffer.
+public struct NormAccumulator {
+    public let divisor: Float
+    private var lo = SIMD4<Double>(), hi = SIMD4<Double>()
+    private var tail: [Float] = []
+
+    public init(divisor: Float = 1) { self.divisor = divisor }
+
+    public mutating func add(_ p: UnsafePointer<Float>, _ n: Int) {
+        var i = 0
+        while i + 8 <= n {
+            let q = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self) / divisor
+            let a = SIMD4<Double>(SIMD4<Float>(q[0], q[1], q[2], q[3])), b = SIMD4<Double>(SIMD4<Float>(q[4], q[5], q[6], q[7]))
+            lo += a * a
+            hi += b * b
+            i += 8
+        }
+        while i < n { tail.append(p[i]); i += 1 }
+    }
+
+    /// Non-finite exactly when some element is: a finite float squared cannot overflow a Double sum.
+    public var sumOfSquares: Double {
+        let lanes = lo + hi
+        var s = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
+        for x in tail { let v = Double(x / divisor); s += v * v }
+        return s
+    }
+
+    public var norm: Float { Float(sumOfSquares.squareRoot()) }
 }
 
 /// How the optimizer reads the reduced gradient sum: `g / divisor · factor`. Dividing by 1 and
@@ -117,29 +155,21 @@ public struct GradientScaling: Sendable {
 }
 
 public enum Clip {
-    /// The L2 norm of `g / divisor`, in Double: eight lane sums (element `i` goes to lane
-    /// `i mod 8`) added in a fixed tree. A fixed order, and no serial dependency chain.
+    /// The L2 norm of `g / divisor` (see `NormAccumulator` for the order).
     public static func norm(_ g: FloatBuffer, divisor: Float = 1) -> Float {
-        let p = g.ptr, n = g.count
-        var lo = SIMD4<Double>(), hi = SIMD4<Double>()
-        var i = 0
-        while i + 8 <= n {
-            let q = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self) / divisor
-            let a = SIMD4<Double>(SIMD4<Float>(q[0], q[1], q[2], q[3])), b = SIMD4<Double>(SIMD4<Float>(q[4], q[5], q[6], q[7]))
-            lo += a * a
-            hi += b * b
-            i += 8
-        }
-        let lanes = lo + hi
-        var s = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
-        while i < n { let v = Double(p[i] / divisor); s += v * v; i += 1 }
-        return Float(s.squareRoot())
+        var acc = NormAccumulator(divisor: divisor)
+        acc.add(g.ptr, g.count)
+        return acc.norm
     }
 
     /// `torch.nn.utils.clip_grad_norm_`'s factor for `g / divisor`: `maxNorm / (norm + 1e-6)` when
     /// that is below 1, else 1 (no clipping). Returns the norm before clipping too.
     public static func factor(_ g: FloatBuffer, divisor: Float = 1, maxNorm: Float) -> (norm: Float, factor: Float, clipped: Bool) {
-        let total = norm(g, divisor: divisor)
+        factor(norm: norm(g, divisor: divisor), maxNorm: maxNorm)
+    }
+
+    /// The same from a norm already computed.
+    public static func factor(norm total: Float, maxNorm: Float) -> (norm: Float, factor: Float, clipped: Bool) {
         let coef = maxNorm / (total + 1e-6)
         guard maxNorm > 0, coef < 1 else { return (total, 1, false) }
         return (total, coef, true)

@@ -37,6 +37,10 @@ public struct StepReport: Sendable {
     /// Coordinator time for this step: reduce + clip + optimizer step + sending the next step's work.
     public var coordinatorSeconds: Double = 0
     public var bytesSent: Int = 0
+    /// Workers' compute seconds for the step's shards (cluster mode): the slowest and the mean.
+    /// With two workers, slowest − mean is time lost to one core running slower than the other.
+    public var shardSecondsMax: Double = 0
+    public var shardSecondsMean: Double = 0
     /// Why the update was skipped (`--on-nonfinite skip`), if it was.
     public var skipped: String? = nil
 
@@ -47,7 +51,7 @@ public struct StepReport: Sendable {
         return "{\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(loss),\"frames\":\(frames),\"frames_per_s\":\(Int(fps)),"
             + "\"grad_norm\":\(gradNorm),\"clipped\":\(clipped),\"workers_alive\":\(workersAlive),\"shards_reissued\":\(reissued),"
             + "\"shards\":\(shards),\"max_shard_frames\":\(maxShardFrames),\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent),"
-            + "\"skipped\":\(skipped != nil)}"
+            + "\"shard_seconds_max\":\(shardSecondsMax),\"shard_seconds_mean\":\(shardSecondsMean),\"skipped\":\(skipped != nil)}"
     }
 }
 
@@ -59,7 +63,11 @@ public final class Trainer {
     public let model: ModelConfig
     public let layout: ParameterLayout
     public let schedule: Schedule
-    public let params: FloatBuffer
+    /// The current weights. Each optimizer step writes a new buffer (recycling an old one that
+    /// nobody else holds), so a buffer handed out here never changes: the coordinator sends it
+    /// to workers as it is, without a snapshot.
+    public private(set) var params: FloatBuffer
+    private var spareParams: FloatBuffer?
     public let optimizer: Optimizer
     public private(set) var step: Int
     public let totalSteps: Int
@@ -107,7 +115,7 @@ public final class Trainer {
     }
 
     /// Adds shard results in the fixed tree, averages, clips, steps. `parts[k]` is shard k's;
-    /// their gradient buffers are consumed (reduced in place).
+    /// they are left unchanged.
     ///
     /// A non-finite loss or gradient stops the run (throws, naming the step and shard) or, with
     /// `--on-nonfinite skip`, skips the update: the step counts, weights and optimizer state stay.
@@ -116,9 +124,20 @@ public final class Trainer {
         let epoch = schedule.position(step: step).epoch
         let lossSum = TreeSum.reduce(parts.map(\.result.lossSum))
         let frames = parts.reduce(0) { $0 + $1.result.frames }
-        if let bad = parts.firstIndex(where: { !$0.result.lossSum.isFinite || !$0.grad.allFinite }) {
-            let seqs = shards(forStep: step)[bad]
-            let what = "step \(step + 1), shard \(bad) (sequences \(seqs.prefix(8).map(String.init).joined(separator: ", "))\(seqs.count > 8 ? ", …" : "")): non-finite loss or gradient"
+        // Divide by the frame count and clip inside the norm and optimizer passes, and take the
+        // norm of each block of the sum as the tree's root addition finishes it: the same roundings
+        // as separate passes, with one pass over the gradients instead of four on the step barrier.
+        let divisor = Float(max(frames, 1))
+        var norm = NormAccumulator(divisor: divisor)
+        let sum = TreeSum.reduce(parts.map(\.grad)) { norm.add($0, $1) }
+        if !lossSum.isFinite || !norm.sumOfSquares.isFinite {
+            let what: String
+            if let bad = parts.firstIndex(where: { !$0.result.lossSum.isFinite || !$0.grad.allFinite }) {
+                let seqs = shards(forStep: step)[bad]
+                what = "step \(step + 1), shard \(bad) (sequences \(seqs.prefix(8).map(String.init).joined(separator: ", "))\(seqs.count > 8 ? ", …" : "")): non-finite loss or gradient"
+            } else {
+                what = "step \(step + 1): the sum of \(parts.count) finite shard gradients overflows float32"
+            }
             guard run.onNonfinite == .skip else {
                 throw LockstepError("run stopped at \(what); the last checkpoint is intact",
                                     hint: "lower --lr or --max-norm, check the data, or pass --on-nonfinite skip to skip such steps")
@@ -129,15 +148,14 @@ public final class Trainer {
             r.shards = parts.count
             return r
         }
-        // Divide by the frame count and clip inside the norm and optimizer passes: the same
-        // roundings as scaling the summed buffer in place, two passes fewer on the step barrier.
-        let sum = TreeSum.reduceInPlace(parts.map(\.grad))
-        let divisor = Float(max(frames, 1))
-        let (norm, factor, clipped) = Clip.factor(sum, divisor: divisor, maxNorm: run.maxNorm)
-        optimizer.step(params: params, grads: sum, scaling: GradientScaling(divisor: divisor, factor: factor))
+        let (gradNorm, factor, clipped) = Clip.factor(norm: norm.norm, maxNorm: run.maxNorm)
+        let next = isKnownUniquelyReferenced(&spareParams) ? spareParams! : FloatBuffer(uninitializedCount: params.count)
+        optimizer.step(params: params, grads: sum, scaling: GradientScaling(divisor: divisor, factor: factor), into: next)
+        spareParams = params
+        params = next
         step += 1
         var r = StepReport(step: step, epoch: epoch, loss: lossSum / Double(max(frames, 1)), frames: frames,
-                           gradNorm: norm, clipped: clipped, seconds: seconds)
+                           gradNorm: gradNorm, clipped: clipped, seconds: seconds)
         r.shards = parts.count
         r.maxShardFrames = parts.map(\.result.frames).max() ?? 0
         return r

@@ -125,12 +125,17 @@ func trainLocal(_ trainer: Trainer) throws {
         }
         let started = Date()
         let step = trainer.step
+        var shardSeconds: [Double] = []
         let parts = trainer.shards(forStep: step).map { shard -> (grad: FloatBuffer, result: BatchResult) in
+            let t0 = Date()
             let grad = FloatBuffer(count: trainer.layout.count)
             let r = computer.compute(params: trainer.params, examples: shard.map { trainer.data.examples[$0] }, step: step, into: grad)
+            shardSeconds.append(Date().timeIntervalSince(t0))
             return (grad, r)
         }
-        let report = try trainer.apply(parts: parts, seconds: Date().timeIntervalSince(started))
+        var report = try trainer.apply(parts: parts, seconds: Date().timeIntervalSince(started))
+        report.shardSecondsMax = shardSeconds.max() ?? 0
+        report.shardSecondsMean = shardSeconds.reduce(0, +) / Double(max(shardSeconds.count, 1))
         metrics.write(report)
         progress.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9))
         if trainer.run.checkpointEvery > 0 && trainer.step % trainer.run.checkpointEvery == 0 && !trainer.done {
@@ -143,7 +148,7 @@ func trainLocal(_ trainer: Trainer) throws {
 func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int, maxWorkers: Int,
                   curve: (keys: CurveKeypair, allowed: [String])? = nil, curveKeysPath: String? = nil) throws {
     BLAS.setThreads(1)
-    let context = ZMQContext()
+    let context = ZMQContext(ioThreads: 2)
     let server = try CoordinatorServer(trainer: trainer, context: context, bind: bind, minWorkers: minWorkers,
                                        maxWorkers: maxWorkers, curve: curve, log: { log("[coord] " + $0) })
     var children: [Process] = []

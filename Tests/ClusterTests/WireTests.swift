@@ -14,6 +14,7 @@ final class WireTests: XCTestCase {
          .work(Work(step: 4, shard: 1, sequenceIds: [5, 9], weights: FloatBuffer([1, 2, 3]), sequences: examples)),
          .work(Work(step: 4, shard: 2, sequenceIds: [5], weights: nil, sequences: [])),
          .result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]))),
+         .result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]), computeSeconds: 0.1875)),
          .heartbeat, .stop, .reset]
     }
 
@@ -33,7 +34,12 @@ final class WireTests: XCTestCase {
         let wrongSize = Message.result(ShardResult(step: 1, shard: 0, lossSum: 1, frames: 1, grad: FloatBuffer([1, 2]))).encode()
         let wrongWidth = Message.work(Work(step: 1, shard: 0, sequenceIds: [1], weights: nil,
                                            sequences: [Example(id: 1, x: [1, 2, 3], y: [0])])).encode()
+        let slow = Message.result(ShardResult(step: 1, shard: 0, lossSum: 1, frames: 1, grad: FloatBuffer([1, 2, 3]), computeSeconds: 1)).encode()
+        let at = slow[0].count - 8
+        var nanTime = slow; nanTime[0].replaceSubrange(at..<(at + 8), with: withUnsafeBytes(of: Double.nan.bitPattern.littleEndian, Array.init))
+        var negativeTime = slow; negativeTime[0].replaceSubrange(at..<(at + 8), with: withUnsafeBytes(of: (-1.0).bitPattern.littleEndian, Array.init))
         let cases: [(String, [[UInt8]], String)] = [
+            ("nan time", nanTime, "compute time nan"), ("negative time", negativeTime, "compute time -1.0"),
             ("empty", [], "empty"), ("magic", badMagic, "magic"), ("version", badVersion, "protocol version 9"),
             ("type", badType, "unknown message type"), ("truncated", truncated, "truncated"),
             ("params", wrongSize, "the model has 3"), ("d_in", wrongWidth, "d_in 3"),
@@ -101,5 +107,42 @@ final class FuzzCorpusTests: XCTestCase {
             if d.withUnsafeBytes({ (try? Message.decode(FuzzInput.frames($0), limits: WireLimits())) != nil }) { decoded += 1 }
         }
         XCTAssertGreaterThanOrEqual(decoded, 9, "the seeds are valid messages")
+    }
+}
+
+/// Tier 2 (in-process sockets): weights and gradients are decoded straight from ZeroMQ's copy,
+/// and they stay valid (and equal) however long the math holds them.
+final class ReceiveTests: XCTestCase {
+    /// Sends `message` over an inproc pair and receives it; the sockets and context are gone on return.
+    func roundTrip(_ message: Message) throws -> [Frame] {
+        let context = ZMQContext()
+        let endpoint = "inproc://receive-\(UUID().uuidString)"
+        let a = try ZMQSocket(context, .pair), b = try ZMQSocket(context, .pair)
+        try a.bind(endpoint); try b.connect(endpoint)
+        XCTAssertTrue(a.send(message.encode()))
+        for _ in 0..<100 {
+            if let frames = b.receiveFrames() { return frames }
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        throw WireError("nothing received")
+    }
+
+    func testLargeFloatFramesAreReceivedWithoutACopyAndOutliveTheSocket() throws {
+        let grad = FloatBuffer((0..<100_003).map { Float($0) * 0.25 - 7 })
+        let message = Message.result(ShardResult(step: 3, shard: 1, lossSum: 9.5, frames: 40, grad: grad))
+        let frames = try roundTrip(message)
+        XCTAssertEqual(frames.count, 2)
+        guard case .bytes = frames[0], case .floats(let f) = frames[1] else { return XCTFail("the header is bytes, the gradient floats") }
+        XCTAssertEqual(f.count, grad.count)
+        guard case .result(let r) = try Message.decode(frames, limits: WireLimits()) else { return XCTFail("not a result") }
+        XCTAssertTrue(r.grad === f, "the decoder uses the received floats as they are")
+        XCTAssertEqual(r, ShardResult(step: 3, shard: 1, lossSum: 9.5, frames: 40, grad: grad), "valid after the sockets are gone")
+        XCTAssertEqual(try Message.decode(frames.map { Frame.bytes($0.bytes) }, limits: WireLimits()), message, "the byte path agrees")
+    }
+
+    func testSmallFramesStayBytes() throws {
+        let frames = try roundTrip(.result(ShardResult(step: 0, shard: 0, lossSum: 1, frames: 1, grad: FloatBuffer([1, 2]))))
+        XCTAssertEqual(frames.count, 2)
+        for f in frames { guard case .bytes = f else { return XCTFail("an 8-byte frame is copied as bytes") } }
     }
 }

@@ -101,4 +101,28 @@ final class TreeSumInPlaceTests: XCTestCase {
             XCTAssertEqual(TreeSum.reduceInPlace(parts).array.map(\.bitPattern), copied.array.map(\.bitPattern), "n=\(n)")
         }
     }
+
+    /// The coordinator's reduce hands each finished block of the sum to the norm: the blocks must
+    /// cover the sum in order, and the parts must survive (to name a bad shard).
+    func testBlockwiseReductionSeesTheWholeSumInOrderAndKeepsTheParts() {
+        let count = TreeSum.block * 2 + 13
+        for n in [1, 2, 3, 5] {
+            let parts: [FloatBuffer] = (0..<n).map { k in
+                FloatBuffer((0..<count).map { (i: Int) -> Float in Float((i * 31 + k * 17) % 1000) * 1e5 + 0.1 * Float(k) })
+            }
+            let before = parts.map { $0.sha256 }
+            let expected = TreeSum.reduceInPlace(parts.map { $0.clone() })
+            var seen: [Float] = []
+            var blocks = 0
+            let sum = TreeSum.reduce(parts) { p, m in
+                XCTAssertTrue(m == TreeSum.block || seen.count + m == count, "every block but the last is full")
+                seen += UnsafeBufferPointer(start: p, count: m)
+                blocks += 1
+            }
+            XCTAssertEqual(blocks, 3, "n=\(n)")
+            XCTAssertEqual(sum.sha256, expected.sha256, "n=\(n): the same bits as the in-place tree")
+            XCTAssertEqual(seen.map { $0.bitPattern }, expected.array.map { $0.bitPattern }, "n=\(n): the blocks are the sum, in order")
+            XCTAssertEqual(parts.map { $0.sha256 }, before, "n=\(n): the parts are left alone")
+        }
+    }
 }

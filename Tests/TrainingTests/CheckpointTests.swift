@@ -117,6 +117,40 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(skipped, 4, "sequence 5 is in 2 of the 8 batches (once per epoch), skipped in each of the 2 runs")
     }
 
+    /// The coordinator sends `params` to workers without a copy: a buffer it was handed must never
+    /// change after later steps, and the trainer must recycle its spare only when nobody holds it.
+    func testWeightsHandedOutNeverChangeAndTheSpareIsRecycled() throws {
+        let r = smallRun(steps: 6, dir: dir)
+        let t = try Trainer(run: r, data: r.synthetic.generate(seed: r.seed))
+        let held = t.params, heldHash = held.sha256
+        try train(t, until: 3)
+        XCTAssertEqual(held.sha256, heldHash, "weights handed out before step 1 are unchanged after 3 steps")
+        XCTAssertFalse(t.params === held)
+        let ids = try (0..<3).map { _ -> ObjectIdentifier in
+            try train(t, until: t.step + 1)
+            return ObjectIdentifier(t.params)
+        }
+        XCTAssertEqual(ids[0], ids[2], "with nobody else holding it, the old buffer is written next")
+        XCTAssertNotEqual(ids[0], ids[1])
+    }
+
+    /// Finite shard gradients whose sum overflows float32 must stop the run, not write NaN weights.
+    func testAnOverflowingSumOfFiniteShardsStopsTheRun() throws {
+        let r = smallRun(steps: 2, dir: dir)
+        let t = try Trainer(run: r, data: r.synthetic.generate(seed: r.seed))
+        let before = t.weightsHash
+        let parts = t.shards(forStep: 0).map { _ -> (grad: FloatBuffer, result: BatchResult) in
+            let g = FloatBuffer(count: t.layout.count)
+            g[3] = .greatestFiniteMagnitude
+            return (g, BatchResult(lossSum: 1, frames: 2))
+        }
+        XCTAssertGreaterThan(parts.count, 1)
+        XCTAssertThrowsError(try t.apply(parts: parts, seconds: 0)) { e in
+            XCTAssertTrue("\(e)".contains("overflows float32"), "\(e)")
+        }
+        XCTAssertEqual(t.weightsHash, before)
+    }
+
     func testShardSizeIsPartOfTheMathButNothingElseIs() throws {
         // The schedule never depends on who computes: same batches for any call order.
         let s = Schedule(lengths: (0..<100).map { 1 + $0 % 17 }, batchSize: 10, shardSize: 3, seed: 4)

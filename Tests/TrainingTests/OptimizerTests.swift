@@ -51,6 +51,25 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    func testWritingToAnotherBufferGivesTheSameBitsAndLeavesTheOldWeights() {
+        let n = 100_003
+        let p0 = values(n, seed: 6, scale: 0.2), g = values(n, seed: 7, scale: 3)
+        for kind in [OptimizerKind.adam, .sgd] {
+            var c = OptimizerConfig()
+            c.kind = kind
+            let inPlace = FloatBuffer(p0), old = FloatBuffer(p0), next = FloatBuffer(count: n)
+            let o1 = Optimizer(c, count: n), o2 = Optimizer(c, count: n)
+            for _ in 0..<2 {
+                o1.step(params: inPlace, grads: FloatBuffer(g), scaling: GradientScaling(divisor: 3, factor: 0.5))
+                o2.step(params: old, grads: FloatBuffer(g), scaling: GradientScaling(divisor: 3, factor: 0.5), into: next)
+                XCTAssertEqual(next.sha256, inPlace.sha256, "\(kind)")
+                XCTAssertNotEqual(old.sha256, next.sha256, "\(kind): the old weights are untouched")
+                old.copy(from: next)
+            }
+            XCTAssertEqual(o1.state.map(\.sha256), o2.state.map(\.sha256), "\(kind): the same optimizer state")
+        }
+    }
+
     func testIdentityScalingLeavesTheGradientAlone() {
         let g = values(1003, seed: 3, scale: 1)
         let a = FloatBuffer(values(1003, seed: 4, scale: 1)), b = FloatBuffer(a.array)
@@ -74,5 +93,27 @@ final class OptimizerTests: XCTestCase {
         XCTAssertEqual(f, (norm / 2) / (norm + 1e-6))
         XCTAssertEqual(Clip.factor(FloatBuffer(sums), divisor: divisor, maxNorm: norm * 2).factor, 1)
         XCTAssertEqual(Clip.factor(FloatBuffer(sums), divisor: divisor, maxNorm: 0).factor, 1, "max-norm 0 turns clipping off")
+    }
+
+    /// The documented order, written out one element at a time: lane `i mod 8` sums in index
+    /// order, lanes combined as ((0+4)+(2+6)) + ((1+5)+(3+7)), then the tail in order. Feeding it
+    /// in blocks (as the coordinator's reduce does) must not change a bit.
+    func testNormFollowsTheLaneOrderWhetherFedWholeOrInBlocks() {
+        let n = 100_003
+        let sums = values(n, seed: 8, scale: 40)
+        let divisor: Float = 77
+        var lane = [Double](repeating: 0, count: 8)
+        let body = n / 8 * 8
+        for i in 0..<body { let q = Double(sums[i] / divisor); lane[i % 8] += q * q }
+        var s = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]))
+        for i in body..<n { let q = Double(sums[i] / divisor); s += q * q }
+        let buffer = FloatBuffer(sums)
+        XCTAssertEqual(Clip.norm(buffer, divisor: divisor).bitPattern, Float(s.squareRoot()).bitPattern)
+        for block in [8, 4096, 16384] {
+            var acc = NormAccumulator(divisor: divisor)
+            var i = 0
+            while i < n { acc.add(buffer.ptr + i, min(block, n - i)); i += block }
+            XCTAssertEqual(acc.sumOfSquares.bitPattern, s.bitPattern, "blocks of \(block)")
+        }
     }
 }
