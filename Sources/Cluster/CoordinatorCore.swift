@@ -49,6 +49,7 @@ public struct CoordinatorCore {
     public struct Worker {
         public let peer: Peer
         public let name: String
+        public var incarnation: UInt64 = 0
         public var lastSeen: Double
         public var weightsStep: Int?
         public var sentSequences: Set<Int> = []
@@ -139,11 +140,15 @@ public struct CoordinatorCore {
         if let w = index(of: peer) {
             out += release(w, now: now, why: "said hello again")
             workers.remove(at: w)
+        } else if h.incarnation != 0, let w = workers.firstIndex(where: { $0.incarnation == h.incarnation }) {
+            // The same process on a new connection (a link flap): its old one will never answer.
+            out += release(w, now: now, why: "reconnected as \(peer)")
+            workers.remove(at: w)
         } else if workers.count >= maxWorkers {
             let reason = "the coordinator already has \(maxWorkers) workers. HINT: raise --max-workers"
             return [.send(peer, .refuse(reason)), .log("refused \(name): \(reason)")]
         }
-        workers.append(Worker(peer: peer, name: name, lastSeen: now))
+        workers.append(Worker(peer: peer, name: name, incarnation: h.incarnation, lastSeen: now))
         out += [.send(peer, .welcome(welcome)), .log("\(name) joined (BLAS \(h.blasCore), \(workers.count) alive)")]
         if !started && workers.count >= minWorkers {
             started = true

@@ -41,7 +41,7 @@ public enum FuzzInput {
         let ex = [Example(id: 5, x: [1, 2, 3, 4], y: [0, -1]), Example(id: 9, x: [5, 6], y: [1])]
         let model = ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3, arch: .split, dropout: 0.25)
         return [
-            ("hello", Message.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 1, pid: 7)).encode()),
+            ("hello", Message.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 1, pid: 7, incarnation: 99)).encode()),
             ("welcome", Message.welcome(Welcome(runId: 3, model: model, seed: 11)).encode()),
             ("refuse", Message.refuse("no").encode()),
             ("work-weights", Message.work(Work(step: 4, shard: 1, sequenceIds: [5, 9], weights: FloatBuffer([1, 2, 3]), sequences: ex)).encode()),

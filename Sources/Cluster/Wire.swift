@@ -16,7 +16,7 @@ public enum Message: Equatable {
     /// "I do not know you": the receiver should say hello again (e.g. after a coordinator restart).
     case reset
 
-    /// 2: results carry the worker's compute seconds.
+    /// 2: results carry the worker's compute seconds; hello carries the worker's incarnation.
     public static let protocolVersion: UInt16 = 2
     public static let magic: [UInt8] = Array("LKST".utf8)
 
@@ -39,8 +39,12 @@ public struct Hello: Equatable, Sendable {
     public var blasCore: String
     public var threads: Int
     public var pid: Int
-    public init(fingerprint: String, blasCore: String, threads: Int, pid: Int) {
+    /// Random, fixed for the worker process's life (0: none): a worker that reconnects on a new
+    /// connection is known at once, and its old connection's shards go back to the queue.
+    public var incarnation: UInt64
+    public init(fingerprint: String, blasCore: String, threads: Int, pid: Int, incarnation: UInt64 = 0) {
         self.fingerprint = fingerprint; self.blasCore = blasCore; self.threads = threads; self.pid = pid
+        self.incarnation = incarnation
     }
 }
 
@@ -176,7 +180,7 @@ extension Message {
         var frames: [[UInt8]] = []
         switch self {
         case .hello(let h):
-            w.string(h.fingerprint); w.string(h.blasCore); w.int(h.threads); w.int(h.pid)
+            w.string(h.fingerprint); w.string(h.blasCore); w.int(h.threads); w.int(h.pid); w.u64(h.incarnation)
         case .welcome(let m):
             w.u64(m.runId); w.u64(m.seed)
             w.int(m.model.inputSize); w.int(m.model.hidden); w.int(m.model.layers); w.int(m.model.classes)
@@ -258,7 +262,7 @@ extension Message {
         case 1:
             try expectFrames(1)
             msg = .hello(Hello(fingerprint: try r.string(max: limits.maxStringBytes), blasCore: try r.string(max: limits.maxStringBytes),
-                               threads: try r.int(max: 1024), pid: try r.int(max: Int(Int32.max))))
+                               threads: try r.int(max: 1024), pid: try r.int(max: Int(Int32.max)), incarnation: try r.u64()))
         case 2:
             try expectFrames(1)
             let runId = try r.u64(), seed = try r.u64()

@@ -46,7 +46,7 @@ public final class WorkerClient {
         self.log = log
         BLAS.setThreads(options.threads)
         hello = Hello(fingerprint: options.fingerprint ?? Fingerprint.compute(), blasCore: BLAS.coreName,
-                      threads: options.threads, pid: Int(getpid()))
+                      threads: options.threads, pid: Int(getpid()), incarnation: UInt64.random(in: 1...UInt64.max))
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
         socket = try WorkerClient.connect(context, options)

@@ -12,8 +12,8 @@ final class CoordinatorCoreTests: XCTestCase {
         CoordinatorCore(fingerprint: "f00d", blasCore: "Haswell", welcome: welcome, minWorkers: min, maxWorkers: max, inFlight: inFlight)
     }
 
-    func hello(_ fp: String = "f00d", pid: Int = 1) -> Message {
-        .hello(Hello(fingerprint: fp, blasCore: fp == "f00d" ? "Haswell" : "SkylakeX", threads: 1, pid: pid))
+    func hello(_ fp: String = "f00d", pid: Int = 1, incarnation: UInt64 = 0) -> Message {
+        .hello(Hello(fingerprint: fp, blasCore: fp == "f00d" ? "Haswell" : "SkylakeX", threads: 1, pid: pid, incarnation: incarnation))
     }
 
     func result(_ step: Int, _ shard: Int, _ v: Float = 1) -> Message {
@@ -92,6 +92,26 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(k.reissuedThisStep, 1)
         _ = k.onMessage(result(0, 2), from: b, now: Timing.liveness + 0.2)
         XCTAssertEqual(k.workers[0].assigned, [0], "b takes the dead worker's shard")
+    }
+
+    /// A link flap: the worker process comes back on a new connection (a new routing id). Its
+    /// old connection is dropped at once, without waiting out the liveness window.
+    func testAWorkerBackOnANewConnectionReplacesItsOldOneAtOnce() {
+        var k = core()
+        _ = k.onMessage(hello(pid: 1, incarnation: 41), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2, incarnation: 42), from: b, now: 0)
+        _ = k.beginStep(0, shards: [[0], [1], [2]], now: 0)
+        XCTAssertEqual(k.workers.map(\.assigned), [[0], [1]])
+        let out = k.onMessage(hello(pid: 1, incarnation: 41), from: c, now: 0.5)
+        XCTAssertEqual(k.workers.map(\.peer), [b, c], "a's old connection is gone, c is the same process")
+        XCTAssertTrue(out.contains { if case .log(let s) = $0 { return s.contains("reconnected as 03") && s.contains("shard 0 goes back") } else { return false } }, "\(out)")
+        XCTAssertEqual(k.reissuedThisStep, 1)
+        XCTAssertEqual(k.workers[1].assigned, [0], "the new connection takes the shard back")
+        // Another process (another incarnation) is a new worker, as is one without an incarnation.
+        _ = k.onMessage(hello(pid: 3, incarnation: 43), from: Peer([4]), now: 0.6)
+        _ = k.onMessage(hello(pid: 4), from: Peer([5]), now: 0.6)
+        _ = k.onMessage(hello(pid: 5), from: Peer([6]), now: 0.6)
+        XCTAssertEqual(k.alive, 5)
     }
 
     func testStragglersShardIsAlsoIssuedToAnIdleWorker() {

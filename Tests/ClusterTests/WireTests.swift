@@ -8,7 +8,7 @@ import XCTest
 final class WireTests: XCTestCase {
     let examples = [Example(id: 5, x: [1, 2, 3, 4], y: [0, -1]), Example(id: 9, x: [5, 6], y: [1])]
     var samples: [Message] {
-        [.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 2, pid: 77)),
+        [.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 2, pid: 77, incarnation: 0xfeed_0000_0001)),
          .welcome(Welcome(runId: 3, model: ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3, arch: .split, dropout: 0.25), seed: 11)),
          .refuse("no"),
          .work(Work(step: 4, shard: 1, sequenceIds: [5, 9], weights: FloatBuffer([1, 2, 3]), sequences: examples)),
