@@ -99,9 +99,7 @@ public final class CoordinatorServer {
                 var report = try t.apply(parts: parts, seconds: monotonicSeconds() - stepStarted)
                 report.workersAlive = core.alive
                 report.reissued = core.reissuedThisStep
-                let shardSeconds = core.results.map(\.computeSeconds)
-                report.shardSecondsMax = shardSeconds.max() ?? 0
-                report.shardSecondsMean = shardSeconds.reduce(0, +) / Double(max(shardSeconds.count, 1))
+                report.setShardSeconds(core.results.map(\.computeSeconds))
                 let sentDuringStep = bytesSent
                 bytesSent = 0
                 if !t.done {

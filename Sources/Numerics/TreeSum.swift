@@ -49,21 +49,21 @@ public enum TreeSum {
             let mid = split(lo, hi)
             let a = go(lo, mid, root: false), b = go(mid, hi, root: false)
             let out = FloatBuffer(uninitializedCount: n)
-            var i = 0
-            while i < n {
-                let m = Swift.min(block, n - i)
+            forEachBlock(n) { i, m in
                 for j in i..<(i + m) { out.ptr[j] = a.ptr[j] + b.ptr[j] }
                 if root { eachBlock(out.ptr + i, m) }
-                i += m
             }
             return out
         }
         let sum = go(0, parts.count, root: true)
-        if parts.count == 1 {
-            var i = 0
-            while i < n { eachBlock(sum.ptr + i, Swift.min(block, n - i)); i += block }
-        }
+        if parts.count == 1 { forEachBlock(n) { i, m in eachBlock(sum.ptr + i, m) } }
         return sum
+    }
+
+    /// Calls `body(start, count)` for consecutive blocks of `[0, n)`.
+    private static func forEachBlock(_ n: Int, _ body: (Int, Int) -> Void) {
+        var i = 0
+        while i < n { body(i, Swift.min(block, n - i)); i += block }
     }
 
     /// The same tree over plain numbers (loss sums), in Double.

@@ -41,6 +41,12 @@ public struct StepReport: Sendable {
     /// With two workers, slowest − mean is time lost to one core running slower than the other.
     public var shardSecondsMax: Double = 0
     public var shardSecondsMean: Double = 0
+
+    /// Sets the slowest and mean shard compute time from each shard's seconds.
+    public mutating func setShardSeconds(_ seconds: [Double]) {
+        shardSecondsMax = seconds.max() ?? 0
+        shardSecondsMean = seconds.reduce(0, +) / Double(max(seconds.count, 1))
+    }
     /// Why the update was skipped (`--on-nonfinite skip`), if it was.
     public var skipped: String? = nil
 

@@ -134,8 +134,7 @@ func trainLocal(_ trainer: Trainer) throws {
             return (grad, r)
         }
         var report = try trainer.apply(parts: parts, seconds: Date().timeIntervalSince(started))
-        report.shardSecondsMax = shardSeconds.max() ?? 0
-        report.shardSecondsMean = shardSeconds.reduce(0, +) / Double(max(shardSeconds.count, 1))
+        report.setShardSeconds(shardSeconds)
         metrics.write(report)
         progress.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9))
         if trainer.run.checkpointEvery > 0 && trainer.step % trainer.run.checkpointEvery == 0 && !trainer.done {
