@@ -102,15 +102,16 @@ public final class CoordinatorServer {
                 report.setShardSeconds(core.results.map(\.computeSeconds))
                 let sentDuringStep = bytesSent
                 bytesSent = 0
+                // A step's time runs from just before its work goes out, so it holds every shard's compute.
+                let nextStarted = monotonicSeconds()
                 if !t.done {
-                    try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: monotonicSeconds()))
+                    try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: nextStarted))
                 }
-                let now = monotonicSeconds()
-                report.coordinatorSeconds = now - coordStart
-                report.seconds = now - stepStarted
+                report.coordinatorSeconds = monotonicSeconds() - coordStart
+                report.seconds = nextStarted - stepStarted
                 report.bytesSent = sentDuringStep + bytesSent
                 bytesSent = 0
-                stepStarted = now
+                stepStarted = nextStarted
                 metrics.write(report)
                 progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
                                  extra: "  workers \(core.alive)")
