@@ -180,8 +180,12 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
                 p.arguments! += ["--curve-keys", curveKeysPath, "--server-key", curve.keys.publicKey]
             }
             let logPath = (trainer.run.checkpointDir as NSString).appendingPathComponent("worker-\(i).log")
-            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-            p.standardError = FileHandle(forWritingAtPath: logPath)
+            try? FileManager.default.createDirectory(atPath: trainer.run.checkpointDir, withIntermediateDirectories: true)
+            guard FileManager.default.createFile(atPath: logPath, contents: nil), let logFile = FileHandle(forWritingAtPath: logPath) else {
+                throw LockstepError("cannot write the spawned worker's log \(logPath)",
+                                    hint: "make --checkpoint-dir \(trainer.run.checkpointDir) a writable directory")
+            }
+            p.standardError = logFile
             p.standardOutput = FileHandle.nullDevice
             try p.run()
             children.append(p)

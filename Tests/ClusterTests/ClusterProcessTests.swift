@@ -55,6 +55,12 @@ final class ClusterProcessTests: XCTestCase {
             }
             // Spawned workers use a local socket, removed at the end.
             let log = h.text(h.log("spawn\(n)"))
+            // Each spawned worker's log is where the coordinator says, in the (new) checkpoint directory.
+            for i in 0..<n {
+                let path = h.dir + "/spawn\(n)/worker-\(i).log"
+                XCTAssertTrue(log.contains("log \(path)"), log)
+                XCTAssertTrue(h.text(path).contains("joined run"), "\(path): \(h.text(path))")
+            }
             let socket = try XCTUnwrap(log.range(of: #"on ipc://[^,]+"#, options: .regularExpression).map { String(log[$0].dropFirst(9)) }, log)
             XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "\(socket) is left behind")
         }
