@@ -55,7 +55,7 @@ struct TrainingOptions: ParsableArguments {
     var seed: UInt64?
     @Option(help: "On a non-finite loss or gradient: stop (name the step and shard; the last checkpoint stays) or skip the update (default stop).")
     var onNonfinite: NonfinitePolicy?
-    @Option(help: "Directory for checkpoint.safetensors and metrics.jsonl (default runs/lockstep).")
+    @Option(help: "Directory for checkpoint.safetensors, metrics.jsonl and, with --spawn, worker-N.log (default runs/lockstep).")
     var checkpointDir: String?
     @Option(help: "Write a checkpoint every N steps (and always at the end); 0: only at the end (default 50).")
     var checkpointEvery: Int?
