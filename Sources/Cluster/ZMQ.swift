@@ -19,8 +19,9 @@ public enum Frame {
 /// The thin part of the shell: libzmq sockets with multipart send and receive.
 public final class ZMQContext: @unchecked Sendable {
     let raw: UnsafeMutableRawPointer
-    /// `ioThreads` > 1 lets ZeroMQ move several peers' messages at once (each connection is
-    /// served by one I/O thread): the coordinator sends a step's weights to its workers in parallel.
+    /// `ioThreads` > 1 lets ZeroMQ serve different connections on different I/O threads. It does
+    /// not guarantee parallel sends: libzmq picks the thread, and a trace showed two local workers'
+    /// weights still going out one after the other.
     public init(ioThreads: Int32 = 1) {
         raw = zmq_ctx_new()
         if ioThreads != 1 { zmq_ctx_set(raw, ZMQ_IO_THREADS, ioThreads) }

@@ -167,6 +167,8 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
         do { endpoint = try server.bindLocal() } catch {
             log("[coord] no local socket (\(error)): spawned workers use \(endpoint)")
         }
+        // Workers' logs go beside the checkpoint, so the directory must exist before they start.
+        try? FileManager.default.createDirectory(atPath: trainer.run.checkpointDir, withIntermediateDirectories: true)
         for i in 0..<spawn {
             let p = Process()
             p.executableURL = workerExe
@@ -180,7 +182,6 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
                 p.arguments! += ["--curve-keys", curveKeysPath, "--server-key", curve.keys.publicKey]
             }
             let logPath = (trainer.run.checkpointDir as NSString).appendingPathComponent("worker-\(i).log")
-            try? FileManager.default.createDirectory(atPath: trainer.run.checkpointDir, withIntermediateDirectories: true)
             guard FileManager.default.createFile(atPath: logPath, contents: nil), let logFile = FileHandle(forWritingAtPath: logPath) else {
                 throw LockstepError("cannot write the spawned worker's log \(logPath)",
                                     hint: "make --checkpoint-dir \(trainer.run.checkpointDir) a writable directory")
