@@ -50,6 +50,8 @@ public struct CoordinatorCore {
         public let peer: Peer
         public let name: String
         public var incarnation: UInt64 = 0
+        /// Reads the step's weights from the coordinator's shared memory (a local worker).
+        public var sharedMemory = false
         public var lastSeen: Double
         public var weightsStep: Int?
         public var sentSequences: Set<Int> = []
@@ -68,7 +70,8 @@ public struct CoordinatorCore {
 
     public let fingerprint: String
     public let blasCore: String
-    public let welcome: Welcome
+    /// Sent to every worker that joins; the shell adds its shared-memory mapping when it has one.
+    public var welcome: Welcome
     public var minWorkers: Int
     public var maxWorkers: Int
     public var inFlight: Int
@@ -148,7 +151,7 @@ public struct CoordinatorCore {
             let reason = "the coordinator already has \(maxWorkers) workers. HINT: raise --max-workers"
             return [.send(peer, .refuse(reason)), .log("refused \(name): \(reason)")]
         }
-        workers.append(Worker(peer: peer, name: name, incarnation: h.incarnation, lastSeen: now))
+        workers.append(Worker(peer: peer, name: name, incarnation: h.incarnation, sharedMemory: h.sharedMemory, lastSeen: now))
         out += [.send(peer, .welcome(welcome)), .log("\(name) joined (BLAS \(h.blasCore), \(workers.count) alive)")]
         if !started && workers.count >= minWorkers {
             started = true

@@ -16,6 +16,7 @@ public final class CoordinatorServer {
     public private(set) var rejected = 0
     var stepDone = false
     var bytesSent = 0
+    var bytesReceived = 0
     let log: (String) -> Void
 
     var zap: ZAPHandler?
@@ -62,15 +63,36 @@ public final class CoordinatorServer {
     }
 
     var localSocketPath: String?
+    /// Each step's weights for the workers on this host, and their gradient mappings by path
+    /// (see `SharedSlots`).
+    var shared: SharedSlots?
+    var gradientMappings: [String: SharedSlots] = [:]
+    var maxShards: Int { (trainer.run.batchSize + trainer.run.shardSize - 1) / trainer.run.shardSize }
 
     /// Also listens on a Unix socket (0600, in the temporary directory) for workers on this host:
-    /// it moves a step's 2.2 MiB of weights and gradients with less CPU and latency than TCP loopback.
+    /// its workers exchange weights and gradients through shared memory (when `/dev/shm` allows
+    /// it), and otherwise over this socket, with less CPU and latency than TCP loopback.
     public func bindLocal() throws -> String {
         let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("lockstep-\(getpid())-\(UUID().uuidString.prefix(8)).sock")
         try socket.bind("ipc://" + path)
         chmod(path, 0o600)
         localSocketPath = path
+        do {
+            let w = try SharedSlots(creating: SharedSlots.weightsMagic, slots: SharedSlots.weightSlots, floats: trainer.layout.count, what: "weights")
+            shared = w
+            core.welcome.sharedWeights = w.path
+            core.welcome.sharedToken = w.token
+            core.welcome.maxShards = maxShards
+        } catch {
+            log("no shared memory for local workers (\(error)): they get the weights over the socket")
+        }
         return "ipc://" + path
+    }
+
+    /// Starts a step: its weights go to shared memory before any work that names them.
+    func beginStep(now: Double) throws {
+        shared?.publish(trainer.step % SharedSlots.weightSlots, step: trainer.step, trainer.params)
+        try execute(core.beginStep(trainer.step, shards: trainer.shards(forStep: trainer.step), now: now))
     }
 
     /// Trains to the end. Throws a `LockstepError` when the run must stop (the last checkpoint stays intact).
@@ -78,7 +100,7 @@ public final class CoordinatorServer {
         let t = trainer
         log("listening on \(endpoint); waiting for \(core.minWorkers) worker(s)")
         var stepStarted = monotonicSeconds()
-        try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: stepStarted))
+        try beginStep(now: stepStarted)
         while !t.done {
             if Interrupt.requested { try interrupted(); return }
             let ready = ZMQSocket.poll([socket] + [zap?.socket].compactMap { $0 }, timeout: 0.05)
@@ -105,12 +127,14 @@ public final class CoordinatorServer {
                 // A step's time runs from just before its work goes out, so it holds every shard's compute.
                 let nextStarted = monotonicSeconds()
                 if !t.done {
-                    try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: nextStarted))
+                    try beginStep(now: nextStarted)
                 }
                 report.coordinatorSeconds = monotonicSeconds() - coordStart
                 report.seconds = nextStarted - stepStarted
                 report.bytesSent = sentDuringStep + bytesSent
+                report.bytesReceived = bytesReceived
                 bytesSent = 0
+                bytesReceived = 0
                 stepStarted = nextStarted
                 metrics.write(report)
                 progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
@@ -153,15 +177,41 @@ public final class CoordinatorServer {
     public func stopWorkers() { try? execute(core.finish()) }
 
     func handle(_ frames: [Frame]) throws {
+        bytesReceived += frames.reduce(0) { $0 + $1.count }
         guard frames.count >= 2 else { rejected += 1; log("rejected a message with no body"); return }
         let peer = Peer(frames[0].bytes)
-        let message: Message
-        do { message = try Message.decode(Array(frames[1...]), limits: limits) } catch {
+        var message: Message
+        do {
+            message = try Message.decode(Array(frames[1...]), limits: limits)
+            if case .result(var r) = message, let g = r.sharedGradient, r.step == core.step {
+                r.grad = try sharedGradient(g, step: r.step, shard: r.shard)
+                message = .result(r)
+            }
+        } catch {
             rejected += 1
             log("rejected a message from \(peer): \(error)")
             return
         }
         try execute(core.onMessage(message, from: peer, now: monotonicSeconds()))
+    }
+
+    /// A local worker's gradient for the current step, read in place from its mapping. (A stale
+    /// result is left unread: the core drops it.)
+    func sharedGradient(_ g: SharedGradient, step: Int, shard: Int) throws -> FloatBuffer {
+        let key = "\(g.path) \(g.token)"
+        var slots = gradientMappings[key]
+        if slots == nil {
+            // Buffers still in use keep their mappings alive: forgetting them all is safe.
+            if gradientMappings.count >= 2 * core.maxWorkers { gradientMappings = [:] }
+            do {
+                slots = try SharedSlots(opening: g.path, magic: SharedSlots.gradientsMagic, token: g.token, slots: maxShards, floats: trainer.layout.count)
+            } catch { throw WireError("result names a shared gradient that cannot be used: \(error)") }
+            gradientMappings[key] = slots
+        }
+        guard let slots, shard < slots.slots, slots.stamp(shard) == step else {
+            throw WireError("result for step \(step) shard \(shard) names a shared gradient slot that does not hold it")
+        }
+        return slots.view(shard)
     }
 
     func send(_ frames: [[UInt8]]) {
@@ -176,13 +226,15 @@ public final class CoordinatorServer {
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
                 let ids = core.shards[shard].sequenceIds
                 let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: fresh.map { trainer.data.examples[$0] })
-                let (header, sequences) = Message.encodeWork(work, withWeights: withWeights)
+                let local = shared != nil && core.workers.contains { $0.peer == peer && $0.sharedMemory }
+                let carriage: Message.WeightsCarriage = !withWeights ? .none : local ? .shared : .frame
+                let (header, sequences) = Message.encodeWork(work, weights: carriage)
                 var parts: [ZMQSocket.Part] = [.bytes(peer.id), .bytes(header)]
                 // Sent without a copy: the trainer writes each step's weights to a fresh buffer.
-                if withWeights { parts.append(.floats(trainer.params)) }
+                if carriage == .frame { parts.append(.floats(trainer.params)) }
                 parts.append(.bytes(sequences))
                 if socket.send(parts: parts, dontWait: true) {
-                    bytesSent += peer.id.count + header.count + sequences.count + (withWeights ? trainer.params.count * 4 : 0)
+                    bytesSent += peer.id.count + header.count + sequences.count + (carriage == .frame ? trainer.params.count * 4 : 0)
                 }
             case .log(let s): log(s)
             case .stepComplete: stepDone = true

@@ -41,12 +41,15 @@ public enum FuzzInput {
         let ex = [Example(id: 5, x: [1, 2, 3, 4], y: [0, -1]), Example(id: 9, x: [5, 6], y: [1])]
         let model = ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3, arch: .split, dropout: 0.25)
         return [
-            ("hello", Message.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 1, pid: 7, incarnation: 99)).encode()),
-            ("welcome", Message.welcome(Welcome(runId: 3, model: model, seed: 11)).encode()),
+            ("hello", Message.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 1, pid: 7, incarnation: 99, sharedMemory: true)).encode()),
+            ("welcome", Message.welcome(Welcome(runId: 3, model: model, seed: 11, sharedWeights: "/proc/1/fd/3", sharedToken: 5, maxShards: 2)).encode()),
             ("refuse", Message.refuse("no").encode()),
             ("work-weights", Message.work(Work(step: 4, shard: 1, sequenceIds: [5, 9], weights: FloatBuffer([1, 2, 3]), sequences: ex)).encode()),
+            ("work-shared", Message.work(Work(step: 4, shard: 0, sequenceIds: [9], weights: nil, weightsShared: true, sequences: [])).encode()),
             ("work", Message.work(Work(step: 4, shard: 2, sequenceIds: [5], weights: nil, sequences: [])).encode()),
             ("result", Message.result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]))).encode()),
+            ("result-shared", Message.result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0),
+                                                         sharedGradient: SharedGradient(path: "/proc/1/fd/4", token: 6))).encode()),
             ("heartbeat", Message.heartbeat.encode()), ("stop", Message.stop.encode()), ("reset", Message.reset.encode()),
         ]
     }

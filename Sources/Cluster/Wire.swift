@@ -17,7 +17,9 @@ public enum Message: Equatable {
     case reset
 
     /// 2: results carry the worker's compute seconds; hello carries the worker's incarnation.
-    public static let protocolVersion: UInt16 = 2
+    /// 3: weights and gradients may travel in shared memory (hello's `sharedMemory`, welcome's
+    /// mapping and shard count, work's carriage 2, result's shared gradient).
+    public static let protocolVersion: UInt16 = 3
     public static let magic: [UInt8] = Array("LKST".utf8)
 
     public var typeName: String {
@@ -42,9 +44,12 @@ public struct Hello: Equatable, Sendable {
     /// Random, fixed for the worker process's life (0: none): a worker that reconnects on a new
     /// connection is known at once, and its old connection's shards go back to the queue.
     public var incarnation: UInt64
-    public init(fingerprint: String, blasCore: String, threads: Int, pid: Int, incarnation: UInt64 = 0) {
+    /// The worker reached the coordinator over its local socket and can exchange weights and
+    /// gradients with it through shared memory.
+    public var sharedMemory: Bool
+    public init(fingerprint: String, blasCore: String, threads: Int, pid: Int, incarnation: UInt64 = 0, sharedMemory: Bool = false) {
         self.fingerprint = fingerprint; self.blasCore = blasCore; self.threads = threads; self.pid = pid
-        self.incarnation = incarnation
+        self.incarnation = incarnation; self.sharedMemory = sharedMemory
     }
 }
 
@@ -52,7 +57,16 @@ public struct Welcome: Equatable, Sendable {
     public var runId: UInt64
     public var model: ModelConfig
     public var seed: UInt64
-    public init(runId: UInt64, model: ModelConfig, seed: UInt64) { self.runId = runId; self.model = model; self.seed = seed }
+    /// Where local workers map the step weights (`SharedSlots`), and the token that
+    /// proves it is this run's mapping; "" when the coordinator has none.
+    public var sharedWeights: String
+    public var sharedToken: UInt64
+    /// The most shards a step has: a local worker keeps one gradient slot per shard index.
+    public var maxShards: Int
+    public init(runId: UInt64, model: ModelConfig, seed: UInt64, sharedWeights: String = "", sharedToken: UInt64 = 0, maxShards: Int = 1) {
+        self.runId = runId; self.model = model; self.seed = seed; self.sharedWeights = sharedWeights; self.sharedToken = sharedToken
+        self.maxShards = maxShards
+    }
 }
 
 public struct Work: Equatable {
@@ -61,16 +75,19 @@ public struct Work: Equatable {
     public var sequenceIds: [Int]
     /// The weights of `step`, when this worker does not have them yet.
     public var weights: FloatBuffer?
+    /// The weights of `step` are in the coordinator's shared memory instead (a local worker).
+    public var weightsShared: Bool
     /// Sequences this worker has not been sent before (it caches them by id).
     public var sequences: [Example]
 
-    public init(step: Int, shard: Int, sequenceIds: [Int], weights: FloatBuffer?, sequences: [Example]) {
-        self.step = step; self.shard = shard; self.sequenceIds = sequenceIds; self.weights = weights; self.sequences = sequences
+    public init(step: Int, shard: Int, sequenceIds: [Int], weights: FloatBuffer?, weightsShared: Bool = false, sequences: [Example]) {
+        self.step = step; self.shard = shard; self.sequenceIds = sequenceIds; self.weights = weights
+        self.weightsShared = weightsShared; self.sequences = sequences
     }
 
     public static func == (a: Work, b: Work) -> Bool {
         a.step == b.step && a.shard == b.shard && a.sequenceIds == b.sequenceIds && a.sequences == b.sequences
-            && a.weights?.array == b.weights?.array
+            && a.weights?.array == b.weights?.array && a.weightsShared == b.weightsShared
     }
 }
 
@@ -82,14 +99,19 @@ public struct ShardResult: Equatable {
     public var grad: FloatBuffer
     /// Wall seconds the worker spent computing the shard: for the metrics, never for the math.
     public var computeSeconds: Double
+    /// The gradient is in the worker's shared memory (slot `shard` of this mapping), not a frame;
+    /// `grad` stays empty until the coordinator maps it.
+    public var sharedGradient: SharedGradient?
 
-    public init(step: Int, shard: Int, lossSum: Double, frames: Int, grad: FloatBuffer, computeSeconds: Double = 0) {
+    public init(step: Int, shard: Int, lossSum: Double, frames: Int, grad: FloatBuffer, computeSeconds: Double = 0,
+                sharedGradient: SharedGradient? = nil) {
         self.step = step; self.shard = shard; self.lossSum = lossSum; self.frames = frames; self.grad = grad
-        self.computeSeconds = computeSeconds
+        self.computeSeconds = computeSeconds; self.sharedGradient = sharedGradient
     }
 
     public static func == (a: ShardResult, b: ShardResult) -> Bool {
         a.sameBits(as: b) && a.step == b.step && a.shard == b.shard && a.computeSeconds == b.computeSeconds
+            && a.sharedGradient == b.sharedGradient
     }
 
     /// Bit-for-bit equality of what a duplicate computation must reproduce.
@@ -97,6 +119,13 @@ public struct ShardResult: Equatable {
         lossSum.bitPattern == o.lossSum.bitPattern && frames == o.frames && grad.count == o.grad.count
             && memcmp(grad.ptr, o.grad.ptr, grad.count * 4) == 0
     }
+}
+
+/// Where a local worker's gradients live: its mapping's `/proc/PID/fd/FD` path and token.
+public struct SharedGradient: Equatable, Sendable {
+    public var path: String
+    public var token: UInt64
+    public init(path: String, token: UInt64) { self.path = path; self.token = token }
 }
 
 /// Why a message was rejected; logged, never fatal.
@@ -181,27 +210,34 @@ extension Message {
         switch self {
         case .hello(let h):
             w.string(h.fingerprint); w.string(h.blasCore); w.int(h.threads); w.int(h.pid); w.u64(h.incarnation)
+            w.u8(h.sharedMemory ? 1 : 0)
         case .welcome(let m):
             w.u64(m.runId); w.u64(m.seed)
             w.int(m.model.inputSize); w.int(m.model.hidden); w.int(m.model.layers); w.int(m.model.classes)
             w.u8(m.model.bidirectional ? 1 : 0); w.u8(m.model.arch == .split ? 1 : 0); w.u32(m.model.dropout.bitPattern)
+            w.string(m.sharedWeights); w.u64(m.sharedToken); w.int(m.maxShards)
         case .refuse(let reason):
             w.string(String(reason.utf8.prefix(4000)) ?? "")
         case .work(let work):
-            let (header, sequences) = Message.encodeWork(work, withWeights: work.weights != nil)
+            let (header, sequences) = Message.encodeWork(work, weights: work.weights != nil ? .frame : work.weightsShared ? .shared : .none)
             return [header] + (work.weights.map { [$0.byteArray] } ?? []) + [sequences]
         case .result(let r):
             w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames); w.f64(r.computeSeconds)
-            frames.append(r.grad.byteArray)
+            w.u8(r.sharedGradient == nil ? 0 : 1)
+            if let g = r.sharedGradient { w.string(g.path); w.u64(g.token) } else { frames.append(r.grad.byteArray) }
         case .heartbeat, .stop, .reset:
             break
         }
         return [w.bytes] + frames
     }
 
+    /// How a work message carries the step's weights: not at all (the worker has them), as
+    /// frame 1, or in the coordinator's shared memory. The header's byte after the ids.
+    public enum WeightsCarriage: UInt8 { case none = 0, frame = 1, shared = 2 }
+
     /// A work message without its weights frame: the header says whether one follows it
     /// (frame 1), so the sender can add the step's weights without copying them per worker.
-    public static func encodeWork(_ work: Work, withWeights: Bool) -> (header: [UInt8], sequences: [UInt8]) {
+    public static func encodeWork(_ work: Work, weights: WeightsCarriage) -> (header: [UInt8], sequences: [UInt8]) {
         var w = ByteWriter()
         w.bytes = Message.magic
         w.u16(Message.protocolVersion)
@@ -210,7 +246,7 @@ extension Message {
         w.int(work.step); w.int(work.shard)
         w.u32(UInt32(work.sequenceIds.count))
         for id in work.sequenceIds { w.int(id) }
-        w.u8(withWeights ? 1 : 0)
+        w.u8(weights.rawValue)
         var s = ByteWriter()
         s.bytes.reserveCapacity(4 + work.sequences.reduce(0) { $0 + 16 + 4 * ($1.x.count + $1.length) })
         s.u32(UInt32(work.sequences.count))
@@ -262,7 +298,8 @@ extension Message {
         case 1:
             try expectFrames(1)
             msg = .hello(Hello(fingerprint: try r.string(max: limits.maxStringBytes), blasCore: try r.string(max: limits.maxStringBytes),
-                               threads: try r.int(max: 1024), pid: try r.int(max: Int(Int32.max)), incarnation: try r.u64()))
+                               threads: try r.int(max: 1024), pid: try r.int(max: Int(Int32.max)), incarnation: try r.u64(),
+                               sharedMemory: try r.u8() == 1))
         case 2:
             try expectFrames(1)
             let runId = try r.u64(), seed = try r.u64()
@@ -270,7 +307,8 @@ extension Message {
                                     classes: try r.int(max: 1 << 20), bidirectional: try r.u8() == 1,
                                     arch: try r.u8() == 1 ? .split : .stacked, dropout: Float(bitPattern: try r.u32()))
             guard model.problems().isEmpty else { throw WireError("welcome with a bad model: \(model.problems().joined(separator: "; "))") }
-            msg = .welcome(Welcome(runId: runId, model: model, seed: seed))
+            msg = .welcome(Welcome(runId: runId, model: model, seed: seed, sharedWeights: try r.string(max: limits.maxStringBytes),
+                                   sharedToken: try r.u64(), maxShards: try r.int(max: 1 << 20)))
         case 3:
             try expectFrames(1)
             msg = .refuse(try r.string(max: 8192))
@@ -279,7 +317,9 @@ extension Message {
             let n = Int(try r.u32())
             guard n >= 1, n <= limits.maxSequences else { throw WireError("work with \(n) sequences") }
             let ids = try (0..<n).map { _ in try r.int() }
-            let hasWeights = try r.u8() == 1
+            let code = try r.u8()
+            guard let carriage = WeightsCarriage(rawValue: code) else { throw WireError("work with weights carriage \(code)") }
+            let hasWeights = carriage == .frame
             try expectFrames(hasWeights ? 3 : 2)
             let weights = hasWeights ? try floats(frames[1], what: "weights") : nil
             var s = ByteReader(frames[frames.count - 1].bytes)
@@ -297,14 +337,18 @@ extension Message {
                 seqs.append(Example(id: id, x: x, y: y))
             }
             guard s.done else { throw WireError("trailing bytes after the sequences") }
-            msg = .work(Work(step: step, shard: shard, sequenceIds: ids, weights: weights, sequences: seqs))
+            msg = .work(Work(step: step, shard: shard, sequenceIds: ids, weights: weights, weightsShared: carriage == .shared, sequences: seqs))
         case 5:
-            try expectFrames(2)
             let step = try r.int(), shard = try r.int(max: 1 << 20), loss = try r.f64(), count = try r.int(max: 1 << 40)
             let seconds = try r.f64()
             guard seconds.isFinite, (0...1e6).contains(seconds) else { throw WireError("result with compute time \(seconds) s") }
-            msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count, grad: try floats(frames[1], what: "gradient"),
-                                      computeSeconds: seconds))
+            let code = try r.u8()
+            guard code <= 1 else { throw WireError("result with gradient carriage \(code)") }
+            let shared = code == 1 ? SharedGradient(path: try r.string(max: limits.maxStringBytes), token: try r.u64()) : nil
+            try expectFrames(shared == nil ? 2 : 1)
+            msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count,
+                                      grad: shared == nil ? try floats(frames[1], what: "gradient") : FloatBuffer(count: 0),
+                                      computeSeconds: seconds, sharedGradient: shared))
         case 6: try expectFrames(1); msg = .heartbeat
         case 7: try expectFrames(1); msg = .stop
         case 8: try expectFrames(1); msg = .reset

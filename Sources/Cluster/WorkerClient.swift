@@ -14,6 +14,8 @@ public final class WorkerClient {
         public var fingerprint: String? = nil      // test hook: pretend to have other numerics
         public var delayPerShard: Double = 0       // test hook: a slow worker
         public var parentPid: pid_t? = nil         // exit when this process is gone
+        /// Over a local (`ipc://`) endpoint, exchange weights and gradients through shared memory.
+        public var sharedMemory = true
         /// CURVE: this worker's keypair and the coordinator's public key.
         public var curve: (keys: CurveKeypair, serverKey: String)? = nil
         public init(endpoint: String) { self.endpoint = endpoint }
@@ -25,7 +27,17 @@ public final class WorkerClient {
     let done: ZMQSocket
     let doneEndpoint = "inproc://lockstep-done-\(UUID().uuidString)"
     let log: (String) -> Void
-    let hello: Hello
+    let helloBase: Hello
+    /// Set once the coordinator's shared memory could not be used: weights and gradients go over the socket.
+    var sharedFailed = false
+    /// The coordinator's weights (read-only) and this worker's gradient slots, one per shard index.
+    var shared: SharedSlots?
+    var gradients: SharedSlots?
+    var hello: Hello {
+        var h = helloBase
+        h.sharedMemory = options.sharedMemory && options.endpoint.hasPrefix("ipc://") && !sharedFailed
+        return h
+    }
 
     var computer: ShardComputer?
     var welcome: Welcome?
@@ -45,7 +57,7 @@ public final class WorkerClient {
         self.options = options
         self.log = log
         BLAS.setThreads(options.threads)
-        hello = Hello(fingerprint: options.fingerprint ?? Fingerprint.compute(), blasCore: BLAS.coreName,
+        helloBase = Hello(fingerprint: options.fingerprint ?? Fingerprint.compute(), blasCore: BLAS.coreName,
                       threads: options.threads, pid: Int(getpid()), incarnation: UInt64.random(in: 1...UInt64.max))
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
@@ -79,6 +91,10 @@ public final class WorkerClient {
                 while done.receive() != nil {}
                 lock.lock(); let out = finished; finished = []; lock.unlock()
                 for r in out {
+                    if r.sharedGradient != nil {
+                        send(.result(r))
+                        continue
+                    }
                     // The gradient frame goes out zero-copy.
                     var frames = Message.result(ShardResult(step: r.step, shard: r.shard, lossSum: r.lossSum, frames: r.frames,
                                                             grad: FloatBuffer(count: 0), computeSeconds: r.computeSeconds)).encode()
@@ -114,6 +130,28 @@ public final class WorkerClient {
         }
     }
 
+    /// Maps the welcome's shared weights and makes this worker's gradient slots when it said it
+    /// can; on failure says hello again without that claim, so both go over the socket.
+    func openShared(_ w: Welcome) {
+        shared = nil
+        guard hello.sharedMemory, !w.sharedWeights.isEmpty else { gradients = nil; return }
+        let count = ParameterLayout(w.model).count
+        do {
+            shared = try SharedSlots(opening: w.sharedWeights, magic: SharedSlots.weightsMagic, token: w.sharedToken,
+                                     slots: SharedSlots.weightSlots, floats: count)
+            if gradients?.slots != w.maxShards || gradients?.floats != count {
+                gradients = try SharedSlots(creating: SharedSlots.gradientsMagic, slots: w.maxShards, floats: count, what: "gradients")
+            }
+            log("reading the weights from the coordinator's shared memory, writing gradients to \(gradients!.path)")
+        } catch {
+            log("cannot share memory with the coordinator (\(error)): weights and gradients go over the socket")
+            shared = nil
+            gradients = nil
+            sharedFailed = true
+            send(.hello(hello))
+        }
+    }
+
     /// Returns an exit code when the worker should stop.
     func onMessage(_ m: Message) throws -> Int32? {
         switch m {
@@ -130,12 +168,27 @@ public final class WorkerClient {
             limits.inputSize = w.model.inputSize
             backoff = Timing.reconnectInitial
             log("joined run \(String(w.runId, radix: 16)): \(w.model.arch.rawValue) H=\(w.model.hidden) layers=\(w.model.layers)")
+            openShared(w)
         case .refuse(let reason):
             log("refused by the coordinator: \(reason)")
             return 2
         case .work(let work):
             guard let computer else { send(.hello(hello)); return nil }
             if let w = work.weights { weights = w; weightsStep = work.step }
+            if work.weightsShared {
+                if let w = shared?.weights(step: work.step) {
+                    weights = w; weightsStep = work.step
+                } else if let stamp = shared?.stamp(work.step % SharedSlots.weightSlots), stamp > work.step {
+                    log("work for step \(work.step) is stale (shared memory holds step \(stamp)): dropped")
+                    return nil
+                } else {
+                    log(shared == nil ? "work names shared weights but this worker has no mapping: taking the weights over the socket from now on"
+                        : "the coordinator's shared memory has no weights for step \(work.step): taking them over the socket from now on")
+                    sharedFailed = true
+                    shared = nil
+                    gradients = nil
+                }
+            }
             for e in work.sequences { cache[e.id] = e }
             let examples = work.sequenceIds.compactMap { cache[$0] }
             guard let params = weights, weightsStep == work.step, examples.count == work.sequenceIds.count else {
@@ -146,15 +199,19 @@ public final class WorkerClient {
             }
             let delay = options.delayPerShard
             let endpoint = doneEndpoint
+            // A local worker computes straight into its shared slot for this shard index.
+            let slots = gradients.flatMap { work.shard < $0.slots && $0.floats == params.count ? $0 : nil }
             queue.async { [self] in
                 if delay > 0 { Thread.sleep(forTimeInterval: delay) }
                 let started = monotonicSeconds()
-                let grad = FloatBuffer(uninitializedCount: params.count)
+                let grad = slots?.view(work.shard) ?? FloatBuffer(uninitializedCount: params.count)
                 let r = computer.compute(params: params, examples: examples, step: work.step, into: grad)
+                slots?.setStamp(work.shard, work.step)
                 let seconds = monotonicSeconds() - started
                 lock.lock()
-                finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames, grad: grad,
-                                            computeSeconds: seconds))
+                finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames,
+                                            grad: slots == nil ? grad : FloatBuffer(count: 0), computeSeconds: seconds,
+                                            sharedGradient: slots.map { SharedGradient(path: $0.path, token: $0.token) }))
                 lock.unlock()
                 if notifier == nil {
                     notifier = try? ZMQSocket(context, .pair)

@@ -37,6 +37,8 @@ public struct StepReport: Sendable {
     /// Coordinator time for this step: reduce + clip + optimizer step + sending the next step's work.
     public var coordinatorSeconds: Double = 0
     public var bytesSent: Int = 0
+    /// Bytes of the messages received during the step (workers' results and heartbeats).
+    public var bytesReceived: Int = 0
     /// Workers' compute seconds for the step's shards (cluster mode): the slowest and the mean.
     /// With two workers, slowest − mean is time lost to one core running slower than the other.
     public var shardSecondsMax: Double = 0
@@ -56,7 +58,7 @@ public struct StepReport: Sendable {
         let gradNorm = self.gradNorm.isFinite ? "\(self.gradNorm)" : "null"
         return "{\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(loss),\"frames\":\(frames),\"frames_per_s\":\(Int(fps)),"
             + "\"grad_norm\":\(gradNorm),\"clipped\":\(clipped),\"workers_alive\":\(workersAlive),\"shards_reissued\":\(reissued),"
-            + "\"shards\":\(shards),\"max_shard_frames\":\(maxShardFrames),\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent),"
+            + "\"shards\":\(shards),\"max_shard_frames\":\(maxShardFrames),\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent),\"bytes_received\":\(bytesReceived),"
             + "\"shard_seconds_max\":\(shardSecondsMax),\"shard_seconds_mean\":\(shardSecondsMean),\"skipped\":\(skipped != nil)}"
     }
 }

@@ -23,7 +23,7 @@ struct Start: ParsableCommand {
     var fresh = false
     @Option(help: "ZeroMQ endpoint the coordinator binds (cluster mode). Port 0 or * picks a free port; the log says which.")
     var bind = "tcp://127.0.0.1:5555"
-    @Option(help: "Start N local worker processes (like torchrun --nproc-per-node); they stop with the coordinator.")
+    @Option(help: "Start N local worker processes (like torchrun --nproc-per-node). They connect over a Unix socket, exchange weights and gradients through shared memory (/dev/shm), and stop with the coordinator.")
     var spawn = 0
     @Option(help: "Wait for this many workers before step 1 (default: --spawn, or 1).")
     var minWorkers: Int?

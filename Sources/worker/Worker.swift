@@ -29,6 +29,8 @@ struct Join: ParsableCommand {
     var curveKeys: String?
     @Option(help: "CURVE: the coordinator's public key: 40-character Z85, or the path of its .pub file.")
     var serverKey: String?
+    @Flag(help: "Over an ipc:// endpoint, send weights and gradients over the socket instead of through shared memory (/dev/shm).")
+    var noSharedMemory = false
     @Option(help: .hidden) var parentPid: Int32?
     @Option(help: .hidden) var debugFingerprint: String?
     @Option(help: .hidden) var debugDelay: Double = 0
@@ -58,6 +60,7 @@ struct Join: ParsableCommand {
         o.parentPid = parentPid
         o.fingerprint = debugFingerprint
         o.delayPerShard = debugDelay
+        o.sharedMemory = !noSharedMemory
         let pid = getpid()
         do {
             if let curveKeys, let serverKey {

@@ -60,10 +60,65 @@ final class ClusterProcessTests: XCTestCase {
                 let path = h.dir + "/spawn\(n)/worker-\(i).log"
                 XCTAssertTrue(log.contains("log \(path)"), log)
                 XCTAssertTrue(h.text(path).contains("joined run"), "\(path): \(h.text(path))")
+                XCTAssertTrue(h.text(path).contains(sharedMemoryLine), "\(path): \(h.text(path))")
+            }
+            // …so no step's weights or gradients cross the socket.
+            let weightBytes = 4 * (try parameters("spawn\(n)"))
+            for line in metrics {
+                XCTAssertLessThan(try bytes(line, "bytes_sent"), weightBytes, line)
+                XCTAssertLessThan(try bytes(line, "bytes_received"), weightBytes, line)
             }
             let socket = try XCTUnwrap(log.range(of: #"on ipc://[^,]+"#, options: .regularExpression).map { String(log[$0].dropFirst(9)) }, log)
             XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "\(socket) is left behind")
         }
+    }
+
+    let sharedMemoryLine = "reading the weights from the coordinator's shared memory"
+
+    /// The model's parameter count, from the coordinator's summary line.
+    func parameters(_ name: String) throws -> Int {
+        let out = h.text(h.out(name)) + h.text(h.log(name))
+        let r = try XCTUnwrap(out.range(of: #"[0-9]+ parameters"#, options: .regularExpression), out)
+        return try XCTUnwrap(Int(out[r].split(separator: " ")[0]))
+    }
+
+    func bytes(_ metricsLine: String, _ key: String) throws -> Int {
+        let m = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(metricsLine.utf8)) as? [String: Any])
+        return try XCTUnwrap(m[key] as? Int, key)
+    }
+
+    /// Workers on the coordinator's local socket: one reading shared memory (killed, then replaced),
+    /// one told to take the weights over the socket, and a spawned one. Same bits as one process.
+    func testLocalWorkersOnSharedMemoryOrTheSocketGiveTheSameBitsThroughAKill() throws {
+        let ref = try reference(steps: 40)
+        let c = try coordinator("local", steps: 40, extra: ["--spawn", "1", "--min-workers", "3", "--bind", "tcp://127.0.0.1:0"])
+        var ipc: String?
+        XCTAssertTrue(h.until(30) {
+            let log = self.h.text(self.h.log("local"))
+            ipc = log.range(of: #"ipc://[^,]+"#, options: .regularExpression).map { String(log[$0]) }
+            return ipc != nil
+        })
+        let ep = try XCTUnwrap(ipc, h.text(h.log("local")))
+        let slow = ["--debug-delay", "0.03"]
+        let shm = try worker("local-shm", ep, slow)
+        _ = try worker("local-socket", ep, slow + ["--no-shared-memory"])
+        let dir = h.dir + "/local"
+        XCTAssertTrue(h.until(90) { self.h.metricsLines(dir).count >= 10 })
+        h.kill9(shm)
+        _ = try worker("local-shm2", ep, slow)
+        XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("local")))
+        XCTAssertEqual(h.hash("local"), ref)
+        for name in ["local-shm", "local-shm2"] { XCTAssertTrue(h.text(h.log(name)).contains(sharedMemoryLine), h.text(h.log(name))) }
+        XCTAssertTrue(h.text(dir + "/worker-0.log").contains(sharedMemoryLine), h.text(dir + "/worker-0.log"))
+        XCTAssertFalse(h.text(h.log("local-socket")).contains(sharedMemoryLine), h.text(h.log("local-socket")))
+        // The socket worker gets each step's weights as a frame and sends its one or two gradients
+        // as frames; the others never do. (A step's bytes sent hold the next step's work, so the
+        // last step has none.)
+        let weightBytes = 4 * (try parameters("local"))
+        let lines = h.metricsLines(dir).suffix(20)
+        let sent = try lines.dropLast().map { try bytes($0, "bytes_sent") }, received = try lines.map { try bytes($0, "bytes_received") }
+        XCTAssertTrue(sent.allSatisfy { $0 >= weightBytes && $0 < 2 * weightBytes }, "\(sent) vs \(weightBytes)")
+        XCTAssertTrue(received.allSatisfy { $0 >= weightBytes && $0 < 3 * weightBytes }, "\(received) vs \(weightBytes)")
     }
 
     func testWorkersKilledMidStepAndLateJoinersChangeNothing() throws {

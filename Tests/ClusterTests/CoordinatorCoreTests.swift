@@ -35,6 +35,16 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(k.alive, 1)
     }
 
+    func testAWorkerThatCanReadSharedMemoryIsMarkedSoItsWeightsSkipTheSocket() {
+        var k = core()
+        _ = k.onMessage(.hello(Hello(fingerprint: "f00d", blasCore: "Haswell", threads: 1, pid: 1, sharedMemory: true)), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        XCTAssertEqual(k.workers.map(\.sharedMemory), [true, false])
+        // A worker whose mapping failed says hello again without the claim.
+        _ = k.onMessage(.hello(Hello(fingerprint: "f00d", blasCore: "Haswell", threads: 1, pid: 1, sharedMemory: false)), from: a, now: 1)
+        XCTAssertEqual(k.workers.first { $0.peer == a }?.sharedMemory, false)
+    }
+
     func testNoWorkBeforeMinWorkersThenLowestShardsFirstWithWeightsAndSequencesOnce() {
         var k = core(min: 2)
         XCTAssertTrue(works(k.beginStep(0, shards: [[0, 1], [2], [1, 3]], now: 0)).isEmpty)

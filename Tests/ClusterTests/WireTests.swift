@@ -9,12 +9,18 @@ final class WireTests: XCTestCase {
     let examples = [Example(id: 5, x: [1, 2, 3, 4], y: [0, -1]), Example(id: 9, x: [5, 6], y: [1])]
     var samples: [Message] {
         [.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 2, pid: 77, incarnation: 0xfeed_0000_0001)),
+         .hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 2, pid: 77, incarnation: 5, sharedMemory: true)),
          .welcome(Welcome(runId: 3, model: ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3, arch: .split, dropout: 0.25), seed: 11)),
+         .welcome(Welcome(runId: 3, model: ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3), seed: 11,
+                          sharedWeights: "/proc/12/fd/7", sharedToken: 0xdead_beef_0000_0001, maxShards: 4)),
          .refuse("no"),
          .work(Work(step: 4, shard: 1, sequenceIds: [5, 9], weights: FloatBuffer([1, 2, 3]), sequences: examples)),
          .work(Work(step: 4, shard: 2, sequenceIds: [5], weights: nil, sequences: [])),
+         .work(Work(step: 4, shard: 3, sequenceIds: [9], weights: nil, weightsShared: true, sequences: examples)),
          .result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]))),
          .result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]), computeSeconds: 0.1875)),
+         .result(ShardResult(step: 4, shard: 3, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0), computeSeconds: 0.5,
+                             sharedGradient: SharedGradient(path: "/proc/9/fd/4", token: 77))),
          .heartbeat, .stop, .reset]
     }
 
@@ -35,15 +41,19 @@ final class WireTests: XCTestCase {
         let wrongWidth = Message.work(Work(step: 1, shard: 0, sequenceIds: [1], weights: nil,
                                            sequences: [Example(id: 1, x: [1, 2, 3], y: [0])])).encode()
         let slow = Message.result(ShardResult(step: 1, shard: 0, lossSum: 1, frames: 1, grad: FloatBuffer([1, 2, 3]), computeSeconds: 1)).encode()
-        let at = slow[0].count - 8
+        let at = slow[0].count - 9  // the compute time, before the gradient's carriage byte
         var nanTime = slow; nanTime[0].replaceSubrange(at..<(at + 8), with: withUnsafeBytes(of: Double.nan.bitPattern.littleEndian, Array.init))
+        var badCarriage = Message.work(Work(step: 1, shard: 0, sequenceIds: [1], weights: nil, sequences: [])).encode()
+        badCarriage[0][badCarriage[0].count - 1] = 3
+        var badGradient = slow; badGradient[0][badGradient[0].count - 1] = 2
         var negativeTime = slow; negativeTime[0].replaceSubrange(at..<(at + 8), with: withUnsafeBytes(of: (-1.0).bitPattern.littleEndian, Array.init))
         let cases: [(String, [[UInt8]], String)] = [
             ("nan time", nanTime, "compute time nan"), ("negative time", negativeTime, "compute time -1.0"),
             ("empty", [], "empty"), ("magic", badMagic, "magic"), ("version", badVersion, "protocol version 9"),
             ("type", badType, "unknown message type"), ("truncated", truncated, "truncated"),
             ("params", wrongSize, "the model has 3"), ("d_in", wrongWidth, "d_in 3"),
-            ("frames", good + [[], [], []], "frames"), ("missing frame", [good[0]], "frames"),
+            ("frames", good + [[], [], []], "frames"), ("carriage", badCarriage, "weights carriage 3"),
+            ("gradient carriage", badGradient, "gradient carriage 2"), ("missing frame", [good[0]], "frames"),
         ]
         for (name, frames, expect) in cases {
             XCTAssertThrowsError(try Message.decode(frames, limits: limits), name) {

@@ -1,0 +1,74 @@
+@testable import Cluster
+import Foundation
+import Numerics
+import XCTest
+
+/// Tier 2 (in-process, real shared memory): the slots through which local workers and the
+/// coordinator exchange weights and gradients in place.
+final class SharedSlotsTests: XCTestCase {
+    func weights(_ floats: Int) throws -> SharedSlots {
+        try SharedSlots(creating: SharedSlots.weightsMagic, slots: SharedSlots.weightSlots, floats: floats, what: "test-weights")
+    }
+
+    func testAReaderSeesEachStepsWeightsAndKnowsWhenItsSlotHasMovedOn() throws {
+        let writer = try weights(1000)
+        let reader = try SharedSlots(opening: writer.path, magic: SharedSlots.weightsMagic, token: writer.token, slots: 2, floats: 1000)
+        XCTAssertNil(reader.weights(step: 0), "nothing published yet")
+        let w3 = FloatBuffer((0..<1000).map { Float($0) * 0.5 })
+        writer.publish(3 % 2, step: 3, w3)
+        XCTAssertEqual(try XCTUnwrap(reader.weights(step: 3)).array, w3.array)
+        let w4 = FloatBuffer((0..<1000).map { -Float($0) })
+        writer.publish(4 % 2, step: 4, w4)
+        XCTAssertEqual(try XCTUnwrap(reader.weights(step: 4)).array, w4.array)
+        XCTAssertEqual(try XCTUnwrap(reader.weights(step: 3)).array, w3.array, "step 3 stays until step 5 reuses its slot")
+        writer.publish(5 % 2, step: 5, w4)
+        XCTAssertNil(reader.weights(step: 3), "work for step 3 is stale now")
+        XCTAssertEqual(reader.stamp(1), 5)
+    }
+
+    func testAWorkersGradientSlotIsReadInPlaceByShardIndex() throws {
+        let worker = try SharedSlots(creating: SharedSlots.gradientsMagic, slots: 4, floats: 300, what: "test-gradients")
+        let g = worker.view(2)
+        for i in 0..<300 { g[i] = Float(i) - 7 }
+        worker.setStamp(2, 11)
+        let coord = try SharedSlots(opening: worker.path, magic: SharedSlots.gradientsMagic, token: worker.token, slots: 4, floats: 300)
+        XCTAssertEqual(coord.stamp(2), 11)
+        XCTAssertEqual(coord.stamp(1), -1)
+        XCTAssertEqual(coord.view(2).array, (0..<300).map { Float($0) - 7 })
+        XCTAssertThrowsError(try SharedSlots(opening: worker.path, magic: SharedSlots.weightsMagic, token: worker.token, slots: 4, floats: 300),
+                             "a gradients file is not a weights file")
+    }
+
+    func testTheMappingOutlivesItsCreatorWhileABufferReadsIt() throws {
+        var writer: SharedSlots? = try weights(10)
+        writer!.publish(0, step: 0, FloatBuffer([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]))
+        var reader: SharedSlots? = try SharedSlots(opening: writer!.path, magic: SharedSlots.weightsMagic, token: writer!.token, slots: 2, floats: 10)
+        let buffer = try XCTUnwrap(reader!.weights(step: 0))
+        writer = nil
+        reader = nil
+        XCTAssertEqual(buffer.array, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    }
+
+    func testAnotherRunsAMissingOrAForeignFileIsRefusedWithTheReason() throws {
+        let writer = try weights(100)
+        let open = { (path: String, token: UInt64, floats: Int) in
+            try SharedSlots(opening: path, magic: SharedSlots.weightsMagic, token: token, slots: 2, floats: floats)
+        }
+        let fifo = NSTemporaryDirectory() + "lockstep-fifo-\(getpid())"
+        mkfifo(fifo, 0o600)
+        defer { unlink(fifo) }
+        let fifoFd = Glibc.open(fifo, O_RDWR | O_NONBLOCK)
+        defer { close(fifoFd) }
+        let cases: [(String, () throws -> SharedSlots, String)] = [
+            ("token", { try open(writer.path, writer.token &+ 1, 100) }, "another run"),
+            ("size", { try open(writer.path, writer.token, 5000) }, "not a shared mapping"),
+            ("missing", { try open("/proc/self/fd/99999", writer.token, 100) }, "not a /proc/PID/fd/FD path"),
+            ("no such fd", { try open("/proc/\(getpid())/fd/99999", writer.token, 100) }, "cannot open /proc/"),
+            ("not /proc", { try open("/etc/passwd", writer.token, 100) }, "not a /proc/PID/fd/FD path"),
+            ("a FIFO does not hang it", { try open("/proc/\(getpid())/fd/\(fifoFd)", writer.token, 100) }, "not a shared mapping"),
+        ]
+        for (name, make, expect) in cases {
+            XCTAssertThrowsError(try make(), name) { XCTAssertTrue("\($0)".contains(expect), "\(name): \($0)") }
+        }
+    }
+}
