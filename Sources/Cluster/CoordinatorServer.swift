@@ -73,6 +73,7 @@ public final class CoordinatorServer {
     /// its workers exchange weights and gradients through shared memory (when `/dev/shm` allows
     /// it), and otherwise over this socket, with less CPU and latency than TCP loopback.
     public func bindLocal() throws -> String {
+        CoordinatorServer.removeStaleSockets(in: NSTemporaryDirectory())
         let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("lockstep-\(getpid())-\(UUID().uuidString.prefix(8)).sock")
         try socket.bind("ipc://" + path)
         chmod(path, 0o600)
@@ -87,6 +88,25 @@ public final class CoordinatorServer {
             log("no shared memory for local workers (\(error)): they get the weights over the socket")
         }
         return "ipc://" + path
+    }
+
+    /// Removes local sockets (`lockstep-PID-XXXXXXXX.sock`) left by coordinators that were
+    /// killed (`kill -9` cannot unlink them); a socket whose process still exists is kept.
+    /// Returns the paths removed.
+    @discardableResult
+    public static func removeStaleSockets(in dir: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        var removed: [String] = []
+        for name in names where name.hasPrefix("lockstep-") && name.hasSuffix(".sock") {
+            let parts = name.dropLast(5).split(separator: "-")
+            guard parts.count == 3, let pid = pid_t(parts[1]), pid > 0, parts[2].count == 8 else { continue }
+            guard kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            let path = (dir as NSString).appendingPathComponent(name)
+            var st = stat()
+            guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK, st.st_uid == getuid() else { continue }
+            if unlink(path) == 0 { removed.append(path) }
+        }
+        return removed
     }
 
     /// Starts a step: its weights go to shared memory before any work that names them.

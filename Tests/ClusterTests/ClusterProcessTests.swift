@@ -119,6 +119,9 @@ final class ClusterProcessTests: XCTestCase {
         let sent = try lines.dropLast().map { try bytes($0, "bytes_sent") }, received = try lines.map { try bytes($0, "bytes_received") }
         XCTAssertTrue(sent.allSatisfy { $0 >= weightBytes && $0 < 2 * weightBytes }, "\(sent) vs \(weightBytes)")
         XCTAssertTrue(received.allSatisfy { $0 >= weightBytes && $0 < 3 * weightBytes }, "\(received) vs \(weightBytes)")
+        // The shared files are unlinked as soon as they are made: a killed worker leaves none.
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm"))?.filter { $0.hasPrefix("lockstep-") } ?? []
+        XCTAssertEqual(left, [])
     }
 
     func testWorkersKilledMidStepAndLateJoinersChangeNothing() throws {

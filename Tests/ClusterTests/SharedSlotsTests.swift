@@ -72,3 +72,39 @@ final class SharedSlotsTests: XCTestCase {
         }
     }
 }
+
+/// Tier 2: sockets left by a killed coordinator are removed; a live one's, and other files, are kept.
+final class StaleSocketTests: XCTestCase {
+    func testSocketsOfDeadCoordinatorsAreRemovedAndOthersKept() throws {
+        let dir = NSTemporaryDirectory() + "lockstep-stale-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A pid that is surely gone: a child that has exited and been reaped.
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/bin/true")
+        try child.run()
+        child.waitUntilExit()
+        func makeSocket(_ name: String) throws -> String {
+            let path = dir + "/" + name
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { buf in
+                for (i, b) in path.utf8.enumerated() where i < buf.count - 1 { buf[i] = b }
+            }
+            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            XCTAssertEqual(ok, 0, "bind \(path)")
+            return path
+        }
+        let dead = try makeSocket("lockstep-\(child.processIdentifier)-ABCDEF12.sock")
+        let live = try makeSocket("lockstep-\(getpid())-ABCDEF12.sock")
+        let notOurs = dir + "/lockstep-\(child.processIdentifier)-ABCDEF12.sock.txt"
+        FileManager.default.createFile(atPath: notOurs, contents: Data())
+        let plainFile = dir + "/lockstep-\(child.processIdentifier)-12345678.sock"
+        FileManager.default.createFile(atPath: plainFile, contents: Data())
+        XCTAssertEqual(CoordinatorServer.removeStaleSockets(in: dir), [dead])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dead))
+        for kept in [live, notOurs, plainFile] { XCTAssertTrue(FileManager.default.fileExists(atPath: kept), kept) }
+    }
+}
