@@ -165,7 +165,7 @@ public final class CoordinatorServer {
             }
         }
         try t.saveCheckpoint()
-        try execute(core.finish())
+        try sendStops()
     }
 
     func logHandshakeFailures() {
@@ -188,13 +188,32 @@ public final class CoordinatorServer {
 
     private func interrupted() throws {
         try trainer.saveCheckpoint()
-        try execute(core.finish())
+        try sendStops()
         throw LockstepError("interrupted after step \(trainer.step): checkpoint written to \(trainer.checkpointPath)",
                             hint: "continue with the same command plus --resume")
     }
 
     /// Tells every worker to stop (also on a fatal error).
-    public func stopWorkers() { try? execute(core.finish()) }
+    public func stopWorkers() { try? sendStops() }
+
+    /// How long closing the socket may wait for queued `stop`s to go out (milliseconds).
+    static let stopLingerMilliseconds: Int32 = 2000
+    /// How long the coordinator keeps reading after the `stop`s before it closes (seconds).
+    static let stopGraceSeconds = 0.5
+
+    /// Tells every worker to stop, and gives the `stop`s time to arrive. Closing at once lost
+    /// one in about fifteen over TCP (measured with 4 workers): sockets drop unsent messages
+    /// (linger 0), and closing with unread input resets the connection, which can discard a
+    /// `stop` the worker has not read yet. So: linger, and drain the socket for a moment.
+    func sendStops() throws {
+        socket.setInt(ZMQ_LINGER, CoordinatorServer.stopLingerMilliseconds)
+        try execute(core.finish())
+        guard core.alive > 0 else { return }
+        let until = monotonicSeconds() + CoordinatorServer.stopGraceSeconds
+        while case let left = until - monotonicSeconds(), left > 0 {
+            if ZMQSocket.poll([socket], timeout: left)[0] { while socket.receiveFrames() != nil {} }
+        }
+    }
 
     func handle(_ frames: [Frame]) throws {
         bytesReceived += frames.reduce(0) { $0 + $1.count }
