@@ -100,9 +100,9 @@ final class StaleSocketTests: XCTestCase {
         let dead = try makeSocket("lockstep-\(child.processIdentifier)-ABCDEF12.sock")
         let live = try makeSocket("lockstep-\(getpid())-ABCDEF12.sock")
         let notOurs = dir + "/lockstep-\(child.processIdentifier)-ABCDEF12.sock.txt"
-        FileManager.default.createFile(atPath: notOurs, contents: Data())
+        _ = FileManager.default.createFile(atPath: notOurs, contents: Data())
         let plainFile = dir + "/lockstep-\(child.processIdentifier)-12345678.sock"
-        FileManager.default.createFile(atPath: plainFile, contents: Data())
+        _ = FileManager.default.createFile(atPath: plainFile, contents: Data())
         XCTAssertEqual(CoordinatorServer.removeStaleSockets(in: dir), [dead])
         XCTAssertFalse(FileManager.default.fileExists(atPath: dead))
         for kept in [live, notOurs, plainFile] { XCTAssertTrue(FileManager.default.fileExists(atPath: kept), kept) }
