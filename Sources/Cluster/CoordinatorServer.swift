@@ -67,14 +67,13 @@ public final class CoordinatorServer {
     /// (see `SharedSlots`).
     var shared: SharedSlots?
     var gradientMappings: [String: SharedSlots] = [:]
-    var maxShards: Int { (trainer.run.batchSize + trainer.run.shardSize - 1) / trainer.run.shardSize }
 
     /// Also listens on a Unix socket (0600, in the temporary directory) for workers on this host:
     /// its workers exchange weights and gradients through shared memory (when `/dev/shm` allows
     /// it), and otherwise over this socket, with less CPU and latency than TCP loopback.
     public func bindLocal() throws -> String {
         CoordinatorServer.removeStaleSockets(in: NSTemporaryDirectory())
-        let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("lockstep-\(getpid())-\(UUID().uuidString.prefix(8)).sock")
+        let path = (NSTemporaryDirectory() as NSString).appendingPathComponent(CoordinatorServer.socketName(pid: getpid()))
         try socket.bind("ipc://" + path)
         chmod(path, 0o600)
         localSocketPath = path
@@ -83,14 +82,17 @@ public final class CoordinatorServer {
             shared = w
             core.welcome.sharedWeights = w.path
             core.welcome.sharedToken = w.token
-            core.welcome.maxShards = maxShards
+            core.welcome.maxShards = trainer.schedule.maxShards
         } catch {
             log("no shared memory for local workers (\(error)): they get the weights over the socket")
         }
         return "ipc://" + path
     }
 
-    /// Removes local sockets (`lockstep-PID-XXXXXXXX.sock`) left by coordinators that were
+    /// `lockstep-PID-XXXXXXXX.sock`: the owner's pid, then 8 random characters.
+    static func socketName(pid: pid_t, tag: String = String(UUID().uuidString.prefix(8))) -> String { "lockstep-\(pid)-\(tag).sock" }
+
+    /// Removes local sockets (`socketName`) left by coordinators that were
     /// killed (`kill -9` cannot unlink them); a socket whose process still exists is kept.
     /// Returns the paths removed.
     @discardableResult
@@ -111,7 +113,7 @@ public final class CoordinatorServer {
 
     /// Starts a step: its weights go to shared memory before any work that names them.
     func beginStep(now: Double) throws {
-        shared?.publish(trainer.step % SharedSlots.weightSlots, step: trainer.step, trainer.params)
+        shared?.publishWeights(step: trainer.step, trainer.params)
         try execute(core.beginStep(trainer.step, shards: trainer.shards(forStep: trainer.step), now: now))
     }
 
@@ -243,7 +245,7 @@ public final class CoordinatorServer {
             // Buffers still in use keep their mappings alive: forgetting them all is safe.
             if gradientMappings.count >= 2 * core.maxWorkers { gradientMappings = [:] }
             do {
-                slots = try SharedSlots(opening: g.path, magic: SharedSlots.gradientsMagic, token: g.token, slots: maxShards, floats: trainer.layout.count)
+                slots = try SharedSlots(opening: g.path, magic: SharedSlots.gradientsMagic, token: g.token, slots: trainer.schedule.maxShards, floats: trainer.layout.count)
             } catch { throw WireError("result names a shared gradient that cannot be used: \(error)") }
             gradientMappings[key] = slots
         }

@@ -121,7 +121,7 @@ public final class SharedSlots: @unchecked Sendable {
     }
 
     /// Writes `data` as `step`'s: stamp −1, the floats, then the stamp.
-    public func publish(_ slot: Int, step: Int, _ data: FloatBuffer) {
+    func publish(_ slot: Int, step: Int, _ data: FloatBuffer) {
         precondition(data.count == floats)
         setStamp(slot, -1)
         (base + slot * slotBytes + SharedSlots.headerBytes).copyMemory(from: data.ptr, byteCount: 4 * floats)
@@ -130,9 +130,16 @@ public final class SharedSlots: @unchecked Sendable {
 
     // Weights: two slots, step s in slot s % 2.
     public static let weightSlots = 2
+    static func weightSlot(_ step: Int) -> Int { step % weightSlots }
+
+    /// Writes `params` as the weights of `step`.
+    public func publishWeights(step: Int, _ params: FloatBuffer) { publish(SharedSlots.weightSlot(step), step: step, params) }
+
+    /// The step whose weights the slot of `step` holds now (−1: none yet, or being written).
+    public func weightsStamp(step: Int) -> Int { stamp(SharedSlots.weightSlot(step)) }
 
     /// The weights of `step` read in place, or nil when its slot holds another step.
     public func weights(step: Int) -> FloatBuffer? {
-        stamp(step % SharedSlots.weightSlots) == step ? view(step % SharedSlots.weightSlots) : nil
+        weightsStamp(step: step) == step ? view(SharedSlots.weightSlot(step)) : nil
     }
 }

@@ -178,7 +178,7 @@ public final class WorkerClient {
             if work.weightsShared {
                 if let w = shared?.weights(step: work.step) {
                     weights = w; weightsStep = work.step
-                } else if let stamp = shared?.stamp(work.step % SharedSlots.weightSlots), stamp > work.step {
+                } else if let stamp = shared?.weightsStamp(step: work.step), stamp > work.step {
                     log("work for step \(work.step) is stale (shared memory holds step \(stamp)): dropped")
                     return nil
                 } else {

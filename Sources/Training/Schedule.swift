@@ -23,6 +23,9 @@ public struct Schedule: Sendable {
     }
 
     public var batchesPerEpoch: Int { (lengths.count + batchSize - 1) / batchSize }
+    /// The most shards a step has (a full batch); a last, smaller batch has fewer.
+    public var maxShards: Int { shardCount(batchSize) }
+    func shardCount(_ sequences: Int) -> Int { (sequences + shardSize - 1) / shardSize }
 
     static func permutation(_ n: Int, seed: UInt64, purpose: RandomPurpose, epoch: Int) -> [Int] {
         var p = Array(0..<n)
@@ -57,7 +60,7 @@ public struct Schedule: Sendable {
     /// position. A contiguous cut would give one worker the longest sequences and leave the other idle
     /// at the step barrier; dealt shards differ by at most one sequence and stay length-sorted.
     public func shards(of batch: [Int]) -> [[Int]] {
-        let count = (batch.count + shardSize - 1) / shardSize
+        let count = shardCount(batch.count)
         return (0..<count).map { k in stride(from: k, to: batch.count, by: count).map { batch[$0] } }
     }
 

@@ -15,15 +15,15 @@ final class SharedSlotsTests: XCTestCase {
         let reader = try SharedSlots(opening: writer.path, magic: SharedSlots.weightsMagic, token: writer.token, slots: 2, floats: 1000)
         XCTAssertNil(reader.weights(step: 0), "nothing published yet")
         let w3 = FloatBuffer((0..<1000).map { Float($0) * 0.5 })
-        writer.publish(3 % 2, step: 3, w3)
+        writer.publishWeights(step: 3, w3)
         XCTAssertEqual(try XCTUnwrap(reader.weights(step: 3)).array, w3.array)
         let w4 = FloatBuffer((0..<1000).map { -Float($0) })
-        writer.publish(4 % 2, step: 4, w4)
+        writer.publishWeights(step: 4, w4)
         XCTAssertEqual(try XCTUnwrap(reader.weights(step: 4)).array, w4.array)
         XCTAssertEqual(try XCTUnwrap(reader.weights(step: 3)).array, w3.array, "step 3 stays until step 5 reuses its slot")
-        writer.publish(5 % 2, step: 5, w4)
+        writer.publishWeights(step: 5, w4)
         XCTAssertNil(reader.weights(step: 3), "work for step 3 is stale now")
-        XCTAssertEqual(reader.stamp(1), 5)
+        XCTAssertEqual(reader.weightsStamp(step: 3), 5)
     }
 
     func testAWorkersGradientSlotIsReadInPlaceByShardIndex() throws {
@@ -41,7 +41,7 @@ final class SharedSlotsTests: XCTestCase {
 
     func testTheMappingOutlivesItsCreatorWhileABufferReadsIt() throws {
         var writer: SharedSlots? = try weights(10)
-        writer!.publish(0, step: 0, FloatBuffer([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]))
+        writer!.publishWeights(step: 0, FloatBuffer([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]))
         var reader: SharedSlots? = try SharedSlots(opening: writer!.path, magic: SharedSlots.weightsMagic, token: writer!.token, slots: 2, floats: 10)
         let buffer = try XCTUnwrap(reader!.weights(step: 0))
         writer = nil
