@@ -23,6 +23,8 @@ let package = Package(
         .systemLibrary(name: "CZMQ", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // Linux futexes (a header of inline wrappers; no library).
+        .systemLibrary(name: "CFutex"),
 
         // Pure math: flat buffers, GEMM, deterministic transcendental functions, Philox, hashing.
         .target(name: "Numerics", dependencies: ["COpenBLAS"], swiftSettings: fast),
@@ -31,7 +33,7 @@ let package = Package(
         // Data, batching, optimizers, clipping, checkpoints, the local trainer.
         .target(name: "Training", dependencies: ["BiLSTM", "Numerics", "CZlib"], swiftSettings: fast),
         // Protocol codec, coordinator/worker state machines, and the ZeroMQ shell.
-        .target(name: "Cluster", dependencies: ["Training", "BiLSTM", "Numerics", "CZMQ"], swiftSettings: fast),
+        .target(name: "Cluster", dependencies: ["Training", "BiLSTM", "Numerics", "CZMQ", "CFutex"], swiftSettings: fast),
 
         .executableTarget(name: "coord", dependencies: [
             "Cluster", "Training",

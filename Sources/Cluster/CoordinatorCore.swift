@@ -18,6 +18,10 @@ public enum Timing {
     /// Worker reconnect back-off: first wait and cap (seconds).
     public static let reconnectInitial: Double = 0.25
     public static let reconnectMaximum: Double = 4.0
+    /// How long a local worker busy-waits (yielding) at the step barrier for the next step's
+    /// weights before it sleeps (seconds), like OpenMP's active wait. On a VM a core left idle at
+    /// every barrier computed the next shard 5–15% slower (README, "Figures").
+    public static let barrierSpin: Double = 0.05
 }
 
 /// A ZeroMQ routing id.

@@ -140,16 +140,27 @@ public final class CoordinatorServer {
                 stepDone = false
                 let coordStart = monotonicSeconds()
                 let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
-                var report = try t.apply(parts: parts, seconds: monotonicSeconds() - stepStarted)
-                report.workersAlive = core.alive
-                report.reissued = core.reissuedThisStep
-                report.setShardSeconds(core.results.map(\.computeSeconds))
+                let reissued = core.reissuedThisStep, shardSeconds = core.results.map(\.computeSeconds)
                 let sentDuringStep = bytesSent
                 bytesSent = 0
                 // A step's time runs from just before its work goes out, so it holds every shard's compute.
                 let nextStarted = monotonicSeconds()
+                // The next step's work goes out before the optimizer runs: workers reading the weights
+                // from shared memory wait for them there, and start the moment they are published.
+                let next = t.step + 1
+                var afterStep: [Directive] = []
+                if next < t.totalSteps {
+                    let directives = core.beginStep(next, shards: t.shards(forStep: next), now: nextStarted)
+                    afterStep = directives.filter(needsNewWeights)
+                    try execute(directives.filter { !needsNewWeights($0) })
+                }
+                var report = try t.apply(parts: parts, seconds: nextStarted - stepStarted)
+                report.workersAlive = core.alive
+                report.reissued = reissued
+                report.setShardSeconds(shardSeconds)
                 if !t.done {
-                    try beginStep(now: nextStarted)
+                    shared?.publishWeights(step: t.step, t.params)
+                    try execute(afterStep)
                 }
                 report.coordinatorSeconds = monotonicSeconds() - coordStart
                 report.seconds = nextStarted - stepStarted
@@ -259,6 +270,17 @@ public final class CoordinatorServer {
         if socket.send(frames, dontWait: true) { bytesSent += frames.reduce(0) { $0 + $1.count } }
     }
 
+    /// Work for a worker that takes the weights in a frame waits for the optimizer step: the
+    /// first piece carries them, and the rest must not overtake it.
+    func needsNewWeights(_ d: Directive) -> Bool {
+        guard case .sendWork(let peer, _, _, _, _) = d else { return false }
+        return !sendsSharedWeights(to: peer)
+    }
+
+    func sendsSharedWeights(to peer: Peer) -> Bool {
+        shared != nil && core.workers.contains { $0.peer == peer && $0.sharedMemory }
+    }
+
     func execute(_ directives: [Directive]) throws {
         for d in directives {
             switch d {
@@ -267,7 +289,7 @@ public final class CoordinatorServer {
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
                 let ids = core.shards[shard].sequenceIds
                 let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: fresh.map { trainer.data.examples[$0] })
-                let local = shared != nil && core.workers.contains { $0.peer == peer && $0.sharedMemory }
+                let local = sendsSharedWeights(to: peer)
                 let carriage: Message.WeightsCarriage = !withWeights ? .none : local ? .shared : .frame
                 let (header, sequences) = Message.encodeWork(work, weights: carriage)
                 var parts: [ZMQSocket.Part] = [.bytes(peer.id), .bytes(header)]

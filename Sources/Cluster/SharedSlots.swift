@@ -1,3 +1,4 @@
+import CFutex
 import Foundation
 import Numerics
 import Training
@@ -12,11 +13,15 @@ import Training
 /// - a local worker computes each shard's gradient straight into its own mapping, one slot per
 ///   shard index, and the result message names the slot.
 ///
+/// A step's work goes out while the coordinator's optimizer is still computing its weights: a
+/// worker's compute thread waits on the slot's stamp (busy for `Timing.barrierSpin`, then asleep
+/// on a futex) and the publisher wakes it.
+///
 /// Why reuse is safe: the weights slot of step `s` is rewritten at step `s + 2`, which needs every
 /// shard of step `s + 1` done, so whoever still reads it computes a stale step whose result is
-/// dropped. A worker rewrites gradient slot `k` only for shard `k` of a later step, which is
-/// sent only after the coordinator has reduced this one; a shard computed twice in one step
-/// writes the same bits.
+/// dropped. A worker rewrites gradient slot `k` only for shard `k` of a later step, which it
+/// starts only once that step's weights are published, after the coordinator has reduced this
+/// one; a shard computed twice in one step writes the same bits.
 ///
 /// Each slot is page-aligned: a 64-byte header (magic, token, float count, step stamp) and
 /// the floats. A file is created 0600 in `/dev/shm` and unlinked at once; the other side opens
@@ -132,14 +137,84 @@ public final class SharedSlots: @unchecked Sendable {
     public static let weightSlots = 2
     static func weightSlot(_ step: Int) -> Int { step % weightSlots }
 
-    /// Writes `params` as the weights of `step`.
-    public func publishWeights(step: Int, _ params: FloatBuffer) { publish(SharedSlots.weightSlot(step), step: step, params) }
+    /// Writes `params` as the weights of `step` and wakes every worker waiting for them.
+    public func publishWeights(step: Int, _ params: FloatBuffer) {
+        let slot = SharedSlots.weightSlot(step)
+        publish(slot, step: step, params)
+        _ = lockstep_futex_wake(stampWord(slot))
+    }
+
+    /// The stamp's low 32 bits (little-endian), the word a futex sleeps on: it changes with every stamp.
+    func stampWord(_ slot: Int) -> UnsafeMutablePointer<UInt32> {
+        UnsafeMutableRawPointer(header(slot) + 3).assumingMemoryBound(to: UInt32.self)
+    }
+
+    /// What a wait for a step's weights saw.
+    public enum WeightsWait: Equatable, Sendable, CustomStringConvertible {
+        case ready
+        case stale(Int)      // the slot holds a later step: the work is out of date
+        case timedOut
+        case abandoned       // this mapping was let go (the worker reconnected or fell back)
+
+        public var description: String {
+            switch self {
+            case .ready: return "published"
+            case .stale(let s): return "the slot holds step \(s) now"
+            case .timedOut: return "not published in time"
+            case .abandoned: return "the mapping was let go"
+            }
+        }
+    }
+
+    /// Waits until the slot of `step` holds that step's weights, a later step's, the mapping is
+    /// abandoned, or `timeout` seconds pass: busy for the first `spin` seconds (yielding the core
+    /// to anything runnable), then asleep on the stamp, which the publisher wakes; asleep, it
+    /// also looks every `recheck` seconds.
+    public func awaitWeights(step: Int, timeout: Double, spin: Double = 0, recheck: Double = 0.1) -> WeightsWait {
+        let slot = SharedSlots.weightSlot(step)
+        let started = monotonicSeconds()
+        while true {
+            let stamp = self.stamp(slot)
+            if stamp == step { return .ready }
+            if stamp > step { return .stale(stamp) }
+            if isAbandoned { return .abandoned }
+            let elapsed = monotonicSeconds() - started
+            if elapsed >= timeout { return .timedOut }
+            if elapsed < spin {
+                sched_yield()
+                continue
+            }
+            // A publish between the read above and this call changes the word: the wait returns at once.
+            _ = lockstep_futex_wait(stampWord(slot), UInt32(truncatingIfNeeded: stamp), Int64(min(timeout - elapsed, recheck) * 1e9))
+        }
+    }
+
+    /// Busy-waits (yielding) until `step`'s weights are published, `keepGoing` turns false, or
+    /// `seconds` pass. Returns the seconds spent.
+    public func spin(untilWeightsOf step: Int, for seconds: Double, while keepGoing: () -> Bool) -> Double {
+        let slot = SharedSlots.weightSlot(step)
+        let started = monotonicSeconds()
+        var now = started
+        while stamp(slot) < step && !isAbandoned && keepGoing() && now - started < seconds {
+            sched_yield()
+            now = monotonicSeconds()
+        }
+        return now - started
+    }
+
+    private let abandonLock = NSLock()
+    private var abandonedFlag = false
+    var isAbandoned: Bool { abandonLock.withLock { abandonedFlag } }
+
+    /// Ends every wait on this mapping within 0.1 s (its owner has let it go).
+    public func abandon() { abandonLock.withLock { abandonedFlag = true } }
 
     /// The step whose weights the slot of `step` holds now (−1: none yet, or being written).
     public func weightsStamp(step: Int) -> Int { stamp(SharedSlots.weightSlot(step)) }
 
+    /// The slot of `step` in place, whatever it holds now (see `awaitWeights`).
+    public func weightsView(step: Int) -> FloatBuffer { view(SharedSlots.weightSlot(step)) }
+
     /// The weights of `step` read in place, or nil when its slot holds another step.
-    public func weights(step: Int) -> FloatBuffer? {
-        weightsStamp(step: step) == step ? view(SharedSlots.weightSlot(step)) : nil
-    }
+    public func weights(step: Int) -> FloatBuffer? { weightsStamp(step: step) == step ? weightsView(step: step) : nil }
 }

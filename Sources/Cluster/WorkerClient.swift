@@ -16,6 +16,8 @@ public final class WorkerClient {
         public var parentPid: pid_t? = nil         // exit when this process is gone
         /// Over a local (`ipc://`) endpoint, exchange weights and gradients through shared memory.
         public var sharedMemory = true
+        /// Seconds a shared-memory worker busy-waits at the step barrier (0: sleep at once).
+        public var barrierSpin = Timing.barrierSpin
         /// CURVE: this worker's keypair and the coordinator's public key.
         public var curve: (keys: CurveKeypair, serverKey: String)? = nil
         public init(endpoint: String) { self.endpoint = endpoint }
@@ -30,8 +32,9 @@ public final class WorkerClient {
     let helloBase: Hello
     /// Set once the coordinator's shared memory could not be used: weights and gradients go over the socket.
     var sharedFailed = false
-    /// The coordinator's weights (read-only) and this worker's gradient slots, one per shard index.
-    var shared: SharedSlots?
+    /// The coordinator's weights (read-only; letting a mapping go ends any wait on it) and this
+    /// worker's gradient slots, one per shard index.
+    var shared: SharedSlots? { didSet { if oldValue !== shared { oldValue?.abandon() } } }
     var gradients: SharedSlots?
     var hello: Hello {
         var h = helloBase
@@ -48,6 +51,12 @@ public final class WorkerClient {
     let queue = DispatchQueue(label: "lockstep.compute")
     let lock = NSLock()
     var finished: [ShardResult] = []
+    /// Shards computed, and how many of them (and for how long) waited for their step's weights.
+    var computed = 0, waitedForWeights = 0, weightsWaitSeconds = 0.0
+    /// Shards handed to the compute thread and not yet started: a busy-wait ends when one comes.
+    var queuedShards = 0
+    /// Seconds the compute thread busy-waited at step barriers.
+    var spunSeconds = 0.0
     var notifier: ZMQSocket?
     var lastHeard = monotonicSeconds()
     var lastSent = 0.0
@@ -175,17 +184,21 @@ public final class WorkerClient {
         case .work(let work):
             guard let computer else { send(.hello(hello)); return nil }
             if let w = work.weights { weights = w; weightsStep = work.step }
+            // A new step's work arrives while the coordinator's optimizer runs, so before its
+            // weights: the compute thread waits for their stamp in shared memory.
+            var pendingWeights: SharedSlots? = nil
             if work.weightsShared {
-                if let w = shared?.weights(step: work.step) {
-                    weights = w; weightsStep = work.step
-                } else if let stamp = shared?.weightsStamp(step: work.step), stamp > work.step {
-                    log("work for step \(work.step) is stale (shared memory holds step \(stamp)): dropped")
-                    return nil
+                if let shared {
+                    let stamp = shared.weightsStamp(step: work.step)
+                    if stamp > work.step {
+                        log("work for step \(work.step) is stale (shared memory holds step \(stamp)): dropped")
+                        return nil
+                    }
+                    weights = shared.weightsView(step: work.step); weightsStep = work.step
+                    if stamp < work.step { pendingWeights = shared }
                 } else {
-                    log(shared == nil ? "work names shared weights but this worker has no mapping: taking the weights over the socket from now on"
-                        : "the coordinator's shared memory has no weights for step \(work.step): taking them over the socket from now on")
+                    log("work names shared weights but this worker has no mapping: taking the weights over the socket from now on")
                     sharedFailed = true
-                    shared = nil
                     gradients = nil
                 }
             }
@@ -201,7 +214,20 @@ public final class WorkerClient {
             let endpoint = doneEndpoint
             // A local worker computes straight into its shared slot for this shard index.
             let slots = gradients.flatMap { work.shard < $0.slots && $0.floats == params.count ? $0 : nil }
+            let weightsComing = pendingWeights, weightsSource = shared
+            let spin = options.barrierSpin
+            lock.withLock { queuedShards += 1 }
             queue.async { [self] in
+                lock.withLock { queuedShards -= 1 }
+                if let weightsComing {
+                    let waitStarted = monotonicSeconds()
+                    let seen = weightsComing.awaitWeights(step: work.step, timeout: Timing.liveness, spin: spin)
+                    guard seen == .ready else {
+                        log("shard \(work.shard) of step \(work.step) dropped: waiting for its weights in shared memory, \(seen)")
+                        return
+                    }
+                    lock.withLock { waitedForWeights += 1; weightsWaitSeconds += monotonicSeconds() - waitStarted }
+                }
                 if delay > 0 { Thread.sleep(forTimeInterval: delay) }
                 let started = monotonicSeconds()
                 let grad = slots?.view(work.shard) ?? FloatBuffer(uninitializedCount: params.count)
@@ -209,6 +235,7 @@ public final class WorkerClient {
                 slots?.setStamp(work.shard, work.step)
                 let seconds = monotonicSeconds() - started
                 lock.lock()
+                computed += 1
                 finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames,
                                             grad: slots == nil ? grad : FloatBuffer(count: 0), computeSeconds: seconds,
                                             sharedGradient: slots.map { SharedGradient(path: $0.path, token: $0.token) }))
@@ -218,11 +245,20 @@ public final class WorkerClient {
                     try? notifier?.connect(endpoint)
                 }
                 notifier?.send([[1]])
+                // Keep this core busy until the next step's weights or more work arrive: a core
+                // left idle at the barrier computes the next shard slower (Timing.barrierSpin).
+                if spin > 0, let weightsSource {
+                    let spun = weightsSource.spin(untilWeightsOf: work.step + 1, for: spin) { lock.withLock { queuedShards == 0 } }
+                    lock.withLock { spunSeconds += spun }
+                }
             }
         case .heartbeat:
             break
         case .stop:
-            log("coordinator says stop: exiting")
+            let (n, waited, seconds, spun) = lock.withLock { (computed, waitedForWeights, weightsWaitSeconds, spunSeconds) }
+            log("coordinator says stop: exiting after \(n) shard(s)"
+                + (waited > 0 ? String(format: "; %d started before their weights were published and waited %.1f ms each on average", waited, 1000 * seconds / Double(waited)) : "")
+                + (spun > 0 ? String(format: "; busy-waited %.0f ms at step barriers", 1000 * spun) : ""))
             return 0
         case .reset:
             weightsStep = nil

@@ -23,7 +23,7 @@ struct Start: ParsableCommand {
     var fresh = false
     @Option(help: "ZeroMQ endpoint the coordinator binds (cluster mode). Port 0 or * picks a free port; the log says which.")
     var bind = "tcp://127.0.0.1:5555"
-    @Option(help: "Start N local worker processes (like torchrun --nproc-per-node). They connect over a Unix socket, exchange weights and gradients through shared memory (/dev/shm), and stop with the coordinator.")
+    @Option(help: "Start N local worker processes (like torchrun --nproc-per-node). They connect over a Unix socket, exchange weights and gradients through shared memory (/dev/shm), busy-wait at step barriers unless N exceeds the cores, and stop with the coordinator.")
     var spawn = 0
     @Option(help: "Wait for this many workers before step 1 (default: --spawn, or 1).")
     var minWorkers: Int?
@@ -173,6 +173,8 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
             let p = Process()
             p.executableURL = workerExe
             p.arguments = ["join", endpoint, "--parent-pid", String(getpid())]
+            // A worker busy-waiting at the barrier would take a core from one still computing.
+            if spawn > ProcessInfo.processInfo.activeProcessorCount { p.arguments! += ["--barrier-spin-ms", "0"] }
             if let curve, let curveKeysPath {
                 // Local children share the coordinator's keypair; it must be on the allow-list too.
                 guard curve.allowed.contains(curve.keys.publicKey) else {

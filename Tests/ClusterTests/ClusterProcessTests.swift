@@ -61,6 +61,11 @@ final class ClusterProcessTests: XCTestCase {
                 XCTAssertTrue(log.contains("log \(path)"), log)
                 XCTAssertTrue(h.text(path).contains("joined run"), "\(path): \(h.text(path))")
                 XCTAssertTrue(h.text(path).contains(sharedMemoryLine), "\(path): \(h.text(path))")
+                // A step's work goes out before its weights are computed: shards wait for them in shared memory.
+                XCTAssertGreaterThan(try shardsThatWaitedForWeights(path), 0, "\(path): \(h.text(path))")
+                // Workers busy-wait at step barriers, unless there are more of them than cores.
+                let spins = n <= ProcessInfo.processInfo.activeProcessorCount
+                XCTAssertEqual(h.text(path).contains("busy-waited"), spins, "\(n) workers on \(ProcessInfo.processInfo.activeProcessorCount) cores, \(path): \(h.text(path))")
             }
             // …so no step's weights or gradients cross the socket.
             let weightBytes = 4 * (try parameters("spawn\(n)"))
@@ -74,6 +79,13 @@ final class ClusterProcessTests: XCTestCase {
     }
 
     let sharedMemoryLine = "reading the weights from the coordinator's shared memory"
+
+    /// From a worker's last line: how many of its shards started before their weights were published.
+    func shardsThatWaitedForWeights(_ log: String) throws -> Int {
+        let text = h.text(log)
+        guard let r = text.range(of: #"[0-9]+ started before their weights were published"#, options: .regularExpression) else { return 0 }
+        return try XCTUnwrap(Int(text[r].split(separator: " ")[0]))
+    }
 
     /// The model's parameter count, from the coordinator's summary line.
     func parameters(_ name: String) throws -> Int {
@@ -122,6 +134,20 @@ final class ClusterProcessTests: XCTestCase {
         // The shared files are unlinked as soon as they are made: a killed worker leaves none.
         let left = (try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm"))?.filter { $0.hasPrefix("lockstep-") } ?? []
         XCTAssertEqual(left, [])
+    }
+
+    /// A worker over TCP gets two shards a step, the first carrying the weights: the second must
+    /// not overtake it (it did once the next step's work went out before the optimizer step, and
+    /// the worker had to say hello again every step).
+    func testATCPWorkerGetsEachStepsWorkInOrderAndNeverHasToResync() throws {
+        let ref = try reference(steps: 8)
+        let c = try coordinator("tcp1", steps: 8, extra: ["--bind", "tcp://127.0.0.1:0"])
+        let w = try worker("tcp1-w", try XCTUnwrap(h.endpoint("tcp1")))
+        XCTAssertEqual(h.wait(c, timeout: 60), 0, h.text(h.log("tcp1")))
+        XCTAssertEqual(h.wait(w, timeout: 10), 0, h.text(h.log("tcp1-w")))
+        XCTAssertEqual(h.hash("tcp1"), ref)
+        XCTAssertFalse(h.text(h.log("tcp1")).contains("said hello again"), h.text(h.log("tcp1")))
+        XCTAssertFalse(h.text(h.log("tcp1-w")).contains("does not match"), h.text(h.log("tcp1-w")))
     }
 
     /// Every worker gets its `stop` when the run ends, over TCP. Closing the coordinator's socket at

@@ -26,6 +26,57 @@ final class SharedSlotsTests: XCTestCase {
         XCTAssertEqual(reader.weightsStamp(step: 3), 5)
     }
 
+    /// Work arrives before its weights: the reader sleeps on the slot's stamp and the publish wakes
+    /// it. It rechecks only every 20 s here, so a missing wake fails the test rather than hiding.
+    func testAWaitForWeightsIsWokenByTheirPublishAndEndsOnAStaleSlotATimeoutOrAbandon() throws {
+        let writer = try weights(1000)
+        let reader = try SharedSlots(opening: writer.path, magic: SharedSlots.weightsMagic, token: writer.token, slots: 2, floats: 1000)
+        writer.publishWeights(step: 4, FloatBuffer(count: 1000))
+        let w6 = FloatBuffer((0..<1000).map { Float($0) + 0.25 })
+        let publisher = Thread { Thread.sleep(forTimeInterval: 0.2); writer.publishWeights(step: 6, w6) }
+        let started = monotonicSeconds()
+        publisher.start()
+        XCTAssertEqual(reader.awaitWeights(step: 6, timeout: 60, recheck: 20), .ready)
+        let waited = monotonicSeconds() - started
+        XCTAssertTrue(waited >= 0.2 && waited < 10, "woken after \(waited) s: the publish must wake the waiter")
+        XCTAssertEqual(reader.weightsView(step: 6).array, w6.array)
+        XCTAssertEqual(reader.awaitWeights(step: 4, timeout: 60), .stale(6), "step 6 has reused step 4's slot")
+        XCTAssertEqual(reader.awaitWeights(step: 7, timeout: 0.05), .timedOut)
+        let abandoner = Thread { Thread.sleep(forTimeInterval: 0.1); reader.abandon() }
+        abandoner.start()
+        XCTAssertEqual(reader.awaitWeights(step: 7, timeout: 60), .abandoned)
+    }
+
+    /// CPU seconds this thread has used.
+    func threadCPUSeconds() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
+    /// At the step barrier a local worker keeps its core busy: it spins (using CPU, unlike a
+    /// sleep) until the next step's weights are published, more work is queued, or time is up.
+    func testABusyWaitSpinsUntilTheWeightsArriveMoreWorkComesOrTimeIsUp() throws {
+        let writer = try weights(100)
+        let reader = try SharedSlots(opening: writer.path, magic: SharedSlots.weightsMagic, token: writer.token, slots: 2, floats: 100)
+        var cpu = threadCPUSeconds()
+        let spun = reader.spin(untilWeightsOf: 7, for: 0.2) { true }
+        XCTAssertGreaterThanOrEqual(spun, 0.2)
+        XCTAssertGreaterThan(threadCPUSeconds() - cpu, 0.02, "a busy wait uses the core")
+        XCTAssertLessThan(reader.spin(untilWeightsOf: 7, for: 10) { false }, 1, "queued work ends the wait")
+        let publisher = Thread { Thread.sleep(forTimeInterval: 0.05); writer.publishWeights(step: 7, FloatBuffer(count: 100)) }
+        publisher.start()
+        let toPublish = reader.spin(untilWeightsOf: 7, for: 30) { true }
+        XCTAssertTrue(toPublish >= 0.04 && toPublish < 10, "spun \(toPublish) s for a publish 0.05 s away")
+        // Waiting for weights, the first `spin` seconds are busy too; then it sleeps.
+        cpu = threadCPUSeconds()
+        XCTAssertEqual(reader.awaitWeights(step: 8, timeout: 0.15, spin: 0.15), .timedOut)
+        XCTAssertGreaterThan(threadCPUSeconds() - cpu, 0.02)
+        cpu = threadCPUSeconds()
+        XCTAssertEqual(reader.awaitWeights(step: 8, timeout: 0.15, spin: 0), .timedOut)
+        XCTAssertLessThan(threadCPUSeconds() - cpu, 0.02, "without spin the wait sleeps")
+    }
+
     func testAWorkersGradientSlotIsReadInPlaceByShardIndex() throws {
         let worker = try SharedSlots(creating: SharedSlots.gradientsMagic, slots: 4, floats: 300, what: "test-gradients")
         let g = worker.view(2)
