@@ -68,6 +68,21 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    func testBadWorkerOptionsAreRefusedBeforeItConnects() throws {
+        let cases: [([String], [String])] = [
+            (["join", "ipc:///tmp/none.sock", "--barrier-spin-ms=-1"], ["--barrier-spin-ms must be in 0...1000"]),
+            (["join", "127.0.0.1:5555", "--threads", "0"], ["--threads must be in 1...256"]),
+            (["join", "127.0.0.1:nope"], ["cannot read the address", "HINT"]),
+        ]
+        for (i, (args, expect)) in cases.enumerated() {
+            let p = try h.start("worker", args, name: "badw\(i)")
+            XCTAssertEqual(h.wait(p, timeout: 30), 64, args.joined(separator: " "))
+            let said = h.text(h.log("badw\(i)"))
+            for e in expect { XCTAssertTrue(said.contains(e), "\(args): expected '\(e)' in: \(said)") }
+            XCTAssertFalse(said.contains("connecting"), "refused before connecting: \(said)")
+        }
+    }
+
     func testAnExistingCheckpointIsNotOverwrittenWithoutResumeOrFresh() throws {
         let args = ["start", "--local", "--steps", "2", "--synthetic-sequences", "16", "--hidden", "4", "--checkpoint-dir", h.dir + "/k"]
         XCTAssertEqual(h.wait(try h.start("coord", args, name: "first"), timeout: 60), 0)
