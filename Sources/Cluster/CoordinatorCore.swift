@@ -22,6 +22,9 @@ public enum Timing {
     /// weights before it sleeps (seconds), like OpenMP's active wait. On a VM a core left idle at
     /// every barrier computed the next shard 5–15% slower (README, "Figures").
     public static let barrierSpin: Double = 0.05
+    /// The longest a worker waits for a step's weights to appear in shared memory (seconds); a
+    /// reconnect ends the wait sooner. A shard given up on is re-issued like a straggler's.
+    public static let weightsWaitMaximum: Double = 60
 }
 
 /// A ZeroMQ routing id.

@@ -134,6 +134,7 @@ public final class WorkerClient {
                 lastHeard = monotonicSeconds()
                 weightsStep = nil
                 welcome = nil
+                shared = nil  // a coordinator that comes back maps new memory; this ends any wait on the old
                 send(.hello(hello))
             }
         }
@@ -221,7 +222,7 @@ public final class WorkerClient {
                 lock.withLock { queuedShards -= 1 }
                 if let weightsComing {
                     let waitStarted = monotonicSeconds()
-                    let seen = weightsComing.awaitWeights(step: work.step, timeout: Timing.liveness, spin: spin)
+                    let seen = weightsComing.awaitWeights(step: work.step, timeout: Timing.weightsWaitMaximum, spin: spin)
                     guard seen == .ready else {
                         log("shard \(work.shard) of step \(work.step) dropped: waiting for its weights in shared memory, \(seen)")
                         return
