@@ -150,9 +150,11 @@ public final class CoordinatorServer {
                 let next = t.step + 1
                 var afterStep: [Directive] = []
                 if next < t.totalSteps {
-                    let directives = core.beginStep(next, shards: t.shards(forStep: next), now: nextStarted)
-                    afterStep = directives.filter(needsNewWeights)
-                    try execute(directives.filter { !needsNewWeights($0) })
+                    var now: [Directive] = []
+                    for d in core.beginStep(next, shards: t.shards(forStep: next), now: nextStarted) {
+                        if needsNewWeights(d) { afterStep.append(d) } else { now.append(d) }
+                    }
+                    try execute(now)
                 }
                 var report = try t.apply(parts: parts, seconds: nextStarted - stepStarted)
                 report.workersAlive = core.alive

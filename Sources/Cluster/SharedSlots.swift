@@ -173,6 +173,7 @@ public final class SharedSlots: @unchecked Sendable {
     public func awaitWeights(step: Int, timeout: Double, spin: Double = 0, recheck: Double = 0.1) -> WeightsWait {
         let slot = SharedSlots.weightSlot(step)
         let started = monotonicSeconds()
+        if spin > 0 { _ = self.spin(untilWeightsOf: step, for: min(spin, timeout)) { true } }
         while true {
             let stamp = self.stamp(slot)
             if stamp == step { return .ready }
@@ -180,10 +181,6 @@ public final class SharedSlots: @unchecked Sendable {
             if isAbandoned { return .abandoned }
             let elapsed = monotonicSeconds() - started
             if elapsed >= timeout { return .timedOut }
-            if elapsed < spin {
-                sched_yield()
-                continue
-            }
             // A publish between the read above and this call changes the word: the wait returns at once.
             _ = lockstep_futex_wait(stampWord(slot), UInt32(truncatingIfNeeded: stamp), Int64(min(timeout - elapsed, recheck) * 1e9))
         }
