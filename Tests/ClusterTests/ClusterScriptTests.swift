@@ -106,6 +106,13 @@ final class ClusterScriptTests: XCTestCase {
         let after = try script("status", [run])
         XCTAssertEqual(after.output.components(separatedBy: "(exited)").count - 1, 3, after.output)
         XCTAssertTrue(after.output.contains(refHash), after.output)
+
+        // Resuming a run that has ended finishes at once, and no worker is left waiting for it.
+        let ended = try script("up", ["2", run] + opts + ["--resume"])
+        XCTAssertEqual(ended.status, 0, ended.output)
+        XCTAssertTrue(ended.output.contains("has ended: final weights sha256: \(refHash)"), ended.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/pids"), "its workers were stopped")
+        XCTAssertTrue(decoy.isRunning)
         h.kill9(decoy)
     }
 
