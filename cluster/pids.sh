@@ -1,4 +1,4 @@
-# Pid bookkeeping shared by cluster/up, cluster/status and cluster/down (sourced, not run).
+# Shared by cluster/up, cluster/status and cluster/down (sourced, not run): pid bookkeeping and --help.
 # Each line of a run directory's `pids` file is "PID STARTTIME", the start time being field 22 of
 # /proc/PID/stat (clock ticks since boot). A pid counts as ours only while that process still has
 # that start time, so a number the kernel has since given to another process is never signalled.
@@ -35,4 +35,11 @@ any_ours() {
     [ -n "$pid" ] && is_ours "$pid" "$start" && return 0
   done < "$1"
   return 1
+}
+
+# With -h or --help as the first argument: prints the calling script's header comment and exits.
+help_if_asked() {
+  case "${1:-}" in
+    -h|--help) sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  esac
 }

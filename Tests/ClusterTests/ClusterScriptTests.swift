@@ -117,6 +117,11 @@ final class ClusterScriptTests: XCTestCase {
     }
 
     func testUpRefusesABadWorkerCountAndReportsAWorkerThatCannotStart() throws {
+        for name in ["up", "status", "down"] {
+            let help = try script(name, ["--help"])
+            XCTAssertEqual(help.status, 0)
+            XCTAssertTrue(help.output.contains("Usage: cluster/\(name)"), help.output)
+        }
         let zero = try script("up", ["0", h.dir + "/zero"])
         XCTAssertEqual(zero.status, 2)
         XCTAssertTrue(zero.output.contains("the worker count must be a whole number") && zero.output.contains("HINT:"), zero.output)
