@@ -9,14 +9,7 @@ final class ClusterProcessTests: XCTestCase {
     nonisolated(unsafe) static var references: [Int: String] = [:]
 
     override func setUp() { h = ProcessHarness() }
-    override func tearDown() {
-        if let run = testRun, run.failureCount > 0 {
-            print("logs of the failed test kept in \(h.dir)")
-            for p in h.started where p.isRunning { h.kill9(p) }
-        } else {
-            h.cleanUp()
-        }
-    }
+    override func tearDown() { h.finish(testRun) }
 
     /// The single-process reference hash for `steps` steps of the test config.
     func reference(steps: Int) throws -> String {

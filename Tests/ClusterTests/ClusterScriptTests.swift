@@ -14,12 +14,7 @@ final class ClusterScriptTests: XCTestCase {
     override func setUp() { h = ProcessHarness() }
     override func tearDown() {
         for run in runs { _ = try? script("down", [run]) }
-        if let run = testRun, run.failureCount > 0 {
-            print("logs of the failed test kept in \(h.dir)")
-            for p in h.started where p.isRunning { h.kill9(p) }
-        } else {
-            h.cleanUp()
-        }
+        h.finish(testRun)
     }
 
     /// Runs `cluster/NAME ARGS…` to its end with LOCKSTEP_BIN pointing at the built binaries.

@@ -100,6 +100,17 @@ final class ProcessHarness {
         text(checkpointDir + "/metrics.jsonl").split(separator: "\n").map(String.init)
     }
 
+    /// At a test's end: kills what is still running, and removes the scratch dir unless the test
+    /// failed (then says where its logs are).
+    func finish(_ testRun: XCTestRun?) {
+        if let run = testRun, run.failureCount > 0 {
+            print("logs of the failed test kept in \(dir)")
+            for p in started where p.isRunning { kill9(p) }
+        } else {
+            cleanUp()
+        }
+    }
+
     /// Kills every process this harness started that is still running; removes the scratch dir.
     func cleanUp() {
         for p in started where p.isRunning { kill9(p) }
