@@ -31,7 +31,8 @@ public final class CoordinatorServer {
     /// With `curve` (the coordinator's keypair and the allowed worker keys) every worker must
     /// complete a CURVE handshake with an allow-listed key before any message reaches the core.
     public init(trainer: Trainer, context: ZMQContext, bind: String, minWorkers: Int, maxWorkers: Int,
-                curve: (keys: CurveKeypair, allowed: [String])? = nil, log: @escaping (String) -> Void) throws {
+                curve: (keys: CurveKeypair, allowed: [String])? = nil, bindWait: Double = 0,
+                log: @escaping (String) -> Void) throws {
         self.trainer = trainer
         self.log = log
         socket = try ZMQSocket(context, .router)
@@ -45,8 +46,21 @@ public final class CoordinatorServer {
         socket.setInt64(ZMQ_MAXMSGSIZE, Int64(trainer.layout.count * 4 + (1 << 16)))
         socket.setInt(ZMQ_SNDHWM, 64)
         socket.setInt(ZMQ_RCVHWM, 256)
-        do { try socket.bind(bind) } catch {
-            throw LockstepError("\(error)", hint: "choose a free port with --bind tcp://127.0.0.1:PORT, or stop whatever holds it")
+        // A resumed run may find its port still held by the coordinator it replaces (a preempted
+        // job writing its last checkpoint): it waits for it, bounded.
+        let deadline = monotonicSeconds() + bindWait
+        var said = false
+        while true {
+            do { try socket.bind(bind); break } catch {
+                let inUse = zmq_errno() == EADDRINUSE
+                if inUse && monotonicSeconds() < deadline {
+                    if !said { said = true; log("\(bind) is in use: waiting up to \(Int(bindWait)) s for it to be released") }
+                    Thread.sleep(forTimeInterval: 0.2)
+                    continue
+                }
+                throw LockstepError("\(error)" + (said ? " (waited \(Int(bindWait)) s)" : ""),
+                                    hint: "choose a free port with --bind tcp://127.0.0.1:PORT, or stop whatever holds it")
+            }
         }
         endpoint = socket.lastEndpoint
         limits.parameterCount = trainer.layout.count
@@ -171,7 +185,7 @@ public final class CoordinatorServer {
                 bytesSent = 0
                 bytesReceived = 0
                 stepStarted = nextStarted
-                metrics.write(report)
+                try metrics.write(report)
                 progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
                                  extra: "  workers \(core.alive)")
                 if t.run.checkpointEvery > 0 && t.step % t.run.checkpointEvery == 0 && !t.done { try t.saveCheckpoint() }

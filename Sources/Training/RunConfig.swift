@@ -30,6 +30,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     // Files
     public var checkpointDir = "runs/lockstep"
     public var checkpointEvery = 50
+    /// Also keep the last K checkpoints as `checkpoint-step-N.safetensors` (0: none).
+    public var keepLast = 0
 
     public init() {}
 
@@ -60,6 +62,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if !(optimizer.weightDecay >= 0) { p.append("--weight-decay must be >= 0 (got \(optimizer.weightDecay))") }
         if !(maxNorm >= 0 && maxNorm.isFinite) { p.append("--max-norm must be >= 0; 0 turns clipping off (got \(maxNorm))") }
         if checkpointEvery < 0 { p.append("--checkpoint-every must be >= 0; 0 writes only the final checkpoint") }
+        if keepLast < 0 { p.append("--keep-last must be >= 0; 0 keeps only checkpoint.safetensors (got \(keepLast))") }
         if let c = classes, c < 2 { p.append("--classes must be at least 2 (got \(c))") }
         if data == nil { p += synthetic.problems() }
         let m = ModelConfig(inputSize: 1, hidden: hidden, layers: layers, classes: 2,
@@ -68,14 +71,56 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return p
     }
 
-    /// The fields that define the math of a run; resuming with any of them changed is refused.
-    public var identity: String {
+    /// The fields that define the math of a run, by option name, with the value as the user
+    /// reads it and its exact bits; resuming with any of them changed is refused.
+    public var mathFields: [(key: String, shown: String, bits: String)] {
         let o = optimizer
-        return ["hidden=\(hidden)", "layers=\(layers)", "arch=\(arch.rawValue)", "bidirectional=\(bidirectional)",
-                "dropout=\(dropout.bitPattern)", "batch=\(batchSize)", "shard=\(shardSize)", "seed=\(seed)",
-                "opt=\(o.kind.rawValue)", "lr=\(o.lr.bitPattern)", "mom=\(o.momentum.bitPattern)", "wd=\(o.weightDecay.bitPattern)",
-                "b1=\(o.beta1.bitPattern)", "b2=\(o.beta2.bitPattern)", "eps=\(o.eps.bitPattern)", "maxnorm=\(maxNorm.bitPattern)",
-                "classes=\(classes.map(String.init) ?? "auto")", "nonfinite=\(onNonfinite.rawValue)"].joined(separator: ";")
+        func f(_ k: String, _ v: Float) -> (String, String, String) { (k, "\(v)", "\(v.bitPattern)") }
+        func s(_ k: String, _ v: String) -> (String, String, String) { (k, v, v) }
+        return [s("hidden", "\(hidden)"), s("layers", "\(layers)"), s("arch", arch.rawValue), s("unidirectional", "\(!bidirectional)"),
+                f("dropout", dropout), s("batch-size", "\(batchSize)"), s("shard-size", "\(shardSize)"), s("seed", "\(seed)"),
+                s("optimizer", o.kind.rawValue), f("lr", o.lr), f("momentum", o.momentum), f("weight-decay", o.weightDecay),
+                f("beta1", o.beta1), f("beta2", o.beta2), f("eps", o.eps), f("max-norm", maxNorm),
+                s("classes", classes.map(String.init) ?? "auto"), s("on-nonfinite", onNonfinite.rawValue)]
+    }
+
+    public var identity: String {
+        let short = ["hidden": "hidden", "layers": "layers", "arch": "arch", "unidirectional": "bidirectional", "dropout": "dropout",
+                     "batch-size": "batch", "shard-size": "shard", "seed": "seed", "optimizer": "opt", "lr": "lr", "momentum": "mom",
+                     "weight-decay": "wd", "beta1": "b1", "beta2": "b2", "eps": "eps", "max-norm": "maxnorm", "classes": "classes",
+                     "on-nonfinite": "nonfinite"]
+        return mathFields.map { f in
+            // The historical spelling, so that the config hash of existing checkpoints is unchanged.
+            let v = f.key == "unidirectional" ? "\(bidirectional)" : f.bits
+            return "\(short[f.key]!)=\(v)"
+        }.joined(separator: ";")
+    }
+
+    /// Each math field whose value differs from the one recorded in `identity`, with both values.
+    public func differences(fromIdentity recorded: String) -> [String] {
+        var old: [String: String] = [:]
+        for part in recorded.split(separator: ";") {
+            let kv = part.split(separator: "=", maxSplits: 1).map(String.init)
+            if kv.count == 2 { old[kv[0]] = kv[1] }
+        }
+        let mine = Dictionary(uniqueKeysWithValues: identity.split(separator: ";").map { p -> (String, String) in
+            let kv = p.split(separator: "=", maxSplits: 1).map(String.init); return (kv[0], kv.count > 1 ? kv[1] : "")
+        })
+        var out: [String] = []
+        for (f, part) in zip(mathFields, identity.split(separator: ";")) {
+            let short = String(part.split(separator: "=")[0])
+            guard let was = old[short], was != mine[short] else { continue }
+            out.append("--\(f.key): the checkpoint has \(RunConfig.shown(short, was)), this run \(f.shown)")
+        }
+        return out
+    }
+
+    /// A recorded identity value as the user reads it (floats are stored as their bits).
+    static func shown(_ short: String, _ v: String) -> String {
+        if short == "bidirectional" { return v == "true" ? "false" : "true" }
+        let floats: Set = ["dropout", "lr", "mom", "wd", "b1", "b2", "eps", "maxnorm"]
+        if floats.contains(short), let b = UInt32(v) { return "\(Float(bitPattern: b))" }
+        return v
     }
 
     public var hash: String { SHA256.hex(Array(identity.utf8)) }

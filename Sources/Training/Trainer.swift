@@ -93,7 +93,9 @@ public final class Trainer {
         optimizer = Optimizer(run.optimizer, count: layout.count)
         if let ck = checkpoint {
             if let h = ck.metadata["config_hash"], h != run.hash {
-                throw LockstepError("cannot resume: the checkpoint was written with a different config (\(ck.metadata["config"] ?? "?"))",
+                let diffs = ck.metadata["config_identity"].map(run.differences(fromIdentity:)) ?? []
+                let what = diffs.isEmpty ? "(\(ck.metadata["config"] ?? "?"))" : ": " + diffs.joined(separator: "; ")
+                throw LockstepError("cannot resume: the checkpoint was written with a different config\(what)",
                                     hint: "resume with the same options as the original run, or start a new run in another --checkpoint-dir")
             }
             if let h = ck.metadata["data_hash"], h != data.hash {
@@ -107,6 +109,10 @@ public final class Trainer {
             for (dst, src) in zip(optimizer.state, ck.optimizerState) { dst.copy(from: src) }
             optimizer.steps = Int(ck.metadata["optimizer_steps"] ?? "") ?? ck.step
             step = ck.step
+            if totalSteps < step {
+                throw LockstepError("cannot resume: the checkpoint is at step \(step) but this run ends at step \(totalSteps)",
+                                    hint: "give --steps (or --epochs) of at least \(step); the checkpoint is left as it is")
+            }
         } else {
             params = layout.initialParameters(seed: run.seed)
             step = 0
@@ -177,8 +183,9 @@ public final class Trainer {
         try FileManager.default.createDirectory(atPath: run.checkpointDir, withIntermediateDirectories: true)
         let configJSON = String(decoding: try JSONEncoder.sorted.encode(run), as: UTF8.self)
         try Checkpoint.save(path: checkpointPath, layout: layout, params: params, optimizer: optimizer, step: step,
-                            metadata: ["config_hash": run.hash, "data_hash": data.hash, "data_source": data.source,
-                                       "config": configJSON, "total_steps": String(totalSteps)])
+                            metadata: ["config_hash": run.hash, "config_identity": run.identity, "data_hash": data.hash,
+                                       "data_source": data.source, "config": configJSON, "total_steps": String(totalSteps)])
+        try KeptCheckpoints.keep(checkpointPath, step: step, last: run.keepLast)
     }
 
     /// Frame accuracy (argmax) over a dataset, evaluated without dropout.
@@ -205,9 +212,11 @@ public final class Trainer {
     }
 }
 
-/// Appends one JSON line per step to `metrics.jsonl`; on resume, drops lines past the resumed step.
+/// Appends one JSON line per step to `metrics.jsonl`; on resume, drops lines past the resumed
+/// step. Every write is checked: a full disk stops the run with a clear error (the last
+/// checkpoint intact) instead of crashing, and `--resume` rewrites what came after it.
 public final class MetricsLog {
-    private let handle: FileHandle
+    private let fd: Int32
     public let path: String
 
     public init(directory: String, resumeStep: Int?) throws {
@@ -221,15 +230,34 @@ public final class MetricsLog {
                 }
             }
         }
-        guard FileManager.default.createFile(atPath: path, contents: Data(keep.utf8)),
-              let h = FileHandle(forWritingAtPath: path) else {
-            throw LockstepError("cannot write \(path)", hint: "check that --checkpoint-dir is writable and has free space")
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw LockstepError("cannot write \(path): \(String(cString: strerror(errno)))",
+                                hint: "check that --checkpoint-dir is writable and has free space")
         }
-        handle = h
-        handle.seekToEndOfFile()
+        try append(keep)
     }
 
-    public func write(_ report: StepReport) {
-        handle.write(Data((report.json + "\n").utf8))
+    deinit { close(fd) }
+
+    public func write(_ report: StepReport) throws {
+        try append(report.json + "\n")
+    }
+
+    private func append(_ text: String) throws {
+        let bytes = Array(text.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress! + off, bytes.count - off) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                let err = String(cString: strerror(errno))
+                // A torn last line would be dropped on resume anyway; cut it now so the file stays clean.
+                ftruncate(fd, lseek(fd, 0, SEEK_CUR) - off_t(off))
+                throw LockstepError("cannot append to \(path): \(err); the run stopped, its last checkpoint is intact",
+                                    hint: "free disk space, then rerun the same command with --resume: it continues to the same bits")
+            }
+            off += n
+        }
     }
 }

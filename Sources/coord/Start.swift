@@ -35,6 +35,8 @@ struct Start: ParsableCommand {
     var allow: String?
     @Flag(help: "Allow binding to a non-loopback address without authentication. Anyone who can reach the port can join.")
     var insecure = false
+    @Option(help: "With --resume: how many seconds to wait for a previous coordinator of this run (a preempted job still writing its checkpoint) to release the run directory and the port. Without --resume a run directory in use is refused at once.")
+    var wait: Double = 60
 
     func validate() throws {
         let c: RunConfig
@@ -42,6 +44,7 @@ struct Start: ParsableCommand {
         let problems = c.problems()
         if !problems.isEmpty { throw ValidationError(problems.joined(separator: "\n")) }
         if resume && fresh { throw ValidationError("--resume and --fresh contradict each other") }
+        if !(wait >= 0 && wait <= 86_400) { throw ValidationError("--wait must be in 0...86400 seconds (got \(wait))") }
         if !local {
             guard bind.hasPrefix("tcp://"), bind.split(separator: ":").count == 3 else {
                 throw ValidationError("--bind must look like tcp://HOST:PORT (got \(bind))")
@@ -65,6 +68,9 @@ struct Start: ParsableCommand {
         do {
             let config = try training.runConfig()
             Interrupt.install()
+            // Held to the end of the run: the kernel releases it on any exit.
+            let lock = try RunLock(directory: config.checkpointDir, wait: resume ? wait : 0, log: log)
+            defer { withExtendedLifetime(lock) {} }
             let (trainer, heldOut) = try prepare(config, resume: resume, fresh: fresh)
             if local {
                 try trainLocal(trainer)
@@ -79,7 +85,7 @@ struct Start: ParsableCommand {
                 }
                 try trainCluster(trainer, bind: bind.replacingOccurrences(of: ":0", with: ":*", options: .anchored.union(.backwards)),
                                  spawn: spawn, minWorkers: minWorkers ?? max(spawn, 1), maxWorkers: maxWorkers, curve: curve,
-                                 curveKeysPath: curveKeys)
+                                 curveKeysPath: curveKeys, bindWait: resume ? wait : 0)
             }
             report(trainer, heldOut: heldOut)
         } catch { fail(error) }
@@ -94,6 +100,7 @@ func prepare(_ config: RunConfig, resume: Bool, fresh: Bool) throws -> (Trainer,
     if FileManager.default.fileExists(atPath: path) {
         if resume {
             checkpoint = try Checkpoint.load(path: path)
+            if !checkpoint!.verified { log("WARNING: \(path) predates checksums (format 1): it is used unverified") }
         } else if !fresh {
             throw LockstepError("\(path) already holds a checkpoint",
                                 hint: "pass --resume to continue it, --fresh to replace it, or another --checkpoint-dir")
@@ -135,7 +142,7 @@ func trainLocal(_ trainer: Trainer) throws {
         }
         var report = try trainer.apply(parts: parts, seconds: Date().timeIntervalSince(started))
         report.setShardSeconds(shardSeconds)
-        metrics.write(report)
+        try metrics.write(report)
         progress.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9))
         if trainer.run.checkpointEvery > 0 && trainer.step % trainer.run.checkpointEvery == 0 && !trainer.done {
             try trainer.saveCheckpoint()
@@ -145,11 +152,11 @@ func trainLocal(_ trainer: Trainer) throws {
 }
 
 func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int, maxWorkers: Int,
-                  curve: (keys: CurveKeypair, allowed: [String])? = nil, curveKeysPath: String? = nil) throws {
+                  curve: (keys: CurveKeypair, allowed: [String])? = nil, curveKeysPath: String? = nil, bindWait: Double = 0) throws {
     BLAS.setThreads(1)
     let context = ZMQContext(ioThreads: 2)
     let server = try CoordinatorServer(trainer: trainer, context: context, bind: bind, minWorkers: minWorkers,
-                                       maxWorkers: maxWorkers, curve: curve, log: { log("[coord] " + $0) })
+                                       maxWorkers: maxWorkers, curve: curve, bindWait: bindWait, log: { log("[coord] " + $0) })
     var children: [Process] = []
     defer {
         // Spawned workers got `stop`; give them a moment, then end only those pids.

@@ -59,6 +59,8 @@ struct TrainingOptions: ParsableArguments {
     var checkpointDir: String?
     @Option(help: "Write a checkpoint every N steps (and always at the end); 0: only at the end (default 50).")
     var checkpointEvery: Int?
+    @Option(help: "Also keep the last K checkpoints as checkpoint-step-N.safetensors (hard links, no copies), so a damaged or unwanted checkpoint has an older one to fall back on; 0: none (default 0).")
+    var keepLast: Int?
 
     /// Defaults, then the TOML file, then the command line.
     func runConfig() throws -> RunConfig {
@@ -89,6 +91,7 @@ struct TrainingOptions: ParsableArguments {
         if let v = checkpointDir { c.checkpointDir = v }
         if let v = onNonfinite { c.onNonfinite = v }
         if let v = checkpointEvery { c.checkpointEvery = v }
+        if let v = keepLast { c.keepLast = v }
         return c
     }
 }
@@ -143,6 +146,7 @@ enum TOMLConfig {
             case "seed": c.seed = UInt64(max(0, try int(key, v)))
             case "checkpoint-dir": c.checkpointDir = try str(key, v)
             case "checkpoint-every": c.checkpointEvery = try int(key, v)
+            case "keep-last": c.keepLast = try int(key, v)
             case "on-nonfinite":
                 guard let p = NonfinitePolicy(rawValue: try str(key, v)) else { throw bad(key, "\"stop\" or \"skip\"") }
                 c.onNonfinite = p

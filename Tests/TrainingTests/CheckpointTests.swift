@@ -57,7 +57,7 @@ final class CheckpointTests: XCTestCase {
                         | UInt32(first[first.startIndex + 2]) << 16 | UInt32(first[first.startIndex + 3]) << 24)
         XCTAssertEqual(v, t.params[t.layout.tensor(named: "layer1.weight_ih_l0")!.offset])
         let meta = header["__metadata__"] as! [String: String]
-        XCTAssertEqual(meta["format"], "lockstep-1")
+        XCTAssertEqual(meta["format"], "lockstep-2")
         XCTAssertEqual(meta["weights_sha256"], t.weightsHash)
     }
 
@@ -181,6 +181,114 @@ final class CheckpointTests: XCTestCase {
         XCTAssertThrowsError(try Trainer(run: r, data: otherData, resumeFrom: ck)) { XCTAssertTrue("\($0)".contains("different data")) }
         var longer = r; longer.steps = 10
         XCTAssertNoThrow(try Trainer(run: longer, data: data, resumeFrom: ck), "more steps is not another config")
+    }
+
+    func index(_ b: [UInt8], _ pattern: String) -> Int {
+        let p = Array(pattern.utf8)
+        return (0...(b.count - p.count)).first { Array(b[$0..<($0 + p.count)]) == p }!
+    }
+
+    /// Where tensor `name`'s bytes start in a safetensors file.
+    func dataOffset(_ b: [UInt8], _ name: String) throws -> Int {
+        var n = 0
+        for k in 0..<8 { n |= Int(b[k]) << (8 * k) }
+        let header = try JSONSerialization.jsonObject(with: Data(b[8..<(8 + n)])) as! [String: Any]
+        return 8 + n + ((header[name] as! [String: Any])["data_offsets"] as! [Int])[0]
+    }
+
+    func testEveryByteOfACheckpointIsCheckedAndDamageIsNamed() throws {
+        var r = smallRun(steps: 3, dir: dir)
+        r.keepLast = 2
+        let t = try Trainer(run: r, data: r.synthetic.generate(seed: r.seed))
+        try train(t, until: 1); try t.saveCheckpoint()
+        try train(t, until: 2); try t.saveCheckpoint()
+        let good = try Checkpoint.load(path: t.checkpointPath)
+        XCTAssertTrue(good.verified)
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: dir)),
+                       ["checkpoint.safetensors", "checkpoint-step-00000001.safetensors", "checkpoint-step-00000002.safetensors"])
+        let cases: [(String, (inout [UInt8]) throws -> Void, String)] = [
+            ("weight", { b in b[try self.dataOffset(b, "layer1.weight_hh_l0") + 5] ^= 0x10 }, "tensor layer1.weight_hh_l0 does not match"),
+            ("adam", { b in b[try self.dataOffset(b, "optimizer.exp_avg.layer2.0.bias") + 2] ^= 0x01 }, "tensor optimizer.exp_avg.layer2.0.bias does not match"),
+            ("step", { b in b[self.index(b, "\"step\":\"2\"") + 8] = UInt8(ascii: "3") }, "metadata step does not match"),
+            ("checksum", { b in b[self.index(b, "\"file_sha256\":\"") + 15] ^= 0x01 },
+             "header (tensor shapes or offsets, or the checksum itself) was altered"),
+        ]
+        for (name, damage, expected) in cases {
+            var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: t.checkpointPath)))
+            try damage(&bytes)
+            let p = dir + "/checkpoint.safetensors"
+            let saved = try Data(contentsOf: URL(fileURLWithPath: p))
+            // The kept step-2 file is the same inode: damage a copy in place of the live file.
+            unlink(p)
+            try Data(bytes).write(to: URL(fileURLWithPath: p))
+            XCTAssertThrowsError(try Checkpoint.load(path: p), name) { e in
+                XCTAssertTrue("\(e)".contains("is damaged") && "\(e)".contains(expected), "\(name): \(e)")
+                XCTAssertTrue("\(e)".contains("checkpoint-step-00000002.safetensors (step 2)"), "names the newest intact one: \(e)")
+            }
+            unlink(p)
+            try saved.write(to: URL(fileURLWithPath: p))
+        }
+        XCTAssertEqual(try Checkpoint.load(path: t.checkpointPath).params.array, good.params.array)
+        // A file from PyTorch (no Lockstep metadata) has no checksum and is still read.
+        var plain = Safetensors()
+        for tensor in t.layout.tensors {
+            plain.add(tensor.name, .init(floats: UnsafeBufferPointer(start: t.params.ptr + tensor.offset, count: tensor.count), shape: tensor.shape))
+        }
+        try plain.write(atomically: dir + "/torch.safetensors")
+        let fromTorch = try Checkpoint.load(path: dir + "/torch.safetensors")
+        XCTAssertFalse(fromTorch.verified)
+        XCTAssertEqual(fromTorch.params.array, t.params.array)
+    }
+
+    func testKeepLastKeepsOnlyTheNewestK() throws {
+        var r = smallRun(steps: 5, dir: dir)
+        r.keepLast = 2
+        let t = try Trainer(run: r, data: r.synthetic.generate(seed: r.seed))
+        for s in 1...4 { try train(t, until: s); try t.saveCheckpoint() }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(),
+                       ["checkpoint-step-00000003.safetensors", "checkpoint-step-00000004.safetensors", "checkpoint.safetensors"])
+        XCTAssertEqual(try Checkpoint.load(path: dir + "/checkpoint-step-00000003.safetensors").step, 3)
+    }
+
+    func testResumeNamesEachDifferingKeyWithBothValuesAndRefusesFewerSteps() throws {
+        let r = smallRun(steps: 3, dir: dir)
+        let data = r.synthetic.generate(seed: r.seed)
+        let t = try Trainer(run: r, data: data); try train(t, until: 2)
+        try t.saveCheckpoint()
+        let ck = try Checkpoint.load(path: t.checkpointPath)
+        var changed = r; changed.optimizer.lr = 0.5; changed.seed = 9; changed.bidirectional = false
+        XCTAssertThrowsError(try Trainer(run: changed, data: data, resumeFrom: ck)) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.contains("--lr: the checkpoint has 0.01, this run 0.5"), s)
+            XCTAssertTrue(s.contains("--seed: the checkpoint has 1, this run 9"), s)
+            XCTAssertTrue(s.contains("--unidirectional: the checkpoint has false, this run true"), s)
+            XCTAssertFalse(s.contains("--hidden"), s)
+        }
+        var fewer = r; fewer.steps = 1
+        XCTAssertThrowsError(try Trainer(run: fewer, data: data, resumeFrom: ck)) { e in
+            XCTAssertTrue("\(e)".contains("at step 2 but this run ends at step 1") && "\(e)".contains("HINT"), "\(e)")
+        }
+    }
+
+    func testOneRunPerDirectoryAndTheLockDiesWithItsHolder() throws {
+        var first: RunLock? = try RunLock(directory: dir + "/run")
+        XCTAssertThrowsError(try RunLock(directory: dir + "/run")) { e in
+            XCTAssertTrue("\(e)".contains("is in use by another run: pid \(getpid()) on host"), "\(e)")
+            XCTAssertTrue("\(e)".contains("HINT"))
+        }
+        var logged: [String] = []
+        let t0 = Date()
+        XCTAssertThrowsError(try RunLock(directory: dir + "/run", wait: 0.3, log: { logged.append($0) })) { e in
+            XCTAssertTrue("\(e)".contains("did not let go within"), "\(e)")
+        }
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(t0), 0.3)
+        XCTAssertEqual(logged.count, 1)
+        XCTAssertTrue(logged[0].contains("waiting up to 0 s for pid \(getpid())"), logged[0])
+        XCTAssertNotNil(first)
+        first = nil
+        XCTAssertNoThrow(try RunLock(directory: dir + "/run"), "released when its holder goes")
+        try Data().write(to: URL(fileURLWithPath: dir + "/file"))
+        XCTAssertThrowsError(try RunLock(directory: dir + "/file")) { XCTAssertTrue("\($0)".contains("is a file, not a directory"), "\($0)") }
     }
 
     func testFailedWriteLeavesThePreviousCheckpoint() throws {
