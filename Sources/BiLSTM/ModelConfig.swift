@@ -33,13 +33,29 @@ public struct ModelConfig: Equatable, Codable, Sendable {
     public var directions: Int { (arch == .split || bidirectional) ? 2 : 1 }
     public var headInput: Int { directions * hidden }
 
+    /// The most classes a model may have, in every mode (the head is C × 2H, its logits C per frame).
+    public static let maxClasses = 1 << 16
+    /// The widest input frame.
+    public static let maxInputSize = 1 << 16
+
+    /// Parameters of this shape: 4H × (in + H + 2) per layer and direction, and the head.
+    public var parameterCount: Int {
+        var n = 0
+        let stacks = arch == .split ? 2 : 1, dirs = arch == .split ? 1 : directions
+        for l in 0..<layers {
+            let input = l == 0 ? inputSize : (arch == .split ? hidden : directions * hidden)
+            n += stacks * dirs * 4 * hidden * (input + hidden + 2)
+        }
+        return n + classes * (headInput + 1)
+    }
+
     /// Every reason this config cannot be built, as user-facing sentences.
     public func problems() -> [String] {
         var p: [String] = []
-        if inputSize < 1 { p.append("input size must be at least 1 (got \(inputSize))") }
+        if !(1...ModelConfig.maxInputSize).contains(inputSize) { p.append("input size must be in 1...\(ModelConfig.maxInputSize) (got \(inputSize))") }
         if !(1...4096).contains(hidden) { p.append("hidden must be in 1...4096 (got \(hidden))") }
         if !(1...64).contains(layers) { p.append("layers must be in 1...64 (got \(layers))") }
-        if classes < 2 { p.append("classes must be at least 2 (got \(classes))") }
+        if !(2...ModelConfig.maxClasses).contains(classes) { p.append("classes must be in 2...\(ModelConfig.maxClasses) (got \(classes))") }
         if !(dropout >= 0 && dropout < 1) { p.append("dropout must be in [0, 1) (got \(dropout))") }
         if arch == .split && !bidirectional {
             p.append("arch split is a bidirectional model; HINT: drop --unidirectional or use --arch stacked")

@@ -30,7 +30,8 @@ public final class CoordinatorServer {
 
     /// With `curve` (the coordinator's keypair and the allowed worker keys) every worker must
     /// complete a CURVE handshake with an allow-listed key before any message reaches the core.
-    public init(trainer: Trainer, context: ZMQContext, bind: String, minWorkers: Int, maxWorkers: Int,
+    /// `bind` nil: no TCP endpoint (a `--spawn` run listens on its local socket alone, `bindLocal`).
+    public init(trainer: Trainer, context: ZMQContext, bind: String?, minWorkers: Int, maxWorkers: Int,
                 curve: (keys: CurveKeypair, allowed: [String])? = nil, bindWait: Double = 0,
                 log: @escaping (String) -> Void) throws {
         self.trainer = trainer
@@ -50,7 +51,7 @@ public final class CoordinatorServer {
         // job writing its last checkpoint): it waits for it, bounded.
         let deadline = monotonicSeconds() + bindWait
         var said = false
-        while true {
+        while let bind {
             do { try socket.bind(bind); break } catch {
                 let inUse = zmq_errno() == EADDRINUSE
                 if inUse && monotonicSeconds() < deadline {
@@ -62,7 +63,7 @@ public final class CoordinatorServer {
                                     hint: "choose a free port with --bind tcp://127.0.0.1:PORT, or stop whatever holds it")
             }
         }
-        endpoint = socket.lastEndpoint
+        endpoint = bind == nil ? "" : socket.lastEndpoint
         limits.parameterCount = trainer.layout.count
         limits.inputSize = trainer.model.inputSize
         let runId = UInt64(strtoull(String(trainer.run.hash.prefix(16)), nil, 16))
@@ -91,6 +92,7 @@ public final class CoordinatorServer {
         try socket.bind("ipc://" + path)
         chmod(path, 0o600)
         localSocketPath = path
+        if endpoint.isEmpty { endpoint = "ipc://" + path }
         do {
             let w = try SharedSlots(creating: SharedSlots.weightsMagic, slots: SharedSlots.weightSlots, floats: trainer.layout.count, what: "weights")
             shared = w

@@ -1,6 +1,7 @@
 import BiLSTM
 import Foundation
 import Numerics
+import Training
 
 /// Lockstep's messages (DESIGN.md §4). On the wire: frame 0 is a small header
 /// (`LKST`, protocol version u16, type u8, reserved u8, then the type's fields, little-endian);
@@ -145,6 +146,30 @@ public struct WireLimits: Sendable {
     public var parameterCount: Int? = nil
     public var inputSize: Int? = nil
     public init() {}
+}
+
+extension WireLimits {
+    /// The most a worker accepts in one message (its `ZMQ_MAXMSGSIZE`): a shard's sequences.
+    public static let workerMessageBytes = 1 << 31
+
+    /// Every reason a run with this config and data cannot cross the wire, so a cluster run is
+    /// refused at start rather than re-queueing messages its workers must reject.
+    public static func problems(run: RunConfig, data: Dataset, model: ModelConfig) -> [String] {
+        var p: [String] = []
+        let l = WireLimits()
+        if run.shardSize > l.maxSequences { p.append("--shard-size \(run.shardSize) exceeds the wire's \(l.maxSequences) sequences per message") }
+        if model.classes > 1 << 20 { p.append("\(model.classes) classes exceed the wire's limit of \(1 << 20)") }
+        if model.inputSize > 1 << 20 { p.append("d_in \(model.inputSize) exceeds the wire's limit of \(1 << 20)") }
+        let longest = data.examples.map(\.length).max() ?? 0
+        if longest > l.maxSequenceLength { p.append("a sequence of \(longest) frames exceeds the wire's \(l.maxSequenceLength)") }
+        // The largest shard holds at most the shard-size longest sequences.
+        let top = data.examples.map(\.length).sorted(by: >).prefix(run.shardSize)
+        let bytes = top.reduce(0) { $0 + 16 + $1 * (model.inputSize + 1) * 4 } + l.maxHeaderBytes
+        if bytes > workerMessageBytes {
+            p.append("a shard of the \(run.shardSize) longest sequences is \(bytes) bytes, over the \(workerMessageBytes)-byte message a worker accepts; HINT: lower --shard-size")
+        }
+        return p
+    }
 }
 
 struct ByteWriter {

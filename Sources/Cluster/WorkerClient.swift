@@ -79,7 +79,7 @@ public final class WorkerClient {
         if let c = options.curve { s.curveClient(c.keys, serverKey: c.serverKey) }
         s.setInt(ZMQ_IMMEDIATE, 1)       // queue nothing for a coordinator that is not there
         s.setInt(ZMQ_SNDHWM, 16)
-        s.setInt64(ZMQ_MAXMSGSIZE, 1 << 31)
+        s.setInt64(ZMQ_MAXMSGSIZE, Int64(WireLimits.workerMessageBytes))
         s.setInt(ZMQ_RECONNECT_IVL, 100)
         try s.connect(endpoint)
         return s

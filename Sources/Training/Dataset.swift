@@ -27,24 +27,35 @@ public struct Dataset: Sendable {
 
     public var frames: Int { examples.reduce(0) { $0 + $1.length } }
 
+    /// The longest sequence, in every mode (a sequence crosses the wire whole).
+    public static let maxLength = 1 << 20
+
     /// Reads `x` float32 `[N, Lmax, d_in]`, `lengths` int `[N]`, `y` int `[N, Lmax]` (-1 padding)
     /// from an `.npz` written by `np.savez` or `np.savez_compressed`, refusing anything malformed
     /// with the file, array and fix named.
     public static func load(npz path: String, classes: Int? = nil) throws -> Dataset {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard FileManager.default.fileExists(atPath: path) else {
             throw LockstepError("\(path): cannot read the data file (missing or unreadable)",
                                 hint: "pass an existing .npz with --data, or omit --data to use the built-in synthetic task")
         }
-        let zip = try ZipArchive(data: [UInt8](data), path: path)
-        func array(_ name: String) throws -> NPYArray {
+        let zip = try ZipArchive(bytes: try Bytes.map(path: path), path: path)
+        func entry(_ name: String) throws -> ZipArchive.Entry {
             guard let e = zip.entries.first(where: { $0.name == name + ".npy" }) else {
                 let have = zip.entries.map { $0.name.replacingOccurrences(of: ".npy", with: "") }
                 throw LockstepError("\(path): array '\(name)' is missing (the file has: \(have.joined(separator: ", ")))",
                                     hint: "save it as numpy.savez(path, x=x, lengths=lengths, y=y)")
             }
-            return try NPYArray.parse(try zip.read(e), file: path, array: name)
+            return e
         }
-        let xa = try array("x"), la = try array("lengths"), ya = try array("y")
+        // Before any allocation: the inflated members, plus the sequences copied out of x.
+        let (ex, el, ey) = (try entry("x"), try entry("lengths"), try entry("y"))
+        let inflated = [ex, el, ey].reduce(0) { $0 + ($1.method == 0 ? 0 : $1.size) }
+        try Memory.check(inflated + ex.size + ey.size, for: "\(path) (\(Memory.gib(ex.size)) of x)")
+        func array(_ e: ZipArchive.Entry, _ name: String) throws -> NPYArray {
+            let (bytes, owner) = try zip.read(e)
+            return try NPYArray.parse(bytes, owner: owner, file: path, array: name)
+        }
+        let xa = try array(ex, "x"), la = try array(el, "lengths"), ya = try array(ey, "y")
         guard xa.shape.count == 3 else {
             throw LockstepError("\(path): array 'x' has shape \(xa.shape); it must be [N, Lmax, d_in]",
                                 hint: "pad sequences to x of shape (N, Lmax, d_in)")
@@ -52,6 +63,10 @@ public struct Dataset: Sendable {
         let (n, lmax, dIn) = (xa.shape[0], xa.shape[1], xa.shape[2])
         guard n >= 1, lmax >= 1, dIn >= 1 else {
             throw LockstepError("\(path): array 'x' has shape \(xa.shape); every dimension must be at least 1")
+        }
+        guard lmax <= Dataset.maxLength, dIn <= ModelConfig.maxInputSize else {
+            throw LockstepError("\(path): array 'x' has shape \(xa.shape); Lockstep takes sequences of at most \(Dataset.maxLength) frames of at most \(ModelConfig.maxInputSize) features",
+                                hint: "cut longer sequences into pieces")
         }
         guard la.shape == [n] else {
             throw LockstepError("\(path): array 'lengths' has shape \(la.shape); it must be [N] = [\(n)] to match x",
@@ -61,7 +76,8 @@ public struct Dataset: Sendable {
             throw LockstepError("\(path): array 'y' has shape \(ya.shape); it must be [N, Lmax] = [\(n), \(lmax)] to match x",
                                 hint: "y[i, t] is the class of frame t of sequence i, -1 on padding")
         }
-        let x = try xa.floats(file: path, array: "x")
+        try xa.requireFloat32(file: path, array: "x")
+        let x = xa.data.bindMemory(to: Float.self)
         let lengths = try la.ints(file: path, array: "lengths")
         let y = try ya.ints(file: path, array: "y")
         var maxLabel = -1
@@ -73,10 +89,11 @@ public struct Dataset: Sendable {
             }
             for t in 0..<len {
                 let v = y[i * lmax + t]
-                if v < -1 || (classes.map { v >= $0 } ?? false) {
-                    let range = classes.map { "-1...\($0 - 1)" } ?? "-1 or more"
-                    throw LockstepError("\(path): array 'y': sequence \(i), frame \(t) has label \(v); labels on valid frames must be in \(range)",
-                                        hint: classes == nil ? "use -1 only for ignored frames" : "raise --classes or fix the labels")
+                if v < -1 || v >= (classes ?? ModelConfig.maxClasses) {
+                    let range = "-1...\((classes ?? ModelConfig.maxClasses) - 1)"
+                    throw LockstepError("\(path): array 'y': sequence \(i), frame \(t) has label \(v); labels on valid frames must be in \(range)"
+                                        + (classes == nil ? " (Lockstep's limit of \(ModelConfig.maxClasses) classes)" : ""),
+                                        hint: classes == nil ? "use -1 only for ignored frames, and class ids from 0" : "raise --classes or fix the labels")
                 }
                 maxLabel = max(maxLabel, v)
                 for k in 0..<dIn where !x[(i * lmax + t) * dIn + k].isFinite {
@@ -94,11 +111,11 @@ public struct Dataset: Sendable {
         examples.reserveCapacity(n)
         for i in 0..<n {
             let len = lengths[i]
-            let xs = Array(x[(i * lmax * dIn)..<((i * lmax + len) * dIn)])
+            let xs = Array(UnsafeBufferPointer(rebasing: x[(i * lmax * dIn)..<((i * lmax + len) * dIn)]))
             let ys = (0..<len).map { Int32(y[i * lmax + $0]) }
             examples.append(Example(id: i, x: xs, y: ys))
         }
-        return Dataset(examples: examples, inputSize: dIn, classes: C, source: path)
+        return withExtendedLifetime(xa) { Dataset(examples: examples, inputSize: dIn, classes: C, source: path) }
     }
 
     /// The dataset as `.npz` bytes in the seed convention (stored, uncompressed).
@@ -148,6 +165,13 @@ public struct SyntheticTask: Equatable, Codable, Sendable {
         if classes < 2 { p.append("synthetic classes must be at least 2") }
         if inputSize < classes { p.append("synthetic input size (\(inputSize)) must be at least the class count (\(classes)): tokens are one-hot") }
         if minLength < 1 || maxLength < minLength { p.append("synthetic lengths need 1 <= min-length <= max-length (got \(minLength)...\(maxLength))") }
+        if classes > ModelConfig.maxClasses { p.append("synthetic classes must be at most \(ModelConfig.maxClasses) (got \(classes))") }
+        if inputSize > ModelConfig.maxInputSize { p.append("synthetic input size must be at most \(ModelConfig.maxInputSize) (got \(inputSize))") }
+        if maxLength > Dataset.maxLength { p.append("synthetic max-length must be at most \(Dataset.maxLength) (got \(maxLength))") }
+        if sequences >= 1 && inputSize >= 1 && maxLength >= 1 && sequences <= 1 << 30 && maxLength <= Dataset.maxLength && inputSize <= ModelConfig.maxInputSize {
+            let bytes = sequences * maxLength * (inputSize + 1) * 4
+            if bytes > Memory.limit { p.append("the synthetic task would need up to \(Memory.gib(bytes)) of memory, more than this process may use (\(Memory.gib(Memory.limit))): lower --synthetic-sequences or --max-length") }
+        } else if sequences > 1 << 30 { p.append("synthetic sequences must be at most \(1 << 30) (got \(sequences))") }
         return p
     }
 

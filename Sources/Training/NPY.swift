@@ -1,20 +1,28 @@
 import Foundation
 
-/// One array from a `.npy` member: its dtype string, shape, and raw little-endian bytes.
+/// One array from a `.npy` member: its dtype string, shape, and raw little-endian bytes (read in
+/// place: `owner` keeps them valid).
 public struct NPYArray {
     public let descr: String
     public let shape: [Int]
-    public let data: ArraySlice<UInt8>
+    public let data: UnsafeRawBufferPointer
+    let owner: AnyObject?
 
     public var count: Int { shape.reduce(1, *) }
 
-    /// Parses NPY format versions 1–3 (numpy's `format.py`): magic, header dict, data.
     public static func parse(_ b: [UInt8], file: String, array: String) throws -> NPYArray {
+        let bytes = Bytes.copy(b)
+        return try parse(bytes.raw, owner: bytes, file: file, array: array)
+    }
+
+    /// Parses NPY format versions 1–3 (numpy's `format.py`): magic, header dict, data.
+    static func parse(_ b: UnsafeRawBufferPointer, owner: AnyObject?, file: String, array: String) throws -> NPYArray {
         func bad(_ why: String) -> LockstepError {
             LockstepError("\(file): array '\(array)' is not a valid .npy member: \(why)",
                           hint: "save arrays with numpy.savez(path, x=x, lengths=lengths, y=y)")
         }
         guard b.count >= 10, b[0] == 0x93, Array(b[1...5]) == Array("NUMPY".utf8) else { throw bad("missing NUMPY magic") }
+        guard b[6] != 1 || b[7] == 0 else { throw bad("unsupported format version \(b[6]).\(b[7])") }
         let major = b[6]
         let headerLen: Int, start: Int
         switch major {
@@ -25,7 +33,7 @@ public struct NPYArray {
         default: throw bad("unsupported format version \(major)")
         }
         guard start + headerLen <= b.count else { throw bad("truncated header") }
-        let header = String(decoding: b[start..<(start + headerLen)], as: UTF8.self)
+        let header = String(decoding: UnsafeRawBufferPointer(rebasing: b[start..<(start + headerLen)]), as: UTF8.self)
         guard let descr = field(header, "descr").flatMap(quoted) else { throw bad("header has no 'descr'") }
         guard let fortran = field(header, "fortran_order") else { throw bad("header has no 'fortran_order'") }
         guard let shapeText = field(header, "shape") else { throw bad("header has no 'shape'") }
@@ -56,7 +64,8 @@ public struct NPYArray {
         guard b.count - start - headerLen >= need else {
             throw bad("declared shape \(shape) needs \(need) bytes of data but the member has \(b.count - start - headerLen) (truncated?)")
         }
-        return NPYArray(descr: descr, shape: shape, data: b[(start + headerLen)..<(start + headerLen + need)])
+        return NPYArray(descr: descr, shape: shape, data: UnsafeRawBufferPointer(rebasing: b[(start + headerLen)..<(start + headerLen + need)]),
+                        owner: owner)
     }
 
     private static func field(_ header: String, _ key: String) -> String? {
@@ -92,13 +101,21 @@ public struct NPYArray {
                                 hint: "save \(array).astype(numpy.float32)")
         }
         var out = [Float](repeating: 0, count: count)
-        out.withUnsafeMutableBytes { dst in data.withUnsafeBytes { dst.copyMemory(from: $0) } }
+        out.withUnsafeMutableBytes { $0.copyMemory(from: data) }
         return out
+    }
+
+    /// Checks that x is float32, for reading it in place.
+    public func requireFloat32(file: String, array: String) throws {
+        guard descr == "<f4" else {
+            throw LockstepError("\(file): array '\(array)' has dtype \(descr); Lockstep needs float32 (<f4)",
+                                hint: "save \(array).astype(numpy.float32)")
+        }
     }
 
     /// The values as Int, for any integer dtype.
     public func ints(file: String, array: String) throws -> [Int] {
-        let raw = Array(data)
+        let raw = data
         func le(_ o: Int, _ n: Int) -> UInt64 {
             var v: UInt64 = 0
             for k in 0..<n { v |= UInt64(raw[o + k]) << (8 * UInt64(k)) }

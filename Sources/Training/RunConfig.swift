@@ -36,6 +36,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public static let defaultSteps = 300
+    /// Sequences in one shard and in one batch: a shard crosses the wire as one message.
+    public static let maxShardSize = 1 << 16
+    public static let maxBatchSize = 1 << 24
 
     public func model(for data: Dataset) -> ModelConfig {
         ModelConfig(inputSize: data.inputSize, hidden: hidden, layers: layers, classes: data.classes,
@@ -63,9 +66,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if !(maxNorm >= 0 && maxNorm.isFinite) { p.append("--max-norm must be >= 0; 0 turns clipping off (got \(maxNorm))") }
         if checkpointEvery < 0 { p.append("--checkpoint-every must be >= 0; 0 writes only the final checkpoint") }
         if keepLast < 0 { p.append("--keep-last must be >= 0; 0 keeps only checkpoint.safetensors (got \(keepLast))") }
-        if let c = classes, c < 2 { p.append("--classes must be at least 2 (got \(c))") }
+        if let c = classes, !(2...ModelConfig.maxClasses).contains(c) { p.append("--classes must be in 2...\(ModelConfig.maxClasses) (got \(c))") }
+        if shardSize > RunConfig.maxShardSize { p.append("--shard-size must be at most \(RunConfig.maxShardSize) (got \(shardSize))") }
+        if batchSize > RunConfig.maxBatchSize { p.append("--batch-size must be at most \(RunConfig.maxBatchSize) (got \(batchSize))") }
         if data == nil { p += synthetic.problems() }
-        let m = ModelConfig(inputSize: 1, hidden: hidden, layers: layers, classes: 2,
+        let m = ModelConfig(inputSize: 1, hidden: hidden, layers: layers, classes: min(max(classes ?? 2, 2), ModelConfig.maxClasses),
                             bidirectional: bidirectional, arch: arch, dropout: dropout)
         p += m.problems().map { "model: \($0)" }
         return p

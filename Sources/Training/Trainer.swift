@@ -20,6 +20,8 @@ public final class ShardComputer {
     }
 }
 
+func optimizerStateCopies(_ kind: OptimizerKind) -> Int { kind == .adam ? 2 : 1 }
+
 /// One optimizer step's outcome, as logged to metrics.jsonl.
 public struct StepReport: Sendable {
     public var step: Int          // 1-based: the number of steps done after this one
@@ -87,6 +89,9 @@ public final class Trainer {
         model = run.model(for: data)
         let modelProblems = model.problems()
         if !modelProblems.isEmpty { throw LockstepError("bad model: " + modelProblems.joined(separator: "; ")) }
+        // Weights, gradients, optimizer state and the spare copy, before any of them is allocated.
+        try Memory.check(model.parameterCount * 4 * (4 + optimizerStateCopies(run.optimizer.kind)),
+                         for: "the model (\(model.parameterCount) parameters)")
         layout = ParameterLayout(model)
         schedule = Schedule(lengths: data.examples.map(\.length), batchSize: run.batchSize, shardSize: run.shardSize, seed: run.seed)
         totalSteps = run.totalSteps(batchesPerEpoch: schedule.batchesPerEpoch)

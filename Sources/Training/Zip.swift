@@ -1,8 +1,55 @@
 import CZlib
 import Foundation
 
+/// Bytes that stay valid while this object lives: a read-only map of a file, or memory of our own.
+final class Bytes {
+    let raw: UnsafeRawBufferPointer
+    private let release: () -> Void
+
+    init(raw: UnsafeRawBufferPointer, release: @escaping () -> Void) {
+        self.raw = raw
+        self.release = release
+    }
+
+    deinit { release() }
+
+    /// Maps `path` read-only: its pages are the page cache's, so a large file costs no copy.
+    static func map(path: String) throws -> Bytes {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw LockstepError("\(path): cannot read the data file (\(String(cString: strerror(errno))))",
+                                hint: "pass an existing .npz with --data, or omit --data to use the built-in synthetic task")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw LockstepError("\(path): not a regular file", hint: "pass an .npz file")
+        }
+        let size = Int(st.st_size)
+        if size == 0 { return Bytes(raw: UnsafeRawBufferPointer(start: nil, count: 0), release: {}) }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw LockstepError("\(path): cannot map the file (\(String(cString: strerror(errno))))", hint: "check the file")
+        }
+        madvise(p, size, MADV_SEQUENTIAL)
+        return Bytes(raw: UnsafeRawBufferPointer(start: p, count: size), release: { munmap(p, size) })
+    }
+
+    static func allocate(_ count: Int) -> Bytes {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 64)
+        return Bytes(raw: UnsafeRawBufferPointer(start: p, count: count), release: { p.deallocate() })
+    }
+
+    static func copy(_ a: [UInt8]) -> Bytes {
+        let b = allocate(a.count)
+        a.withUnsafeBytes { UnsafeMutableRawPointer(mutating: b.raw.baseAddress!).copyMemory(from: $0.baseAddress!, byteCount: a.count) }
+        return b
+    }
+}
+
 /// Reads the members of a ZIP archive (what `np.savez` and `np.savez_compressed` write):
-/// stored or deflated, ZIP64 sizes and offsets, CRC-32 checked.
+/// stored or deflated, ZIP64 sizes and offsets, CRC-32 checked. Every size the archive declares
+/// is checked against the file before anything is allocated, a stored member is read in place
+/// from the map, and a deflated one is inflated straight into its own buffer in chunks.
 struct ZipArchive {
     struct Entry {
         let name: String
@@ -13,26 +60,43 @@ struct ZipArchive {
         let localHeaderOffset: Int
     }
 
-    let data: [UInt8]
+    let bytes: Bytes
     let path: String
     let entries: [Entry]
 
-    init(data: [UInt8], path: String) throws {
-        self.data = data
+    /// Deflate cannot shrink data by more than about 1032:1; a larger declared ratio is a lie.
+    static let maxDeflateRatio = 1032
+    /// The most zlib is handed at once (its counters are 32-bit); tests lower it to cover the loop.
+    nonisolated(unsafe) static var chunk = Int(UInt32.max / 2)
+
+    init(bytes: Bytes, path: String) throws {
+        self.bytes = bytes
         self.path = path
-        entries = try ZipArchive.readDirectory(data, path)
+        entries = try ZipArchive.readDirectory(bytes.raw, path)
+        var seen: Set<String> = []
+        for e in entries where !seen.insert(e.name).inserted {
+            throw ZipArchive.corrupt(path, "it holds two members named \(e.name) (NumPy would read the last, so which is meant is unclear)")
+        }
     }
 
-    private static func corrupt(_ path: String, _ why: String) -> LockstepError {
+    init(data: [UInt8], path: String) throws {
+        try self.init(bytes: Bytes.copy(data), path: path)
+    }
+
+    static func corrupt(_ path: String, _ why: String) -> LockstepError {
         LockstepError("\(path): not a readable .npz (zip) file: \(why)",
                       hint: "write it with numpy.savez or numpy.savez_compressed; if it was copied, check the copy is complete")
     }
 
-    private static func u16(_ d: [UInt8], _ o: Int) -> Int { Int(d[o]) | Int(d[o + 1]) << 8 }
-    private static func u32(_ d: [UInt8], _ o: Int) -> Int { u16(d, o) | u16(d, o + 2) << 16 }
-    private static func u64(_ d: [UInt8], _ o: Int) -> Int { u32(d, o) | u32(d, o + 4) << 32 }
+    private static func u16(_ d: UnsafeRawBufferPointer, _ o: Int) -> Int { Int(d[o]) | Int(d[o + 1]) << 8 }
+    private static func u32(_ d: UnsafeRawBufferPointer, _ o: Int) -> Int { u16(d, o) | u16(d, o + 2) << 16 }
+    /// 64-bit fields are read as unsigned and refused past 2^62, so no size wraps negative.
+    private static func u64(_ d: UnsafeRawBufferPointer, _ o: Int) -> Int {
+        let v = UInt64(u32(d, o)) | UInt64(u32(d, o + 4)) << 32
+        return v > (1 << 62) ? Int.max / 4 : Int(v)
+    }
 
-    private static func readDirectory(_ d: [UInt8], _ path: String) throws -> [Entry] {
+    private static func readDirectory(_ d: UnsafeRawBufferPointer, _ path: String) throws -> [Entry] {
         guard d.count >= 22 else { throw corrupt(path, "file is \(d.count) bytes, too short for a zip") }
         var eocd = -1
         var i = d.count - 22
@@ -48,12 +112,13 @@ struct ZipArchive {
         // ZIP64: the locator sits just before the classic record.
         if eocd >= 20 && u32(d, eocd - 20) == 0x0706_4b50 {
             let rec = u64(d, eocd - 20 + 8)
-            guard rec >= 0, rec + 56 <= d.count, u32(d, rec) == 0x0606_4b50 else { throw corrupt(path, "bad ZIP64 record") }
+            guard rec >= 0, rec <= d.count - 56, u32(d, rec) == 0x0606_4b50 else { throw corrupt(path, "bad ZIP64 record") }
             count = u64(d, rec + 32)
             dirSize = u64(d, rec + 40)
             dirOffset = u64(d, rec + 48)
         }
-        guard dirOffset >= 0, dirSize >= 0, dirOffset + dirSize <= d.count, count < 1_000_000 else {
+        guard dirOffset >= 0, dirSize >= 0, dirOffset <= d.count, dirSize <= d.count - dirOffset, count < 1_000_000,
+              count * 46 <= dirSize else {
             throw corrupt(path, "central directory out of range (truncated?)")
         }
         var entries: [Entry] = []
@@ -66,18 +131,29 @@ struct ZipArchive {
             let nameLen = u16(d, o + 28), extraLen = u16(d, o + 30), commentLen = u16(d, o + 32)
             var local = u32(d, o + 42)
             guard o + 46 + nameLen + extraLen + commentLen <= d.count else { throw corrupt(path, "entry runs past the end") }
-            let name = String(decoding: d[(o + 46)..<(o + 46 + nameLen)], as: UTF8.self)
+            let name = String(decoding: UnsafeRawBufferPointer(rebasing: d[(o + 46)..<(o + 46 + nameLen)]), as: UTF8.self)
             var e = o + 46 + nameLen
             let extraEnd = e + extraLen
             while e + 4 <= extraEnd {
                 let id = u16(d, e), len = u16(d, e + 2)
                 if id == 1 {
                     var f = e + 4
-                    if size == 0xFFFF_FFFF, f + 8 <= e + 4 + len { size = u64(d, f); f += 8 }
-                    if csize == 0xFFFF_FFFF, f + 8 <= e + 4 + len { csize = u64(d, f); f += 8 }
-                    if local == 0xFFFF_FFFF, f + 8 <= e + 4 + len { local = u64(d, f); f += 8 }
+                    let end = min(e + 4 + len, extraEnd)
+                    if size == 0xFFFF_FFFF, f + 8 <= end { size = u64(d, f); f += 8 }
+                    if csize == 0xFFFF_FFFF, f + 8 <= end { csize = u64(d, f); f += 8 }
+                    if local == 0xFFFF_FFFF, f + 8 <= end { local = u64(d, f); f += 8 }
                 }
                 e += 4 + len
+            }
+            // Declared sizes against the file itself, before anything is allocated from them.
+            guard csize <= d.count, local <= d.count - 30 else {
+                throw corrupt(path, "member \(name) declares \(csize) compressed bytes at offset \(local), beyond the file's \(d.count) bytes (truncated?)")
+            }
+            if method == 0 && size != csize {
+                throw corrupt(path, "stored member \(name) declares \(size) bytes but holds \(csize)")
+            }
+            if method == 8 && size / maxDeflateRatio > csize + 64 {
+                throw corrupt(path, "member \(name) declares \(size) bytes from \(csize) compressed ones, more than deflate can expand")
             }
             entries.append(Entry(name: name, method: method, crc: crc, compressedSize: csize, size: size, localHeaderOffset: local))
             o += 46 + nameLen + extraLen + commentLen
@@ -85,35 +161,55 @@ struct ZipArchive {
         return entries
     }
 
-    /// The uncompressed bytes of one member, CRC-checked.
-    func read(_ entry: Entry) throws -> [UInt8] {
-        let d = data, o = entry.localHeaderOffset
+    /// The uncompressed bytes of one member, CRC-checked: a view of the map when stored.
+    func read(_ entry: Entry) throws -> (bytes: UnsafeRawBufferPointer, owner: Bytes) {
+        let d = bytes.raw, o = entry.localHeaderOffset
         guard o >= 0, o + 30 <= d.count, ZipArchive.u32(d, o) == 0x0403_4b50 else {
             throw ZipArchive.corrupt(path, "member \(entry.name): bad local header")
         }
         let start = o + 30 + ZipArchive.u16(d, o + 26) + ZipArchive.u16(d, o + 28)
-        guard entry.compressedSize >= 0, entry.size >= 0, start + entry.compressedSize <= d.count else {
+        guard entry.compressedSize >= 0, entry.size >= 0, start <= d.count, entry.compressedSize <= d.count - start else {
             throw ZipArchive.corrupt(path, "member \(entry.name) runs past the end of the file (truncated?)")
         }
-        var out: [UInt8]
+        let out: UnsafeRawBufferPointer, owner: Bytes
         switch entry.method {
         case 0:
-            out = Array(d[start..<(start + entry.compressedSize)])
+            out = UnsafeRawBufferPointer(rebasing: d[start..<(start + entry.compressedSize)])
+            owner = bytes
         case 8:
-            out = [UInt8](repeating: 0, count: entry.size)
+            try Memory.check(entry.size, for: "\(path): member \(entry.name)")
+            owner = Bytes.allocate(entry.size)
+            out = owner.raw
             var stream = z_stream()
             guard inflateInit2_(&stream, -15, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
                 throw ZipArchive.corrupt(path, "zlib could not start")
             }
             defer { inflateEnd(&stream) }
-            let rc: Int32 = d.withUnsafeBufferPointer { src in
-                out.withUnsafeMutableBufferPointer { dst in
-                    stream.next_in = UnsafeMutablePointer(mutating: src.baseAddress! + start)
-                    stream.avail_in = UInt32(entry.compressedSize)
-                    stream.next_out = dst.baseAddress
-                    stream.avail_out = UInt32(entry.size)
-                    return inflate(&stream, Z_FINISH)
+            // Fed in chunks: zlib's counters are 32-bit, members (ZIP64) may be far larger.
+            var inOff = 0, outOff = 0
+            let src = d.baseAddress!, dst = UnsafeMutableRawPointer(mutating: out.baseAddress!)
+            stream.next_out = dst.assumingMemoryBound(to: UInt8.self)
+            stream.avail_out = 0
+            var rc: Int32
+            while true {
+                if stream.avail_in == 0 && inOff < entry.compressedSize {
+                    let n = min(ZipArchive.chunk, entry.compressedSize - inOff)
+                    stream.next_in = UnsafeMutablePointer(mutating: (src + start + inOff).assumingMemoryBound(to: UInt8.self))
+                    stream.avail_in = UInt32(n)
+                    inOff += n
                 }
+                if stream.avail_out == 0 && outOff < entry.size {
+                    let n = min(ZipArchive.chunk, entry.size - outOff)
+                    stream.next_out = (dst + outOff).assumingMemoryBound(to: UInt8.self)
+                    stream.avail_out = UInt32(n)
+                    outOff += n
+                }
+                rc = inflate(&stream, Z_NO_FLUSH)
+                if rc == Z_OK { continue }
+                // No progress is possible only once the input or the declared output has run out.
+                if rc == Z_BUF_ERROR && !(stream.avail_in == 0 && inOff >= entry.compressedSize)
+                    && !(stream.avail_out == 0 && outOff >= entry.size) { continue }
+                break
             }
             guard rc == Z_STREAM_END, Int(stream.total_out) == entry.size else {
                 throw ZipArchive.corrupt(path, "member \(entry.name): deflate data is corrupt")
@@ -121,35 +217,81 @@ struct ZipArchive {
         default:
             throw ZipArchive.corrupt(path, "member \(entry.name) uses compression method \(entry.method)")
         }
-        let crc = out.withUnsafeBufferPointer { UInt32(crc32(0, $0.baseAddress, UInt32($0.count))) }
-        guard crc == entry.crc else { throw ZipArchive.corrupt(path, "member \(entry.name): CRC mismatch (file damaged)") }
-        return out
+        var crc: UInt = 0
+        var off = 0
+        while off < out.count {
+            let n = min(ZipArchive.chunk, out.count - off)
+            crc = crc32(crc, out.baseAddress!.advanced(by: off).assumingMemoryBound(to: UInt8.self), UInt32(n))
+            off += n
+        }
+        guard UInt32(crc) == entry.crc else { throw ZipArchive.corrupt(path, "member \(entry.name): CRC mismatch (file damaged)") }
+        return (out, owner)
     }
 
-    /// A stored (uncompressed) zip of the given members: enough for tests and exports.
-    static func write(_ members: [(name: String, bytes: [UInt8])]) -> [UInt8] {
+    /// A zip of the given members: stored, or raw-deflated (`deflate`, as `np.savez_compressed`
+    /// writes); with `zip64` every size and offset goes in ZIP64 fields and records, as NumPy
+    /// writes members over 4 GiB. `declaredSize` overrides what the directory claims a member
+    /// inflates to (tests of hostile files).
+    static func write(_ members: [(name: String, bytes: [UInt8])], deflate: Bool = false, zip64: Bool = false,
+                      declaredSize: [String: Int] = [:]) -> [UInt8] {
         var out: [UInt8] = []
         var central: [UInt8] = []
         func le16(_ v: Int, _ a: inout [UInt8]) { a += [UInt8(v & 0xff), UInt8((v >> 8) & 0xff)] }
         func le32(_ v: Int, _ a: inout [UInt8]) { le16(v & 0xffff, &a); le16((v >> 16) & 0xffff, &a) }
+        func le64(_ v: Int, _ a: inout [UInt8]) { le32(v & 0xffff_ffff, &a); le32(v >> 32, &a) }
         for m in members {
             let crc = m.bytes.withUnsafeBufferPointer { Int(crc32(0, $0.baseAddress, UInt32($0.count))) }
+            let body = deflate ? rawDeflate(m.bytes) : m.bytes
+            let size = declaredSize[m.name] ?? m.bytes.count
             let name = Array(m.name.utf8)
             let offset = out.count
-            le32(0x0403_4b50, &out); le16(20, &out); le16(0, &out); le16(0, &out); le16(0, &out); le16(0, &out)
-            le32(crc, &out); le32(m.bytes.count, &out); le32(m.bytes.count, &out); le16(name.count, &out); le16(0, &out)
+            var extra: [UInt8] = []
+            if zip64 { le16(1, &extra); le16(24, &extra); le64(size, &extra); le64(body.count, &extra); le64(offset, &extra) }
+            let (s32, c32, o32) = zip64 ? (0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF) : (size, body.count, offset)
+            let method = deflate ? 8 : 0
+            le32(0x0403_4b50, &out); le16(45, &out); le16(0, &out); le16(method, &out); le16(0, &out); le16(0, &out)
+            le32(crc, &out); le32(c32, &out); le32(s32, &out); le16(name.count, &out); le16(zip64 ? 20 : 0, &out)
             out += name
-            out += m.bytes
-            le32(0x0201_4b50, &central); le16(20, &central); le16(20, &central); le16(0, &central); le16(0, &central)
-            le16(0, &central); le16(0, &central); le32(crc, &central); le32(m.bytes.count, &central); le32(m.bytes.count, &central)
-            le16(name.count, &central); le16(0, &central); le16(0, &central); le16(0, &central); le16(0, &central)
-            le32(0, &central); le32(offset, &central)
+            if zip64 { le16(1, &out); le16(16, &out); le64(size, &out); le64(body.count, &out) }
+            out += body
+            le32(0x0201_4b50, &central); le16(45, &central); le16(45, &central); le16(0, &central); le16(method, &central)
+            le16(0, &central); le16(0, &central); le32(crc, &central); le32(c32, &central); le32(s32, &central)
+            le16(name.count, &central); le16(extra.count, &central); le16(0, &central); le16(0, &central); le16(0, &central)
+            le32(0, &central); le32(o32, &central)
             central += name
+            central += extra
         }
         let dirOffset = out.count
         out += central
-        le32(0x0605_4b50, &out); le16(0, &out); le16(0, &out); le16(members.count, &out); le16(members.count, &out)
-        le32(central.count, &out); le32(dirOffset, &out); le16(0, &out)
+        if zip64 {
+            let rec = out.count
+            le32(0x0606_4b50, &out); le64(44, &out); le16(45, &out); le16(45, &out); le32(0, &out); le32(0, &out)
+            le64(members.count, &out); le64(members.count, &out); le64(central.count, &out); le64(dirOffset, &out)
+            le32(0x0706_4b50, &out); le32(0, &out); le64(rec, &out); le32(1, &out)
+        }
+        le32(0x0605_4b50, &out); le16(0, &out); le16(0, &out)
+        le16(zip64 ? 0xFFFF : members.count, &out); le16(zip64 ? 0xFFFF : members.count, &out)
+        le32(zip64 ? 0xFFFF_FFFF : central.count, &out); le32(zip64 ? 0xFFFF_FFFF : dirOffset, &out); le16(0, &out)
         return out
+    }
+
+    /// Raw deflate (no zlib header), as zip members hold it.
+    static func rawDeflate(_ input: [UInt8]) -> [UInt8] {
+        var stream = z_stream()
+        guard deflateInit2_(&stream, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else { return [] }
+        defer { deflateEnd(&stream) }
+        var out = [UInt8](repeating: 0, count: Int(deflateBound(&stream, UInt(input.count))) + 16)
+        var input = input
+        let produced: Int = input.withUnsafeMutableBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                stream.next_in = src.baseAddress
+                stream.avail_in = UInt32(src.count)
+                stream.next_out = dst.baseAddress
+                stream.avail_out = UInt32(dst.count)
+                _ = CZlib.deflate(&stream, Z_FINISH)
+                return Int(stream.total_out)
+            }
+        }
+        return Array(out.prefix(produced))
     }
 }

@@ -29,6 +29,12 @@ struct Grad: ParsableCommand {
 
     func validate() throws {
         if let d = dropout, !(d >= 0 && d < 1) { throw ValidationError("--dropout must be in [0, 1)") }
+        func canonical(_ p: String) -> String {
+            URL(fileURLWithPath: p).resolvingSymlinksInPath().standardizedFileURL.path
+        }
+        if canonical(out) == canonical(checkpoint) {
+            throw ValidationError("--out \(out) is the --checkpoint itself: writing there would replace the weights. HINT: choose another --out")
+        }
     }
 
     func run() throws {

@@ -21,71 +21,131 @@ struct Start: ParsableCommand {
     var resume = false
     @Flag(help: "Start from scratch even if --checkpoint-dir already holds a checkpoint (it is replaced).")
     var fresh = false
-    @Option(help: "ZeroMQ endpoint the coordinator binds (cluster mode). Port 0 or * picks a free port; the log says which.")
-    var bind = "tcp://127.0.0.1:5555"
-    @Option(help: "Start N local worker processes (like torchrun --nproc-per-node). They connect over a Unix socket, exchange weights and gradients through shared memory (/dev/shm), busy-wait at step barriers unless N exceeds the cores, and stop with the coordinator.")
-    var spawn = 0
+    @Option(help: "ZeroMQ endpoint the coordinator binds (cluster mode; default tcp://127.0.0.1:5555, or with --spawn only the local socket). Port 0 or * picks a free port; the log says which.")
+    var bind: String?
+    @Option(help: "Start N local worker processes (like torchrun --nproc-per-node). They connect over a Unix socket (mode 0600), exchange weights and gradients through shared memory (/dev/shm), busy-wait at step barriers unless N exceeds the cores, and stop with the coordinator. Without --bind nothing else listens.")
+    var spawn: Int?
     @Option(help: "Wait for this many workers before step 1 (default: --spawn, or 1).")
     var minWorkers: Int?
-    @Option(help: "Refuse workers beyond this many.")
-    var maxWorkers = 256
+    @Option(help: "Refuse workers beyond this many (default 256).")
+    var maxWorkers: Int?
     @Option(help: "CURVE: this coordinator's keypair file (from `coord keygen`). Needs --allow. Required to bind beyond loopback without --insecure.")
     var curveKeys: String?
     @Option(help: "CURVE: allow-list of worker public keys, one 40-character Z85 key per line (# comments).")
     var allow: String?
     @Flag(help: "Allow binding to a non-loopback address without authentication. Anyone who can reach the port can join.")
     var insecure = false
-    @Option(help: "With --resume: how many seconds to wait for a previous coordinator of this run (a preempted job still writing its checkpoint) to release the run directory and the port. Without --resume a run directory in use is refused at once.")
-    var wait: Double = 60
+    @Option(help: "With --resume: how many seconds to wait for a previous coordinator of this run (a preempted job still writing its checkpoint) to release the run directory and the port (default 60). Without --resume a run directory in use is refused at once.")
+    var wait: Double?
+
+    /// The command's own settings: the command line, else the --config file, else the default.
+    struct Settings {
+        var local = false, resume = false, fresh = false, insecure = false
+        var bind: String? = nil
+        var spawn = 0
+        var minWorkers: Int? = nil
+        var maxWorkers = 256
+        var curveKeys: String? = nil, allow: String? = nil
+        var wait = 60.0
+    }
+
+    func resolve() throws -> (RunConfig, Settings) {
+        let (run, file) = try training.resolve()
+        var s = Settings()
+        s.local = try local || file.bool("local") ?? false
+        s.resume = try resume || file.bool("resume") ?? false
+        s.fresh = try fresh || file.bool("fresh") ?? false
+        s.insecure = try insecure || file.bool("insecure") ?? false
+        s.bind = try bind ?? file.string("bind")
+        s.spawn = try spawn ?? file.int("spawn") ?? 0
+        s.minWorkers = try minWorkers ?? file.int("min-workers")
+        s.maxWorkers = try maxWorkers ?? file.int("max-workers") ?? 256
+        s.curveKeys = try curveKeys ?? file.string("curve-keys")
+        s.allow = try allow ?? file.string("allow")
+        s.wait = try wait ?? file.double("wait") ?? 60
+        return (run, s)
+    }
+
+    /// Every reason these settings cannot run, before any data is read or socket opened.
+    static func problems(_ c: RunConfig, _ s: Settings) -> [String] {
+        var p = c.problems()
+        if s.resume && s.fresh { p.append("--resume and --fresh contradict each other") }
+        if !(s.wait >= 0 && s.wait <= 86_400) { p.append("--wait must be in 0...86400 seconds (got \(s.wait))") }
+        if s.local {
+            if s.spawn > 0 || s.minWorkers != nil { p.append("--spawn and --min-workers are for cluster mode; drop --local") }
+            return p
+        }
+        if let bind = s.bind {
+            if let why = bindProblem(bind) { p.append(why) } else {
+                let host = bind.dropFirst(6).split(separator: ":", omittingEmptySubsequences: false)[0]
+                let loopback = host == "localhost" || host.hasPrefix("127.") || host == "[::1]"
+                if !loopback && !s.insecure && s.curveKeys == nil {
+                    p.append("binding \(bind) exposes the coordinator beyond this machine without authentication. HINT: use CURVE (coord keygen; --curve-keys and --allow), bind tcp://127.0.0.1:PORT, or pass --insecure on a network you trust")
+                }
+            }
+        }
+        if (s.curveKeys == nil) != (s.allow == nil) { p.append("--curve-keys and --allow go together") }
+        if s.spawn < 0 || s.spawn > 64 { p.append("--spawn must be in 0...64 (got \(s.spawn))") }
+        if let m = s.minWorkers, m < 1 { p.append("--min-workers must be at least 1") }
+        if s.maxWorkers < max(1, s.spawn, s.minWorkers ?? 1) { p.append("--max-workers is below the workers you ask for") }
+        return p
+    }
+
+    /// Why `bind` is not a usable tcp://HOST:PORT endpoint, if it is not.
+    static func bindProblem(_ bind: String) -> String? {
+        guard bind.hasPrefix("tcp://") else { return "--bind must be a tcp:// endpoint, e.g. tcp://127.0.0.1:5555 (got \(bind))" }
+        let rest = bind.dropFirst(6)
+        guard let colon = rest.lastIndex(of: ":") else {
+            return "--bind \(bind) has no port. HINT: add one, e.g. \(bind):5555, or :0 for a free port"
+        }
+        let host = rest[..<colon], port = rest[rest.index(after: colon)...]
+        if host.isEmpty { return "--bind \(bind) has no host. HINT: tcp://127.0.0.1\(rest) for this machine only, or tcp://0.0.0.0\(rest) for every interface" }
+        if port.isEmpty { return "--bind \(bind) has no port. HINT: add one, e.g. \(bind)5555, or \(bind)0 for a free port" }
+        if port != "*", !(Int(port).map { (0...65535).contains($0) } ?? false) {
+            return "--bind \(bind): port '\(port)' is not a number in 0...65535"
+        }
+        return nil
+    }
 
     func validate() throws {
-        let c: RunConfig
-        do { c = try training.runConfig() } catch { throw ValidationError("\(error)") }
-        let problems = c.problems()
+        let c: RunConfig, s: Settings
+        do { (c, s) = try resolve() } catch { throw ValidationError("\(error)") }
+        let problems = Start.problems(c, s)
         if !problems.isEmpty { throw ValidationError(problems.joined(separator: "\n")) }
-        if resume && fresh { throw ValidationError("--resume and --fresh contradict each other") }
-        if !(wait >= 0 && wait <= 86_400) { throw ValidationError("--wait must be in 0...86400 seconds (got \(wait))") }
-        if !local {
-            guard bind.hasPrefix("tcp://"), bind.split(separator: ":").count == 3 else {
-                throw ValidationError("--bind must look like tcp://HOST:PORT (got \(bind))")
-            }
-            let host = bind.dropFirst(6).split(separator: ":")[0]
-            let loopback = host == "127.0.0.1" || host == "localhost" || host.hasPrefix("127.") || host == "[::1]"
-            if (curveKeys == nil) != (allow == nil) { throw ValidationError("--curve-keys and --allow go together") }
-            if !loopback && !insecure && curveKeys == nil {
-                throw ValidationError("binding \(bind) exposes the coordinator beyond this machine without authentication. HINT: use CURVE (coord keygen; --curve-keys and --allow), bind tcp://127.0.0.1:PORT, or pass --insecure on a network you trust")
-            }
-            if spawn < 0 || spawn > 64 { throw ValidationError("--spawn must be in 0...64") }
-            if let m = minWorkers, m < 1 { throw ValidationError("--min-workers must be at least 1") }
-            if maxWorkers < max(1, spawn, minWorkers ?? 1) { throw ValidationError("--max-workers is below the workers you ask for") }
-        } else if spawn > 0 || minWorkers != nil {
-            throw ValidationError("--spawn and --min-workers are for cluster mode; drop --local")
-        }
     }
 
     func run() throws {
         keepLargeAllocationsInTheHeap()
         do {
-            let config = try training.runConfig()
+            let (config, s) = try resolve()
             Interrupt.install()
             // Held to the end of the run: the kernel releases it on any exit.
-            let lock = try RunLock(directory: config.checkpointDir, wait: resume ? wait : 0, log: log)
+            let lock = try RunLock(directory: config.checkpointDir, wait: s.resume ? s.wait : 0, log: log)
             defer { withExtendedLifetime(lock) {} }
-            let (trainer, heldOut) = try prepare(config, resume: resume, fresh: fresh)
-            if local {
+            let (trainer, heldOut) = try prepare(config, resume: s.resume, fresh: s.fresh)
+            if !s.local {
+                let wire = WireLimits.problems(run: config, data: trainer.data, model: trainer.model)
+                if !wire.isEmpty {
+                    throw LockstepError("this run cannot cross the wire to workers: " + wire.joined(separator: "; "),
+                                        hint: "change the options named, or train with --local")
+                }
+            }
+            if s.local {
                 try trainLocal(trainer)
             } else {
-                if insecure && curveKeys == nil {
+                // --spawn alone listens on its 0600 local socket only.
+                let bind = s.bind ?? (s.spawn > 0 ? nil : "tcp://127.0.0.1:5555")
+                if let bind, s.insecure && s.curveKeys == nil {
                     log("WARNING: --insecure: \(bind) accepts any worker that can reach it, unauthenticated")
                 }
                 var curve: (keys: CurveKeypair, allowed: [String])? = nil
-                if let curveKeys, let allow {
+                if let curveKeys = s.curveKeys, let allow = s.allow {
                     curve = (try CurveKeypair.read(curveKeys), try CurveKeypair.allowList(allow))
                     log("CURVE on: \(curve!.allowed.count) worker key(s) allowed from \(allow)")
                 }
-                try trainCluster(trainer, bind: bind.replacingOccurrences(of: ":0", with: ":*", options: .anchored.union(.backwards)),
-                                 spawn: spawn, minWorkers: minWorkers ?? max(spawn, 1), maxWorkers: maxWorkers, curve: curve,
-                                 curveKeysPath: curveKeys, bindWait: resume ? wait : 0)
+                try trainCluster(trainer, bind: bind.map { $0.replacingOccurrences(of: ":0", with: ":*", options: .anchored.union(.backwards)) },
+                                 spawn: s.spawn, minWorkers: s.minWorkers ?? max(s.spawn, 1), maxWorkers: s.maxWorkers, curve: curve,
+                                 curveKeysPath: s.curveKeys, bindWait: s.resume ? s.wait : 0)
             }
             report(trainer, heldOut: heldOut)
         } catch { fail(error) }
@@ -151,7 +211,7 @@ func trainLocal(_ trainer: Trainer) throws {
     try trainer.saveCheckpoint()
 }
 
-func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int, maxWorkers: Int,
+func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, minWorkers: Int, maxWorkers: Int,
                   curve: (keys: CurveKeypair, allowed: [String])? = nil, curveKeysPath: String? = nil, bindWait: Double = 0) throws {
     BLAS.setThreads(1)
     let context = ZMQContext(ioThreads: 2)
@@ -172,6 +232,10 @@ func trainCluster(_ trainer: Trainer, bind: String, spawn: Int, minWorkers: Int,
         }
         var endpoint = server.endpoint.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")
         do { endpoint = try server.bindLocal() } catch {
+            guard bind != nil else {
+                throw LockstepError("cannot listen on a local socket for the spawned workers: \(error)",
+                                    hint: "make the temporary directory (\(NSTemporaryDirectory())) writable, or give --bind tcp://127.0.0.1:0")
+            }
             log("[coord] no local socket (\(error)): spawned workers use \(endpoint)")
         }
         // Workers' logs go beside the checkpoint, so the directory must exist before they start.

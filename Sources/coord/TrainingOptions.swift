@@ -63,9 +63,14 @@ struct TrainingOptions: ParsableArguments {
     var keepLast: Int?
 
     /// Defaults, then the TOML file, then the command line.
-    func runConfig() throws -> RunConfig {
+    func runConfig() throws -> RunConfig { try resolve().run }
+
+    /// The same, with the file's keys that are not training options (`coord start`'s own).
+    func resolve() throws -> (run: RunConfig, other: TOMLConfig.Other) {
         var c = RunConfig()
-        if let config { try TOMLConfig.apply(path: config, to: &c) }
+        var other = TOMLConfig.Other(path: config ?? "")
+        if let config { try TOMLConfig.apply(path: config, to: &c, other: &other) }
+        if steps != nil && epochs != nil { throw LockstepError("give --steps or --epochs, not both", hint: "--steps counts optimizer updates, --epochs passes over the data") }
         if let data { c.data = data }
         if let classes { c.classes = classes }
         if let v = syntheticSequences { c.synthetic.sequences = v }
@@ -92,7 +97,7 @@ struct TrainingOptions: ParsableArguments {
         if let v = onNonfinite { c.onNonfinite = v }
         if let v = checkpointEvery { c.checkpointEvery = v }
         if let v = keepLast { c.keepLast = v }
-        return c
+        return (c, other)
     }
 }
 
@@ -101,9 +106,55 @@ extension OptimizerKind: ExpressibleByArgument {}
 extension NonfinitePolicy: ExpressibleByArgument {}
 
 enum TOMLConfig {
+    /// Keys of the file that belong to the command rather than to the training run (`local`,
+    /// `bind`, `spawn`, …): the command reads them with these typed getters.
+    struct Other {
+        let path: String
+        var values: [String: TOMLValueConvertible] = [:]
+
+        func bad(_ key: String, _ want: String) -> LockstepError {
+            LockstepError("\(path): key '\(key)' must be \(want)", hint: "see `coord start --help` for every key")
+        }
+        func bool(_ k: String) throws -> Bool? {
+            guard let v = values[k] else { return nil }
+            guard let b = v.bool else { throw bad(k, "true or false") }
+            return b
+        }
+        func int(_ k: String) throws -> Int? {
+            guard let v = values[k] else { return nil }
+            guard let i = v.int else { throw bad(k, "an integer") }
+            return i
+        }
+        func double(_ k: String) throws -> Double? {
+            guard let v = values[k] else { return nil }
+            if let d = v.double { return d }
+            guard let i = v.int else { throw bad(k, "a number") }
+            return Double(i)
+        }
+        func string(_ k: String) throws -> String? {
+            guard let v = values[k] else { return nil }
+            guard let s = v.string else { throw bad(k, "a string") }
+            return s
+        }
+    }
+
+    /// The keys `coord start` takes beyond the training options.
+    static let startKeys: Set<String> = ["local", "resume", "fresh", "bind", "spawn", "min-workers", "max-workers",
+                                         "curve-keys", "allow", "insecure", "wait"]
+
     static func apply(path: String, to c: inout RunConfig) throws {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw LockstepError("\(path): cannot read the config file", hint: "check the path given to --config")
+        var other = Other(path: path)
+        try apply(path: path, to: &c, other: &other)
+    }
+
+    static func apply(path: String, to c: inout RunConfig, other: inout Other) throws {
+        guard let raw = FileManager.default.contents(atPath: path) else {
+            throw LockstepError("\(path): cannot read the config file (missing or unreadable)", hint: "check the path given to --config")
+        }
+        guard let text = String(data: raw, encoding: .utf8) else {
+            let at = (0..<raw.count).first { String(data: raw.prefix($0 + 1), encoding: .utf8) == nil && String(data: raw.prefix($0 + 4), encoding: .utf8) == nil } ?? 0
+            throw LockstepError("\(path): the config file is not UTF-8 text (invalid byte 0x\(String(format: "%02x", raw[at])) at offset \(at))",
+                                hint: "save it as UTF-8 (TOML files must be UTF-8)")
         }
         let table: TOMLTable
         do { table = try TOMLTable(string: text) } catch let e as TOMLParseError {
@@ -125,7 +176,9 @@ enum TOMLConfig {
             switch key {
             case "data": c.data = try str(key, v)
             case "classes": c.classes = try int(key, v)
-            case "steps": c.steps = try int(key, v)
+            case "steps":
+                guard table["epochs"] == nil else { throw LockstepError("\(path): give steps or epochs, not both", hint: "keep one of the two keys") }
+                c.steps = try int(key, v)
             case "epochs": c.epochs = try int(key, v)
             case "batch-size": c.batchSize = try int(key, v)
             case "shard-size": c.shardSize = try int(key, v)
@@ -135,6 +188,12 @@ enum TOMLConfig {
                 guard let a = Arch(rawValue: try str(key, v)) else { throw bad(key, "\"stacked\" or \"split\"") }
                 c.arch = a
             case "unidirectional": c.bidirectional = !(try bool(key, v))
+            case "synthetic-sequences": c.synthetic.sequences = try int(key, v)
+            case "synthetic-input": c.synthetic.inputSize = try int(key, v)
+            case "synthetic-classes": c.synthetic.classes = try int(key, v)
+            case "min-length": c.synthetic.minLength = try int(key, v)
+            case "max-length": c.synthetic.maxLength = try int(key, v)
+            case "config": throw LockstepError("\(path): key 'config' cannot name another file", hint: "put every key in this file")
             case "dropout": c.dropout = try float(key, v)
             case "optimizer":
                 guard let o = OptimizerKind(rawValue: try str(key, v)) else { throw bad(key, "\"sgd\" or \"adam\"") }
@@ -143,9 +202,13 @@ enum TOMLConfig {
             case "momentum": c.optimizer.momentum = try float(key, v)
             case "weight-decay": c.optimizer.weightDecay = try float(key, v)
             case "max-norm": c.maxNorm = try float(key, v)
-            case "seed": c.seed = UInt64(max(0, try int(key, v)))
+            case "seed":
+                let seed = try int(key, v)
+                guard seed >= 0 else { throw bad(key, "a non-negative integer (got \(seed))") }
+                c.seed = UInt64(seed)
             case "checkpoint-dir": c.checkpointDir = try str(key, v)
             case "checkpoint-every": c.checkpointEvery = try int(key, v)
+            case let k where startKeys.contains(k): other.values[k] = v
             case "keep-last": c.keepLast = try int(key, v)
             case "on-nonfinite":
                 guard let p = NonfinitePolicy(rawValue: try str(key, v)) else { throw bad(key, "\"stop\" or \"skip\"") }

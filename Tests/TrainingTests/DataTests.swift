@@ -97,6 +97,65 @@ final class DataTests: XCTestCase {
         assertRefused(path, mentions: ["zip"])
     }
 
+    func members(y: [Int64] = [0, 1, 2, 2, 1, -1]) -> [(name: String, bytes: [UInt8])] {
+        [("x.npy", NPYArray.encode(descr: "<f4", shape: [2, 3, 2], data: bytes((0..<12).map { Float($0) * 0.1 }))),
+         ("lengths.npy", NPYArray.encode(descr: "<i8", shape: [2], data: bytes([Int64(3), 2]))),
+         ("y.npy", NPYArray.encode(descr: "<i8", shape: [2, 3], data: bytes(y)))]
+    }
+
+    func write(_ b: [UInt8]) -> String {
+        let path = dir + "/z-\(UUID().uuidString).npz"
+        _ = FileManager.default.createFile(atPath: path, contents: Data(b))
+        return path
+    }
+
+    func testZip64AndDeflatedMembersReadInChunksGiveTheSameData() throws {
+        let plain = try Dataset.load(npz: write(ZipArchive.write(members())))
+        let saved = ZipArchive.chunk
+        defer { ZipArchive.chunk = saved }
+        for chunk in [saved, 7, 1] {
+            ZipArchive.chunk = chunk  // zlib fed and drained in pieces, as a member over 4 GiB must be
+            for (deflate, zip64) in [(true, false), (false, true), (true, true)] {
+                let d = try Dataset.load(npz: write(ZipArchive.write(members(), deflate: deflate, zip64: zip64)))
+                XCTAssertEqual(d.hash, plain.hash, "chunk \(chunk) deflate \(deflate) zip64 \(zip64)")
+            }
+        }
+    }
+
+    func testTwoMembersOfOneNameAreRefused() {
+        assertRefused(write(ZipArchive.write(members() + [("y.npy", members()[2].bytes)])), mentions: ["two members named y.npy"])
+    }
+
+    func testDeclaredSizesBeyondTheFileAreRefusedBeforeAllocating() {
+        // A ZIP64 size of 2^50: stored, it cannot be; deflated, no stream expands that much.
+        assertRefused(write(ZipArchive.write(members(), zip64: true, declaredSize: ["x.npy": 1 << 50])),
+                      mentions: ["stored member x.npy declares 1125899906842624 bytes"])
+        assertRefused(write(ZipArchive.write(members(), deflate: true, zip64: true, declaredSize: ["x.npy": 1 << 50])),
+                      mentions: ["member x.npy declares 1125899906842624 bytes", "more than deflate can expand"])
+        // A member that inflates to more than it declared is corrupt, not an overflow.
+        assertRefused(write(ZipArchive.write(members(), deflate: true, declaredSize: ["x.npy": 100])), mentions: ["deflate data is corrupt"])
+    }
+
+    func testAFileNeedingMoreMemoryThanAllowedIsRefusedAtOnce() throws {
+        let path = write(ZipArchive.write(members(), deflate: true))
+        Memory.testLimit = 64
+        defer { Memory.testLimit = nil }
+        assertRefused(path, mentions: ["of memory, more than this process may use"])
+    }
+
+    func testALabelOfABillionIsRefusedNamingTheFrameAndTheLimit() {
+        assertRefused(npz(y: [0, 1_000_000_000, 2, 2, 1, -1]), mentions: ["sequence 0, frame 1 has label 1000000000", "limit of 65536 classes"])
+        var r = RunConfig()
+        r.classes = 1_000_000_000
+        XCTAssertTrue(r.problems().contains { $0.contains("--classes must be in 2...65536") }, "\(r.problems())")
+        r.classes = nil; r.synthetic.classes = 1_000_000_000; r.synthetic.inputSize = 1_000_000_000
+        XCTAssertTrue(r.problems().contains { $0.contains("synthetic classes must be at most 65536") }, "\(r.problems())")
+        r = RunConfig(); r.hidden = 4096; r.layers = 64
+        XCTAssertThrowsError(try Trainer(run: r, data: r.synthetic.generate(seed: 1))) { e in
+            XCTAssertTrue("\(e)".contains("parameters) needs") && "\(e)".contains("of memory"), "\(e)")
+        }
+    }
+
     func testMissingFile() { assertRefused(dir + "/nope.npz", mentions: ["cannot read"]) }
 
     func testRoundTripThroughNpzBytes() throws {
