@@ -31,7 +31,8 @@ let package = Package(
         // The model: config, parameter layout, packed forward/backward, loss, init.
         .target(name: "BiLSTM", dependencies: ["Numerics"], swiftSettings: fast),
         // Data, batching, optimizers, clipping, checkpoints, the local trainer.
-        .target(name: "Training", dependencies: ["BiLSTM", "Numerics", "CZlib"], swiftSettings: fast),
+        .target(name: "Training", dependencies: ["BiLSTM", "Numerics", "CZlib", .product(name: "TOMLKit", package: "TOMLKit")],
+                swiftSettings: fast),
         // Protocol codec, coordinator/worker state machines, and the ZeroMQ shell.
         .target(name: "Cluster", dependencies: ["Training", "BiLSTM", "Numerics", "CZMQ", "CFutex"], swiftSettings: fast),
 
@@ -50,7 +51,7 @@ let package = Package(
         ], swiftSettings: fast),
 
         // The wire decoder's fuzz target (scripts/fuzz builds it with libFuzzer).
-        .executableTarget(name: "lockstep-fuzz", dependencies: ["Cluster", "BiLSTM", "Numerics"]),
+        .executableTarget(name: "lockstep-fuzz", dependencies: ["Cluster", "Training", "BiLSTM", "Numerics"]),
 
         .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
         .testTarget(name: "BiLSTMTests", dependencies: ["BiLSTM", "Training"], resources: [.copy("Fixtures")]),

@@ -194,6 +194,15 @@ public struct CoordinatorCore {
         return out
     }
 
+    /// The connection a worker's messages came on has closed (its process died, or its link
+    /// went down): its shards go back to the queue now, not after `Timing.liveness`.
+    public mutating func onDisconnect(_ peer: Peer, now: Double) -> [Directive] {
+        guard let w = index(of: peer) else { return [] }
+        let out = release(w, now: now, why: "closed its connection: released at once")
+        workers.remove(at: w)
+        return out + assign(now: now)
+    }
+
     public mutating func onTick(now: Double) -> [Directive] {
         var out: [Directive] = []
         var w = 0

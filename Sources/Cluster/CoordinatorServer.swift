@@ -15,6 +15,9 @@ public final class CoordinatorServer {
     public private(set) var endpoint: String
     public private(set) var rejected = 0
     var stepDone = false
+    /// Malformed messages are logged at most once per peer per window, and only so many lines per
+    /// window in all: a flood of garbage cannot flood the log.
+    var rejectionLog = RateLimitedLog(window: 10, linesPerWindow: 20)
     var bytesSent = 0
     var bytesReceived = 0
     let log: (String) -> Void
@@ -30,19 +33,28 @@ public final class CoordinatorServer {
 
     /// With `curve` (the coordinator's keypair and the allowed worker keys) every worker must
     /// complete a CURVE handshake with an allow-listed key before any message reaches the core.
+    /// Without it, a loopback `bind` gets a per-run `JoinKey` (unless `authenticate` is false:
+    /// `--insecure`), so only this user's processes can join.
     /// `bind` nil: no TCP endpoint (a `--spawn` run listens on its local socket alone, `bindLocal`).
     public init(trainer: Trainer, context: ZMQContext, bind: String?, minWorkers: Int, maxWorkers: Int,
-                curve: (keys: CurveKeypair, allowed: [String])? = nil, bindWait: Double = 0,
+                curve: (keys: CurveKeypair, allowed: [String])? = nil, authenticate: Bool = true, bindWait: Double = 0,
                 log: @escaping (String) -> Void) throws {
         self.trainer = trainer
         self.log = log
         socket = try ZMQSocket(context, .router)
+        var join: JoinKey? = nil
         if let curve {
             zap = try ZAPHandler(context: context, allowed: curve.allowed, log: log)
             socket.curveServer(curve.keys)
-            // Handshake failures (wrong server key, no key) never reach ZAP: watch for them.
-            monitor = try HandshakeMonitor(context: context, watching: socket)
+        } else if authenticate, let bind, JoinKey.loopback(bind) != nil {
+            let (server, key) = JoinKey.generate()
+            zap = try ZAPHandler(context: context, allowed: [key.worker.publicKey], log: log)
+            socket.curveServer(server)
+            join = key
         }
+        // Handshake failures (wrong server key, no key) never reach ZAP, and closed connections
+        // (dead workers) never reach the core: watch for both.
+        monitor = try HandshakeMonitor(context: context, watching: socket)
         // Bound memory whatever peers send: the largest legal message is a gradient.
         socket.setInt64(ZMQ_MAXMSGSIZE, Int64(trainer.layout.count * 4 + (1 << 16)))
         socket.setInt(ZMQ_SNDHWM, 64)
@@ -64,6 +76,12 @@ public final class CoordinatorServer {
             }
         }
         endpoint = bind == nil ? "" : socket.lastEndpoint
+        if let join, let path = JoinKey.path(endpoint: endpoint) {
+            JoinKey.removeStale()
+            try join.write(to: path, endpoint: endpoint)
+            joinKey = (join, path)
+            log("workers of this user join with the run's key in \(path) (read by `worker join` itself); other users' processes are refused")
+        }
         limits.parameterCount = trainer.layout.count
         limits.inputSize = trainer.model.inputSize
         let runId = UInt64(strtoull(String(trainer.run.hash.prefix(16)), nil, 16))
@@ -72,9 +90,25 @@ public final class CoordinatorServer {
                                minWorkers: minWorkers, maxWorkers: maxWorkers)
     }
 
-    deinit {
+    /// The per-run join key and its file, removed when the coordinator closes.
+    public private(set) var joinKey: (key: JoinKey, path: String)?
+    var localJoinKeyPath: String?
+    /// Which connection (descriptor) each worker's messages last came on.
+    var peerByDescriptor: [Int32: Peer] = [:]
+
+    deinit { close() }
+
+    /// Removes what this coordinator left in the file system: its join key and local socket.
+    public func close() {
+        // Monitor events are sent blocking from libzmq's I/O thread: stop them before their reader.
+        if monitor != nil { zmq_socket_monitor(socket.raw, nil, 0) }
         monitor?.stop()
-        if let localSocketPath { unlink(localSocketPath) }
+        if let localSocketPath { unlink(localSocketPath); self.localSocketPath = nil }
+        if let joinKey {
+            joinKey.key.remove(from: joinKey.path)
+            if let localJoinKeyPath { joinKey.key.remove(from: localJoinKeyPath) }
+            self.joinKey = nil
+        }
     }
 
     var localSocketPath: String?
@@ -93,6 +127,11 @@ public final class CoordinatorServer {
         chmod(path, 0o600)
         localSocketPath = path
         if endpoint.isEmpty { endpoint = "ipc://" + path }
+        // The local socket shares the TCP endpoint's CURVE: its workers need the join key too.
+        if let joinKey, let keyPath = JoinKey.path(endpoint: "ipc://" + path) {
+            try joinKey.key.write(to: keyPath, endpoint: "ipc://" + path)
+            localJoinKeyPath = keyPath
+        }
         do {
             let w = try SharedSlots(creating: SharedSlots.weightsMagic, slots: SharedSlots.weightSlots, floats: trainer.layout.count, what: "weights")
             shared = w
@@ -144,6 +183,7 @@ public final class CoordinatorServer {
             let ready = ZMQSocket.poll([socket] + [zap?.socket].compactMap { $0 }, timeout: 0.05)
             if zap != nil && ready[1] { zap!.serve() }
             logHandshakeFailures()
+            try releaseClosedConnections()
             if ready[0] {
                 var drained = 0
                 while drained < 1000, let frames = socket.receiveFrames() {
@@ -199,6 +239,15 @@ public final class CoordinatorServer {
         try sendStops()
     }
 
+    /// Releases at once the workers whose connections closed.
+    func releaseClosedConnections() throws {
+        guard let monitor else { return }
+        for fd in monitor.drainClosed() {
+            guard let peer = peerByDescriptor.removeValue(forKey: fd) else { continue }
+            try execute(core.onDisconnect(peer, now: monotonicSeconds()))
+        }
+    }
+
     func logHandshakeFailures() {
         guard let monitor else { return }
         let now = monotonicSeconds()
@@ -250,6 +299,8 @@ public final class CoordinatorServer {
         bytesReceived += frames.reduce(0) { $0 + $1.count }
         guard frames.count >= 2 else { rejected += 1; log("rejected a message with no body"); return }
         let peer = Peer(frames[0].bytes)
+        let fd = socket.lastSourceDescriptor
+        if fd >= 0 { peerByDescriptor[fd] = peer }
         var message: Message
         do {
             message = try Message.decode(Array(frames[1...]), limits: limits)
@@ -259,7 +310,9 @@ public final class CoordinatorServer {
             }
         } catch {
             rejected += 1
-            log("rejected a message from \(peer): \(error)")
+            if let line = rejectionLog.line(key: peer.description, now: monotonicSeconds(), what: "rejected a message from \(peer): \(error)") {
+                log(line)
+            }
             return
         }
         try execute(core.onMessage(message, from: peer, now: monotonicSeconds()))

@@ -103,6 +103,107 @@ public struct CurveKeypair: Sendable, Equatable {
     }
 }
 
+/// The per-run key that keeps other users' processes out of a loopback coordinator at no cost
+/// to the same user: the coordinator makes a fresh CURVE keypair for itself and one for its
+/// workers, admits only the latter, and writes both public keys and the workers' secret into a
+/// 0600 file in a 0700 directory of the user's (`JoinKey.directory`), named after the endpoint.
+/// A worker joining that endpoint without keys of its own reads the file by itself. Loopback is
+/// not a trust boundary on a shared host; file permissions are.
+public struct JoinKey: Equatable, Sendable {
+    public let serverPublic: String
+    public let worker: CurveKeypair
+
+    /// `$LOCKSTEP_JOIN_DIR`, else `$XDG_RUNTIME_DIR/lockstep`, else `$HOME/.lockstep/join`.
+    public static var directory: String {
+        let env = ProcessInfo.processInfo.environment
+        if let d = env["LOCKSTEP_JOIN_DIR"], !d.isEmpty { return d }
+        if let d = env["XDG_RUNTIME_DIR"], !d.isEmpty { return d + "/lockstep" }
+        if let d = env["HOME"], !d.isEmpty { return d + "/.lockstep/join" }
+        return NSTemporaryDirectory() + "lockstep-join-\(getuid())"
+    }
+
+    /// The loopback host and port of a `tcp://` endpoint, or nil for any other endpoint.
+    static func loopback(_ endpoint: String) -> (host: String, port: String)? {
+        guard endpoint.hasPrefix("tcp://"), let colon = endpoint.lastIndex(of: ":") else { return nil }
+        var host = String(endpoint[endpoint.index(endpoint.startIndex, offsetBy: 6)..<colon])
+        let port = String(endpoint[endpoint.index(after: colon)...])
+        if host == "localhost" { host = "127.0.0.1" }
+        host = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        guard host.hasPrefix("127.") || host == "::1", port == "*" || (!port.isEmpty && port.allSatisfy(\.isNumber)) else { return nil }
+        return (host, port)
+    }
+
+    /// Where the join key of a loopback or local-socket endpoint lives (nil for any other).
+    public static func path(endpoint: String) -> String? {
+        if endpoint.hasPrefix("ipc://") {
+            let name = (String(endpoint.dropFirst(6)) as NSString).lastPathComponent
+            return name.isEmpty ? nil : "\(directory)/ipc-\(name).key"
+        }
+        return loopback(endpoint).map { "\(directory)/tcp-\($0.host.replacingOccurrences(of: ":", with: "_"))-\($0.port).key" }
+    }
+
+    /// A fresh keypair for the coordinator and the join key that goes with it.
+    public static func generate() -> (server: CurveKeypair, join: JoinKey) {
+        let server = CurveKeypair.generate()
+        return (server, JoinKey(serverPublic: server.publicKey, worker: CurveKeypair.generate()))
+    }
+
+    /// Makes the directory (0700, ours, closed to others) and writes the file atomically (0600).
+    public func write(to path: String, endpoint: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        var st = stat()
+        guard stat(dir, &st) == 0, st.st_uid == getuid(), st.st_mode & 0o077 == 0 else {
+            throw LockstepError("\(dir) (where the run's join key goes) is open to other users or not this user's",
+                                hint: "chmod 700 \(dir), or point LOCKSTEP_JOIN_DIR at a private directory")
+        }
+        let text = "# Lockstep join key of the coordinator at \(endpoint) (pid \(getpid())): this user's workers read it to join. Keep it secret.\n"
+            + "server-key = \(serverPublic)\npublic-key = \(worker.publicKey)\nsecret-key = \(worker.secretKey)\n"
+        let tmp = path + ".tmp-\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw LockstepError("cannot write \(tmp): \(String(cString: strerror(errno)))", hint: "check \(dir)") }
+        fchmod(fd, 0o600)
+        let ok = text.withCString { Foundation.write(fd, $0, strlen($0)) } == text.utf8.count
+        close(fd)
+        guard ok, rename(tmp, path) == 0 else {
+            unlink(tmp)
+            throw LockstepError("cannot write \(path): \(String(cString: strerror(errno)))", hint: "check the space and permissions of \(dir)")
+        }
+    }
+
+    /// Reads a join key file; nil when there is none.
+    public static func read(_ path: String) throws -> JoinKey? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let keys = try CurveKeypair.read(path)
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("server-key") }),
+              let server = line.split(separator: "=", maxSplits: 1).last?.trimmingCharacters(in: .whitespaces),
+              CurveKeypair.isKey(server) else {
+            throw LockstepError("\(path): not a Lockstep join key (no server-key line)", hint: "delete it; the coordinator writes a new one when it starts")
+        }
+        return JoinKey(serverPublic: server, worker: keys)
+    }
+
+    /// Removes the join keys of coordinators that no longer run (`kill -9` leaves its file
+    /// behind); returns the paths removed.
+    @discardableResult
+    public static func removeStale(in dir: String = directory) -> [String] {
+        var removed: [String] = []
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where name.hasSuffix(".key") {
+            let path = dir + "/" + name
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+                  let r = text.range(of: "(pid "), let pid = pid_t(text[r.upperBound...].prefix(while: \.isNumber)), pid > 0 else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH && unlink(path) == 0 { removed.append(path) }
+        }
+        return removed
+    }
+
+    /// Removes the file if it is still this key's (a newer coordinator may have replaced it).
+    public func remove(from path: String) {
+        if (try? JoinKey.read(path)) == self { unlink(path) }
+    }
+}
+
 extension ZMQSocket {
     func setString(_ option: Int32, _ value: String) {
         _ = value.withCString { zmq_setsockopt(raw, option, $0, strlen($0)) }

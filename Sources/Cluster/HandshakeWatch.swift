@@ -66,11 +66,14 @@ public struct HandshakeWatch: Sendable {
 
 /// The IO side of `HandshakeWatch`: a thread that blocks on the socket monitor, so that it reads
 /// an accepted connection's address before a failing handshake closes it (a busy main loop
-/// would often be too late). Failures queue up for the main loop to log.
+/// would often be too late). Failures queue up for the main loop to log, and so do closed
+/// connections: the kernel tells ZeroMQ at once when a process dies, and its worker is released
+/// then rather than after the liveness window.
 final class HandshakeMonitor {
     private let socket: ZMQSocket
     private let lock = NSLock()
     private var failures: [HandshakeWatch.Failure] = []
+    private var closed: [Int32] = []
     private var stopped = false
     private var thread: Thread?
     static let queueLimit = 10_000  // failures waiting for the main loop to log them
@@ -95,6 +98,14 @@ final class HandshakeMonitor {
         return out
     }
 
+    /// Descriptors of connections closed since the last call (a dead worker's, at once).
+    func drainClosed() -> [Int32] {
+        lock.lock(); defer { lock.unlock() }
+        let out = closed
+        closed = []
+        return out
+    }
+
     func stop() { lock.lock(); stopped = true; lock.unlock() }
 
     private func loop() {
@@ -111,6 +122,11 @@ final class HandshakeMonitor {
             let event = UInt16(f[0]) | UInt16(f[1]) << 8
             let value = UInt32(f[2]) | UInt32(f[3]) << 8 | UInt32(f[4]) << 16 | UInt32(f[5]) << 24
             let peer = Int32(event) == ZMQ_EVENT_ACCEPTED ? peerAddress(fd: Int32(bitPattern: value)) : nil
+            if Int32(event) == ZMQ_EVENT_DISCONNECTED {
+                lock.lock()
+                if closed.count < HandshakeMonitor.queueLimit { closed.append(Int32(bitPattern: value)) }
+                lock.unlock()
+            }
             if let failure = watch.on(event: event, value: value, peer: peer) {
                 lock.lock()
                 if failures.count < HandshakeMonitor.queueLimit { failures.append(failure) }  // a flood while the main loop is busy
@@ -137,4 +153,43 @@ func peerAddress(fd: Int32) -> HandshakeWatch.Peer? {
     }
     guard gr == 0 else { return nil }
     return HandshakeWatch.Peer(host: String(cString: host), port: String(cString: port))
+}
+
+/// Decides which of many similar log lines to write: per key at most one line per `window`
+/// seconds, and at most `linesPerWindow` lines per window in all; a written line says how many
+/// were held back since the last one for its key. Pure, and bounded in memory.
+public struct RateLimitedLog: Sendable {
+    public let window: Double
+    public let linesPerWindow: Int
+    static let keysTracked = 1024
+    var lastWritten: [String: Double] = [:]
+    var heldBack: [String: Int] = [:]
+    var windowStart = -Double.infinity
+    var linesInWindow = 0
+    public private(set) var suppressed = 0
+
+    public init(window: Double, linesPerWindow: Int) {
+        self.window = window
+        self.linesPerWindow = linesPerWindow
+    }
+
+    /// The line to write for this event, or nil to hold it back.
+    public mutating func line(key: String, now: Double, what: String) -> String? {
+        if now - windowStart >= window { windowStart = now; linesInWindow = 0 }
+        if lastWritten.count >= RateLimitedLog.keysTracked && lastWritten[key] == nil {
+            lastWritten = lastWritten.filter { now - $0.value < window }
+            heldBack = heldBack.filter { lastWritten[$0.key] != nil }
+        }
+        let recent = lastWritten[key].map { now - $0 < window } ?? false
+        guard !recent, linesInWindow < linesPerWindow, lastWritten.count < RateLimitedLog.keysTracked || lastWritten[key] != nil else {
+            heldBack[key, default: 0] += 1
+            suppressed += 1
+            return nil
+        }
+        lastWritten[key] = now
+        linesInWindow += 1
+        let held = heldBack.removeValue(forKey: key) ?? 0
+        return what + (held > 0 ? " (and \(held) more from it not logged)" : "")
+            + (linesInWindow == linesPerWindow ? "; further such lines are held back for \(Int(window)) s" : "")
+    }
 }

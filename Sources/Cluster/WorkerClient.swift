@@ -13,6 +13,7 @@ public final class WorkerClient {
         public var threads = 1
         public var fingerprint: String? = nil      // test hook: pretend to have other numerics
         public var delayPerShard: Double = 0       // test hook: a slow worker
+        public var poisonGradient: Float? = nil    // test hook: a hostile worker returning this constant
         public var parentPid: pid_t? = nil         // exit when this process is gone
         /// Over a local (`ipc://`) endpoint, exchange weights and gradients through shared memory.
         public var sharedMemory = true
@@ -20,6 +21,8 @@ public final class WorkerClient {
         public var barrierSpin = Timing.barrierSpin
         /// CURVE: this worker's keypair and the coordinator's public key.
         public var curve: (keys: CurveKeypair, serverKey: String)? = nil
+        /// The run's join key file; by default the one `JoinKey.path` names for a loopback endpoint.
+        public var joinKeyPath: String? = nil
         public init(endpoint: String) { self.endpoint = endpoint }
     }
 
@@ -61,6 +64,15 @@ public final class WorkerClient {
     var lastHeard = monotonicSeconds()
     var lastSent = 0.0
     var backoff = Timing.reconnectInitial
+    /// The socket's monitor: connection, handshake and disconnection events.
+    var monitor: ZMQSocket?
+    /// The join key this connection presents (nil: own keys, or none).
+    var joinKey: JoinKey?
+    /// The connection is up at the TCP/IPC level / was since the last reconnect.
+    var connected = false, connectedSinceReconnect = false
+    /// Failed CURVE handshakes in a row, and why the last one failed.
+    var handshakeFailures = 0
+    var handshakeReason: String?
 
     public init(_ options: Options, log: @escaping (String) -> Void) throws {
         self.options = options
@@ -70,19 +82,102 @@ public final class WorkerClient {
                       threads: options.threads, pid: Int(getpid()), incarnation: UInt64.random(in: 1...UInt64.max))
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
-        socket = try WorkerClient.connect(context, options)
+        socket = try ZMQSocket(context, .dealer)
+        socket = try connect()
     }
 
-    static func connect(_ context: ZMQContext, _ options: Options) throws -> ZMQSocket {
+    /// A new DEALER to the coordinator, with its monitor. Without keys of its own, a worker uses
+    /// the run's join key when this user has it (read anew on every connect: a restarted
+    /// coordinator has a new one).
+    func connect() throws -> ZMQSocket {
         let endpoint = options.endpoint
         let s = try ZMQSocket(context, .dealer)
-        if let c = options.curve { s.curveClient(c.keys, serverKey: c.serverKey) }
+        var curve = options.curve
+        joinKey = nil
+        if curve == nil, let path = options.joinKeyPath ?? JoinKey.path(endpoint: endpoint) {
+            do {
+                if let key = try JoinKey.read(path) {
+                    curve = (key.worker, key.serverPublic)
+                    joinKey = key
+                } else if options.joinKeyPath != nil {
+                    log("no join key at \(path) yet: connecting without one")
+                }
+            } catch { log("cannot use the join key: \(error)") }
+        }
+        if let c = curve { s.curveClient(c.keys, serverKey: c.serverKey) }
+        // Stop the old socket's monitor before its reader goes: libzmq's I/O thread sends monitor
+        // events blocking, and with no reader it would hang there, taking every socket with it.
+        if monitor != nil { zmq_socket_monitor(socket.raw, nil, 0) }
+        let monitorEndpoint = "inproc://lockstep-worker-monitor-\(UUID().uuidString)"
+        if zmq_socket_monitor(s.raw, monitorEndpoint, WorkerClient.monitorEvents) == 0 {
+            let m = try ZMQSocket(context, .pair)
+            try m.connect(monitorEndpoint)
+            monitor = m
+        }
+        connected = false
+        connectedSinceReconnect = false
         s.setInt(ZMQ_IMMEDIATE, 1)       // queue nothing for a coordinator that is not there
         s.setInt(ZMQ_SNDHWM, 16)
         s.setInt64(ZMQ_MAXMSGSIZE, Int64(WireLimits.workerMessageBytes))
         s.setInt(ZMQ_RECONNECT_IVL, 100)
         try s.connect(endpoint)
         return s
+    }
+
+    static let monitorEvents = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED
+        | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+
+    /// Failed handshakes in a row after which a worker stops trying (a refusal, not a hiccup).
+    static let handshakeAttempts = 3
+
+    /// Reads the monitor's events; returns an exit code when the coordinator refuses this worker.
+    func onMonitorEvents() throws -> Int32? {
+        while let monitor, let frames = monitor.receive(), let f = frames.first, f.count >= 6 {
+            let event = Int32(UInt16(f[0]) | UInt16(f[1]) << 8)
+            let value = UInt32(f[2]) | UInt32(f[3]) << 8 | UInt32(f[4]) << 16 | UInt32(f[5]) << 24
+            var failed: String? = nil
+            switch event {
+            case ZMQ_EVENT_CONNECTED:
+                connected = true; connectedSinceReconnect = true
+            case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+                handshakeFailures = 0; handshakeReason = nil
+            case ZMQ_EVENT_DISCONNECTED:
+                connected = false
+            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+                failed = "the coordinator refused this worker's key (status \(value)): it is not on the coordinator's allow-list"
+            case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL where Int32(bitPattern: value) == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                failed = options.curve == nil && joinKey == nil
+                    ? "the coordinator requires authentication and this worker has no key for it"
+                    : "the coordinator does not use CURVE but this worker does"
+            case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                failed = "the CURVE handshake failed (error 0x\(String(value, radix: 16))): this worker does not hold the coordinator's server key"
+            default: break
+            }
+            guard var failed else { continue }
+            if options.curve == nil && joinKey == nil { failed = "the coordinator requires authentication and this worker has no key for it" }
+            handshakeFailures += 1
+            handshakeReason = failed
+            if joinKey != nil, let path = options.joinKeyPath ?? JoinKey.path(endpoint: options.endpoint),
+               let now = try? JoinKey.read(path), now != joinKey {
+                log("the coordinator's join key has changed (a new coordinator on \(options.endpoint)): reconnecting with it")
+                handshakeFailures = 0
+                socket = try connect()
+                return nil
+            }
+            let final = handshakeFailures >= WorkerClient.handshakeAttempts || (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && options.curve != nil)
+            guard final else { continue }
+            let hint: String
+            if options.curve != nil {
+                hint = "check --server-key (the coordinator's .pub) and that this worker's public key is on the coordinator's --allow list"
+            } else if joinKey != nil {
+                hint = "the join key in \(options.joinKeyPath ?? JoinKey.path(endpoint: options.endpoint) ?? "?") is not this coordinator's: start the worker after the coordinator, as the same user"
+            } else {
+                hint = "run the worker as the same user as the coordinator (it then reads the run's join key from \(JoinKey.directory)), pass --join-key FILE, or use CURVE keys (--curve-keys, --server-key)"
+            }
+            log("refused by the coordinator at \(options.endpoint): \(failed)\nHINT: \(hint)")
+            return 2
+        }
+        return nil
     }
 
     func send(_ m: Message) {
@@ -95,7 +190,8 @@ public final class WorkerClient {
         send(.hello(hello))
         while true {
             if let parent = options.parentPid, getppid() != parent { log("parent process is gone: exiting"); return 0 }
-            let ready = ZMQSocket.poll([socket, done], timeout: Timing.heartbeatInterval / 2)
+            let ready = ZMQSocket.poll([socket, done] + [monitor].compactMap { $0 }, timeout: Timing.heartbeatInterval / 2)
+            if ready.count > 2 && ready[2], let code = try onMonitorEvents() { return code }
             if ready[1] {
                 while done.receive() != nil {}
                 lock.lock(); let out = finished; finished = []; lock.unlock()
@@ -126,11 +222,20 @@ public final class WorkerClient {
             // Until welcomed, repeat hello: the first may have left before the connection was up.
             if now - lastSent >= Timing.heartbeatInterval { send(welcome == nil ? .hello(hello) : .heartbeat) }
             if now - lastHeard > Timing.liveness {
-                log(String(format: "coordinator silent for %.1fs: reconnecting in %.2fs", now - lastHeard, backoff)
-                    + (welcome == nil ? " (never welcomed: is it running? with CURVE, check --server-key and that this worker's public key is on its allow-list)" : ""))
+                let why: String
+                if !connectedSinceReconnect {
+                    why = "nothing answers at \(options.endpoint) (no coordinator there yet, or it is gone)"
+                } else if let handshakeReason {
+                    why = "connected to \(options.endpoint) but \(handshakeReason)"
+                } else if welcome == nil {
+                    why = "connected to \(options.endpoint) but not welcomed"
+                } else {
+                    why = "the coordinator at \(options.endpoint) is gone" + (connected ? " silent" : " (its connection closed)")
+                }
+                log(String(format: "%@ for %.1fs: reconnecting in %.2fs", why, now - lastHeard, backoff))
                 Thread.sleep(forTimeInterval: backoff)
                 backoff = min(backoff * 2, Timing.reconnectMaximum)
-                socket = try WorkerClient.connect(context, options)
+                socket = try connect()
                 lastHeard = monotonicSeconds()
                 weightsStep = nil
                 welcome = nil
@@ -233,6 +338,7 @@ public final class WorkerClient {
                 let started = monotonicSeconds()
                 let grad = slots?.view(work.shard) ?? FloatBuffer(uninitializedCount: params.count)
                 let r = computer.compute(params: params, examples: examples, step: work.step, into: grad)
+                if let poison = options.poisonGradient { grad.fill(poison) }
                 slots?.setStamp(work.shard, work.step)
                 let seconds = monotonicSeconds() - started
                 lock.lock()

@@ -38,6 +38,9 @@ public final class ZMQSocket {
     public enum Kind { case router, dealer, pair, rep }
     let raw: UnsafeMutableRawPointer
     let context: ZMQContext
+    /// The descriptor of the connection the last received message came from (`ZMQ_SRCFD`):
+    /// with the monitor's `disconnected(fd)` it tells which peer's connection closed.
+    public private(set) var lastSourceDescriptor: Int32 = -1
 
     public init(_ context: ZMQContext, _ kind: Kind) throws {
         self.context = context
@@ -131,6 +134,9 @@ public final class ZMQSocket {
             func close() { zmq_msg_close(msg); msg.deallocate() }
             let rc = zmq_msg_recv(msg, raw, parts == 0 && !wait ? ZMQ_DONTWAIT : 0)
             if rc < 0 { close(); return frames.isEmpty ? nil : frames }
+            // A ROUTER makes the routing-id frame itself, which may carry no descriptor; the body's does.
+            if parts == 0 { lastSourceDescriptor = zmq_msg_get(msg, ZMQ_SRCFD) }
+            if parts == 1 && lastSourceDescriptor < 0 { lastSourceDescriptor = zmq_msg_get(msg, ZMQ_SRCFD) }
             parts += 1
             let size = zmq_msg_size(msg)
             let more = zmq_msg_more(msg) != 0

@@ -47,6 +47,7 @@ public final class FloatBuffer: @unchecked Sendable {
     public var array: [Float] { Array(UnsafeBufferPointer(start: ptr, count: count)) }
 
     public func zero() { ptr.update(repeating: 0, count: count) }
+    public func fill(_ v: Float) { ptr.update(repeating: v, count: count) }
 
     public func copy(from other: FloatBuffer) {
         precondition(other.count == count, "buffer sizes differ: \(other.count) vs \(count)")

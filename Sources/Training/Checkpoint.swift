@@ -48,7 +48,11 @@ public struct Checkpoint {
         guard let d = FileManager.default.contents(atPath: path) else {
             throw LockstepError("\(path): cannot read the file (missing or unreadable)", hint: "check the path")
         }
-        let bytes = [UInt8](d)
+        return try decode([UInt8](d), path: path)
+    }
+
+    /// The same from a file's bytes (`path` names it in errors).
+    public static func decode(_ bytes: [UInt8], path: String) throws -> Checkpoint {
         let verified: Bool
         do { verified = try CheckpointIntegrity.verify(bytes, path: path) } catch let e as LockstepError {
             let older = CheckpointIntegrity.newestIntactSibling(of: path)
@@ -63,8 +67,18 @@ public struct Checkpoint {
                 throw LockstepError("\(path): metadata 'model' is not a model description", hint: "the file may come from another Lockstep version")
             }
             model = decoded
+            let problems = model.problems()
+            guard problems.isEmpty else {
+                throw LockstepError("\(path): metadata 'model' describes a model Lockstep cannot build: \(problems.joined(separator: "; "))",
+                                    hint: "the file may come from another Lockstep version")
+            }
         } else {
             model = try inferModel(st, path: path)
+            let problems = model.problems()
+            guard problems.isEmpty else {
+                throw LockstepError("\(path): its tensors describe a model Lockstep cannot build: \(problems.joined(separator: "; "))",
+                                    hint: "save the seed Net's state_dict with safetensors.torch.save_file")
+            }
         }
         let layout = ParameterLayout(model)
         func gather(prefix: String) throws -> FloatBuffer {

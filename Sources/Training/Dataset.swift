@@ -38,7 +38,17 @@ public struct Dataset: Sendable {
             throw LockstepError("\(path): cannot read the data file (missing or unreadable)",
                                 hint: "pass an existing .npz with --data, or omit --data to use the built-in synthetic task")
         }
-        let zip = try ZipArchive(bytes: try Bytes.map(path: path), path: path)
+        return try load(zip: ZipArchive(bytes: try Bytes.map(path: path), path: path), path: path, classes: classes)
+    }
+
+    /// The same from an `.npz` file's bytes (`name` stands for the file in errors): the fuzz target.
+    public static func decode(npz bytes: UnsafeRawBufferPointer, name: String, classes: Int? = nil) throws -> Dataset {
+        let copy = Bytes.allocate(bytes.count)
+        if bytes.count > 0 { UnsafeMutableRawPointer(mutating: copy.raw.baseAddress!).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        return try load(zip: ZipArchive(bytes: copy, path: name), path: name, classes: classes)
+    }
+
+    static func load(zip: ZipArchive, path: String, classes: Int?) throws -> Dataset {
         func entry(_ name: String) throws -> ZipArchive.Entry {
             guard let e = zip.entries.first(where: { $0.name == name + ".npy" }) else {
                 let have = zip.entries.map { $0.name.replacingOccurrences(of: ".npy", with: "") }
@@ -119,7 +129,7 @@ public struct Dataset: Sendable {
     }
 
     /// The dataset as `.npz` bytes in the seed convention (stored, uncompressed).
-    public func npzBytes() -> [UInt8] {
+    public func npzBytes(deflate: Bool = false, zip64: Bool = false) -> [UInt8] {
         let n = examples.count
         let lmax = examples.map(\.length).max() ?? 1
         var x = [Float](repeating: 0, count: n * lmax * inputSize)
@@ -134,7 +144,7 @@ public struct Dataset: Sendable {
             ("x.npy", NPYArray.encode(descr: "<f4", shape: [n, lmax, inputSize], data: bytes(x))),
             ("lengths.npy", NPYArray.encode(descr: "<i8", shape: [n], data: bytes(lengths))),
             ("y.npy", NPYArray.encode(descr: "<i8", shape: [n, lmax], data: bytes(y))),
-        ])
+        ], deflate: deflate, zip64: zip64)
     }
 }
 

@@ -145,7 +145,7 @@ struct Start: ParsableCommand {
                 }
                 try trainCluster(trainer, bind: bind.map { $0.replacingOccurrences(of: ":0", with: ":*", options: .anchored.union(.backwards)) },
                                  spawn: s.spawn, minWorkers: s.minWorkers ?? max(s.spawn, 1), maxWorkers: s.maxWorkers, curve: curve,
-                                 curveKeysPath: s.curveKeys, bindWait: s.resume ? s.wait : 0)
+                                 curveKeysPath: s.curveKeys, authenticate: !s.insecure, bindWait: s.resume ? s.wait : 0)
             }
             report(trainer, heldOut: heldOut)
         } catch { fail(error) }
@@ -212,11 +212,14 @@ func trainLocal(_ trainer: Trainer) throws {
 }
 
 func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, minWorkers: Int, maxWorkers: Int,
-                  curve: (keys: CurveKeypair, allowed: [String])? = nil, curveKeysPath: String? = nil, bindWait: Double = 0) throws {
+                  curve: (keys: CurveKeypair, allowed: [String])? = nil, curveKeysPath: String? = nil,
+                  authenticate: Bool = true, bindWait: Double = 0) throws {
     BLAS.setThreads(1)
     let context = ZMQContext(ioThreads: 2)
     let server = try CoordinatorServer(trainer: trainer, context: context, bind: bind, minWorkers: minWorkers,
-                                       maxWorkers: maxWorkers, curve: curve, bindWait: bindWait, log: { log("[coord] " + $0) })
+                                       maxWorkers: maxWorkers, curve: curve, authenticate: authenticate,
+                                       bindWait: bindWait, log: { log("[coord] " + $0) })
+    defer { server.close() }
     var children: [Process] = []
     defer {
         // Spawned workers got `stop`; give them a moment, then end only those pids.
@@ -253,6 +256,9 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, minWorkers: Int
                                         hint: "add the line from the coordinator's .pub file to the --allow file")
                 }
                 p.arguments! += ["--curve-keys", curveKeysPath, "--server-key", curve.keys.publicKey]
+            } else if let join = server.joinKey {
+                // The local socket shares the TCP endpoint's CURVE: spawned workers use the run's key.
+                p.arguments! += ["--join-key", join.path]
             }
             let logPath = (trainer.run.checkpointDir as NSString).appendingPathComponent("worker-\(i).log")
             guard FileManager.default.createFile(atPath: logPath, contents: nil), let logFile = FileHandle(forWritingAtPath: logPath) else {

@@ -18,7 +18,9 @@ struct Join: ParsableCommand {
         The worker first proves its numerics (a fixed tiny forward/backward hashed with its BLAS \
         core); a coordinator with a different hash refuses it. It reconnects with back-off when \
         the coordinator goes away, so a coordinator restarted with --resume picks it up again. \
-        Exit codes: 0 stopped by the coordinator, 2 refused, 1 error.
+        A loopback coordinator admits only its own user's workers: they read the run's join key \
+        (a 0600 file the coordinator writes) by themselves. \
+        Exit codes: 0 stopped by the coordinator, 2 refused (numerics, or its key), 1 error.
         """)
 
     @Argument(help: "Coordinator address: HOST[:PORT] (port 5555 by default), or a tcp:// or ipc:// endpoint.")
@@ -29,6 +31,8 @@ struct Join: ParsableCommand {
     var curveKeys: String?
     @Option(help: "CURVE: the coordinator's public key: 40-character Z85, or the path of its .pub file.")
     var serverKey: String?
+    @Option(help: "The run's join key file. By default a worker joining a loopback coordinator without --curve-keys reads the key that coordinator wrote for this user (see `coord start --help`); give the path when this worker's HOME or XDG_RUNTIME_DIR differs from the coordinator's.")
+    var joinKey: String?
     @Flag(help: "Over an ipc:// endpoint, send weights and gradients over the socket instead of through shared memory (/dev/shm).")
     var noSharedMemory = false
     @Option(help: "With shared memory: busy-wait up to this many milliseconds at each step barrier for the next step's weights, so the core stays warm (an idle VM core computed the next shard 5-15% slower). 0 sleeps at once; use 0 when this host has more workers than cores.")
@@ -36,6 +40,7 @@ struct Join: ParsableCommand {
     @Option(help: .hidden) var parentPid: Int32?
     @Option(help: .hidden) var debugFingerprint: String?
     @Option(help: .hidden) var debugDelay: Double = 0
+    @Option(help: .hidden) var debugPoisonGradient: Float?
 
     var endpoint: String {
         if address.hasPrefix("tcp://") || address.hasPrefix("ipc://") { return address }
@@ -53,6 +58,7 @@ struct Join: ParsableCommand {
             }
         }
         if (curveKeys == nil) != (serverKey == nil) { throw ValidationError("--curve-keys and --server-key go together") }
+        if joinKey != nil && curveKeys != nil { throw ValidationError("--join-key and --curve-keys are two ways to authenticate: give one") }
         if !(barrierSpinMs >= 0 && barrierSpinMs <= 1000) { throw ValidationError("--barrier-spin-ms must be in 0...1000 (got \(barrierSpinMs))") }
     }
 
@@ -63,8 +69,10 @@ struct Join: ParsableCommand {
         o.parentPid = parentPid
         o.fingerprint = debugFingerprint
         o.delayPerShard = debugDelay
+        o.poisonGradient = debugPoisonGradient
         o.sharedMemory = !noSharedMemory
         o.barrierSpin = barrierSpinMs / 1000
+        o.joinKeyPath = joinKey
         let pid = getpid()
         do {
             if let curveKeys, let serverKey {

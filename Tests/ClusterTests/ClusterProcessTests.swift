@@ -236,8 +236,11 @@ final class ClusterProcessTests: XCTestCase {
             close(fd)
         }
         // Well-framed ZeroMQ messages that are not valid Lockstep messages.
+        // They come from this user, with the run's join key: the garbage reaches the decoder.
+        let key = try XCTUnwrap(try JoinKey.read(try XCTUnwrap(JoinKey.path(endpoint: ep))))
         let ctx = ZMQContext()
         let s = try ZMQSocket(ctx, .dealer)
+        s.curveClient(key.worker, serverKey: key.serverPublic)
         try s.connect(ep)
         let result = Message.result(ShardResult(step: 0, shard: 0, lossSum: 1, frames: 1, grad: FloatBufferHelper.make(7))).encode()
         var wrongVersion = Message.heartbeat.encode(); wrongVersion[0][4] = 42
@@ -247,6 +250,7 @@ final class ClusterProcessTests: XCTestCase {
         // Floods: 200,000 frames in one message, and a frame far over the size limit.
         s.send(Array(repeating: [7], count: 200_000))
         let huge = try ZMQSocket(ctx, .dealer)
+        huge.curveClient(key.worker, serverKey: key.serverPublic)
         try huge.connect(ep)
         huge.send([Array(repeating: 0xAB, count: 48 << 20)])
         XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("garbage")))

@@ -104,6 +104,55 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(k.workers[0].assigned, [0], "b takes the dead worker's shard")
     }
 
+    func testAClosedConnectionReleasesItsWorkerAtOnce() {
+        var k = core()
+        _ = k.onMessage(hello(), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        _ = k.beginStep(0, shards: [[0], [1], [2]], now: 0)
+        _ = k.onMessage(result(0, 1), from: b, now: 0.1)
+        XCTAssertEqual(k.workers.map(\.assigned), [[0], [2]])
+        let out = k.onDisconnect(a, now: 0.2)  // long before the liveness window
+        XCTAssertEqual(k.alive, 1)
+        XCTAssertTrue(out.contains { if case .log(let s) = $0 { return s.contains("closed its connection: released at once") && s.contains("shard 0") } else { return false } }, "\(out)")
+        XCTAssertEqual(k.reissuedThisStep, 1)
+        _ = k.onMessage(result(0, 2), from: b, now: 0.3)
+        XCTAssertEqual(k.workers[0].assigned, [0], "b takes the dead worker's shard")
+        XCTAssertTrue(k.onDisconnect(c, now: 0.4).isEmpty, "an unknown peer's close changes nothing")
+    }
+
+    func testRejectionLinesAreLimitedPerPeerAndInAll() {
+        var log = RateLimitedLog(window: 10, linesPerWindow: 3)
+        XCTAssertNotNil(log.line(key: "p1", now: 0, what: "bad 1"))
+        XCTAssertNil(log.line(key: "p1", now: 1, what: "bad 2"), "one line per peer per window")
+        XCTAssertNotNil(log.line(key: "p2", now: 1, what: "x"))
+        XCTAssertEqual(log.line(key: "p3", now: 1, what: "y"), "y; further such lines are held back for 10 s")
+        XCTAssertNil(log.line(key: "p4", now: 2, what: "z"), "three lines in all per window")
+        XCTAssertEqual(log.line(key: "p1", now: 10.5, what: "bad 3"), "bad 3 (and 1 more from it not logged)")
+        for i in 0..<10_000 { _ = log.line(key: "peer\(i)", now: 20 + Double(i) / 1000, what: "flood") }
+        XCTAssertLessThanOrEqual(log.lastWritten.count, RateLimitedLog.keysTracked, "bounded whatever the number of peers")
+        XCTAssertGreaterThan(log.suppressed, 9_000)
+    }
+
+    func testJoinKeysAreNamedByLoopbackEndpointOnly() {
+        XCTAssertEqual(JoinKey.path(endpoint: "tcp://localhost:5555"), JoinKey.path(endpoint: "tcp://127.0.0.1:5555"))
+        XCTAssertTrue(JoinKey.path(endpoint: "tcp://127.0.0.1:5555")!.hasSuffix("/tcp-127.0.0.1-5555.key"))
+        XCTAssertNotNil(JoinKey.path(endpoint: "tcp://[::1]:7"))
+        XCTAssertNil(JoinKey.path(endpoint: "tcp://10.0.0.7:5555"), "beyond loopback CURVE keys are the user's own")
+        // A killed coordinator's key is removed by the next one; a live one's stays.
+        let dir = NSTemporaryDirectory() + "lockstep-join-\(UUID().uuidString)"
+        let (_, key) = JoinKey.generate()
+        XCTAssertNoThrow(try key.write(to: dir + "/mine.key", endpoint: "tcp://127.0.0.1:1"))
+        let dead = Process()
+        dead.executableURL = URL(fileURLWithPath: "/bin/true")
+        XCTAssertNoThrow(try dead.run())
+        dead.waitUntilExit()
+        try? "# Lockstep join key of the coordinator at tcp://127.0.0.1:2 (pid \(dead.processIdentifier)): …\n".write(toFile: dir + "/dead.key", atomically: true, encoding: .utf8)
+        XCTAssertEqual(JoinKey.removeStale(in: dir), [dir + "/dead.key"])
+        XCTAssertEqual(try? JoinKey.read(dir + "/mine.key"), key)
+        try? FileManager.default.removeItem(atPath: dir)
+        XCTAssertTrue(JoinKey.path(endpoint: "ipc:///tmp/x.sock")!.hasSuffix("/ipc-x.sock.key"), "the local socket shares the TCP endpoint's CURVE")
+    }
+
     /// A link flap: the worker process comes back on a new connection (a new routing id). Its
     /// old connection is dropped at once, without waiting out the liveness window.
     func testAWorkerBackOnANewConnectionReplacesItsOldOneAtOnce() {

@@ -1,0 +1,141 @@
+import BiLSTM
+import Foundation
+import TOMLKit
+
+/// `--config FILE.toml`: the long options of `coord start` as keys (kebab-case), a
+/// `[synthetic]` table for the built-in task. Training keys fill a `RunConfig`; the command's
+/// own keys (`local`, `bind`, …) are handed back in `Other`.
+public enum TOMLConfig {
+    /// Keys of the file that belong to the command rather than to the training run (`local`,
+    /// `bind`, `spawn`, …): the command reads them with these typed getters.
+    public struct Other {
+        public let path: String
+        public var values: [String: TOMLValueConvertible] = [:]
+        public init(path: String) { self.path = path }
+
+        public func bad(_ key: String, _ want: String) -> LockstepError {
+            LockstepError("\(path): key '\(key)' must be \(want)", hint: "see `coord start --help` for every key")
+        }
+        public func bool(_ k: String) throws -> Bool? {
+            guard let v = values[k] else { return nil }
+            guard let b = v.bool else { throw bad(k, "true or false") }
+            return b
+        }
+        public func int(_ k: String) throws -> Int? {
+            guard let v = values[k] else { return nil }
+            guard let i = v.int else { throw bad(k, "an integer") }
+            return i
+        }
+        public func double(_ k: String) throws -> Double? {
+            guard let v = values[k] else { return nil }
+            if let d = v.double { return d }
+            guard let i = v.int else { throw bad(k, "a number") }
+            return Double(i)
+        }
+        public func string(_ k: String) throws -> String? {
+            guard let v = values[k] else { return nil }
+            guard let s = v.string else { throw bad(k, "a string") }
+            return s
+        }
+    }
+
+    /// The keys `coord start` takes beyond the training options.
+    public static let startKeys: Set<String> = ["local", "resume", "fresh", "bind", "spawn", "min-workers", "max-workers",
+                                         "curve-keys", "allow", "insecure", "wait"]
+
+    public static func apply(path: String, to c: inout RunConfig) throws {
+        var other = Other(path: path)
+        try apply(path: path, to: &c, other: &other)
+    }
+
+    public static func apply(path: String, to c: inout RunConfig, other: inout Other) throws {
+        guard let raw = FileManager.default.contents(atPath: path) else {
+            throw LockstepError("\(path): cannot read the config file (missing or unreadable)", hint: "check the path given to --config")
+        }
+        try apply(bytes: raw, path: path, to: &c, other: &other)
+    }
+
+    /// The same from the file's bytes (`path` names it in errors).
+    public static func apply(bytes raw: Data, path: String, to c: inout RunConfig, other: inout Other) throws {
+        guard let text = String(data: raw, encoding: .utf8) else {
+            let at = (0..<raw.count).first { String(data: raw.prefix($0 + 1), encoding: .utf8) == nil && String(data: raw.prefix($0 + 4), encoding: .utf8) == nil } ?? 0
+            throw LockstepError("\(path): the config file is not UTF-8 text (invalid byte 0x\(String(format: "%02x", raw[at])) at offset \(at))",
+                                hint: "save it as UTF-8 (TOML files must be UTF-8)")
+        }
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch let e as TOMLParseError {
+            throw LockstepError("\(path): line \(e.source.begin.line): \(e.description)", hint: "fix the TOML syntax")
+        }
+        func bad(_ key: String, _ want: String) -> LockstepError {
+            LockstepError("\(path): key '\(key)' must be \(want)", hint: "see `coord start --help` for every key")
+        }
+        func int(_ k: String, _ v: TOMLValueConvertible) throws -> Int { guard let i = v.int else { throw bad(k, "an integer") }; return i }
+        func float(_ k: String, _ v: TOMLValueConvertible) throws -> Float {
+            if let d = v.double { return Float(d) }
+            if let i = v.int { return Float(i) }
+            throw bad(k, "a number")
+        }
+        func str(_ k: String, _ v: TOMLValueConvertible) throws -> String { guard let s = v.string else { throw bad(k, "a string") }; return s }
+        func bool(_ k: String, _ v: TOMLValueConvertible) throws -> Bool { guard let b = v.bool else { throw bad(k, "true or false") }; return b }
+        for key in table.keys {
+            let v = table[key]!
+            switch key {
+            case "data": c.data = try str(key, v)
+            case "classes": c.classes = try int(key, v)
+            case "steps":
+                guard table["epochs"] == nil else { throw LockstepError("\(path): give steps or epochs, not both", hint: "keep one of the two keys") }
+                c.steps = try int(key, v)
+            case "epochs": c.epochs = try int(key, v)
+            case "batch-size": c.batchSize = try int(key, v)
+            case "shard-size": c.shardSize = try int(key, v)
+            case "hidden": c.hidden = try int(key, v)
+            case "layers": c.layers = try int(key, v)
+            case "arch":
+                guard let a = Arch(rawValue: try str(key, v)) else { throw bad(key, "\"stacked\" or \"split\"") }
+                c.arch = a
+            case "unidirectional": c.bidirectional = !(try bool(key, v))
+            case "synthetic-sequences": c.synthetic.sequences = try int(key, v)
+            case "synthetic-input": c.synthetic.inputSize = try int(key, v)
+            case "synthetic-classes": c.synthetic.classes = try int(key, v)
+            case "min-length": c.synthetic.minLength = try int(key, v)
+            case "max-length": c.synthetic.maxLength = try int(key, v)
+            case "config": throw LockstepError("\(path): key 'config' cannot name another file", hint: "put every key in this file")
+            case "dropout": c.dropout = try float(key, v)
+            case "optimizer":
+                guard let o = OptimizerKind(rawValue: try str(key, v)) else { throw bad(key, "\"sgd\" or \"adam\"") }
+                c.optimizer.kind = o
+            case "lr": c.optimizer.lr = try float(key, v)
+            case "momentum": c.optimizer.momentum = try float(key, v)
+            case "weight-decay": c.optimizer.weightDecay = try float(key, v)
+            case "max-norm": c.maxNorm = try float(key, v)
+            case "seed":
+                let seed = try int(key, v)
+                guard seed >= 0 else { throw bad(key, "a non-negative integer (got \(seed))") }
+                c.seed = UInt64(seed)
+            case "checkpoint-dir": c.checkpointDir = try str(key, v)
+            case "checkpoint-every": c.checkpointEvery = try int(key, v)
+            case let k where startKeys.contains(k): other.values[k] = v
+            case "keep-last": c.keepLast = try int(key, v)
+            case "on-nonfinite":
+                guard let p = NonfinitePolicy(rawValue: try str(key, v)) else { throw bad(key, "\"stop\" or \"skip\"") }
+                c.onNonfinite = p
+            case "synthetic":
+                guard let t = v.table else { throw bad(key, "a table [synthetic]") }
+                for k in t.keys {
+                    let sv = t[k]!
+                    switch k {
+                    case "sequences": c.synthetic.sequences = try int("synthetic.\(k)", sv)
+                    case "input-size": c.synthetic.inputSize = try int("synthetic.\(k)", sv)
+                    case "classes": c.synthetic.classes = try int("synthetic.\(k)", sv)
+                    case "min-length": c.synthetic.minLength = try int("synthetic.\(k)", sv)
+                    case "max-length": c.synthetic.maxLength = try int("synthetic.\(k)", sv)
+                    case "noise": c.synthetic.noise = try float("synthetic.\(k)", sv)
+                    default: throw LockstepError("\(path): unknown key 'synthetic.\(k)'", hint: "known: sequences, input-size, classes, min-length, max-length, noise")
+                    }
+                }
+            default:
+                throw LockstepError("\(path): unknown key '\(key)'", hint: "keys are the long options of `coord start` without dashes in front, e.g. batch-size = 32")
+            }
+        }
+    }
+}
