@@ -59,6 +59,8 @@ public struct CoordinatorCore {
         public var incarnation: UInt64 = 0
         /// Reads the step's weights from the coordinator's shared memory (a local worker).
         public var sharedMemory = false
+        /// Shards it computes at once (`worker join --threads`): it is given that many more in flight.
+        public var threads = 1
         public var lastSeen: Double
         public var weightsStep: Int?
         public var sentSequences: Set<Int> = []
@@ -158,7 +160,8 @@ public struct CoordinatorCore {
             let reason = "the coordinator already has \(maxWorkers) workers. HINT: raise --max-workers"
             return [.send(peer, .refuse(reason)), .log("refused \(name): \(reason)")]
         }
-        workers.append(Worker(peer: peer, name: name, incarnation: h.incarnation, sharedMemory: h.sharedMemory, lastSeen: now))
+        workers.append(Worker(peer: peer, name: name, incarnation: h.incarnation, sharedMemory: h.sharedMemory,
+                              threads: min(max(h.threads, 1), 64), lastSeen: now))
         out += [.send(peer, .welcome(welcome)), .log("\(name) joined (BLAS \(h.blasCore), \(workers.count) alive)")]
         if !started && workers.count >= minWorkers {
             started = true
@@ -243,8 +246,9 @@ public struct CoordinatorCore {
     private mutating func assign(now: Double) -> [Directive] {
         guard started, let step else { return [] }
         var out: [Directive] = []
-        for depth in 1...max(inFlight, 1) {
-            for w in workers.indices where workers[w].assigned.count < depth {
+        let deepest = max(inFlight, 1) + (workers.map(\.threads).max() ?? 1) - 1
+        for depth in 1...deepest {
+            for w in workers.indices where workers[w].assigned.count < depth && depth <= max(inFlight, 1) + workers[w].threads - 1 {
                 var pick = shards.indices.first { shards[$0].result == nil && shards[$0].holders.isEmpty }
                 var straggler = false
                 if pick == nil && workers[w].assigned.isEmpty {

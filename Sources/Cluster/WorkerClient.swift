@@ -45,19 +45,23 @@ public final class WorkerClient {
         return h
     }
 
-    var computer: ShardComputer?
+    /// One engine per thread (`--threads`): that many shards at once, each with single-threaded BLAS.
+    var computers: ShardComputerPool?
     var welcome: Welcome?
     var weights: FloatBuffer?
     var weightsStep: Int?
     var cache: [Int: Example] = [:]
     var limits = WireLimits()
-    let queue = DispatchQueue(label: "lockstep.compute")
+    /// The compute threads (`--threads`), taking shards in the order they came.
+    let queue: ComputeThreads
     let lock = NSLock()
     var finished: [ShardResult] = []
     /// Shards computed, and how many of them (and for how long) waited for their step's weights.
     var computed = 0, waitedForWeights = 0, weightsWaitSeconds = 0.0
     /// Shards handed to the compute thread and not yet started: a busy-wait ends when one comes.
     var queuedShards = 0
+    /// Shards being computed now, and the most at once (`--threads`).
+    var running = 0, peakRunning = 0
     /// Seconds the compute thread busy-waited at step barriers.
     var spunSeconds = 0.0
     var notifier: ZMQSocket?
@@ -77,7 +81,10 @@ public final class WorkerClient {
     public init(_ options: Options, log: @escaping (String) -> Void) throws {
         self.options = options
         self.log = log
-        BLAS.setThreads(options.threads)
+        // Parallelism is by shard, never inside a product: OpenBLAS with more than one thread
+        // takes other code paths, which change bits (DESIGN.md §3.5).
+        BLAS.setThreads(1)
+        queue = ComputeThreads(count: options.threads)
         helloBase = Hello(fingerprint: options.fingerprint ?? Fingerprint.compute(), blasCore: BLAS.coreName,
                       threads: options.threads, pid: Int(getpid()), incarnation: UInt64.random(in: 1...UInt64.max))
         done = try ZMQSocket(context, .pair)
@@ -157,9 +164,12 @@ public final class WorkerClient {
             if options.curve == nil && joinKey == nil { failed = "the coordinator requires authentication and this worker has no key for it" }
             handshakeFailures += 1
             handshakeReason = failed
-            if joinKey != nil, let path = options.joinKeyPath ?? JoinKey.path(endpoint: options.endpoint),
+            // Without keys of its own, a worker looks again for the run's join key: a coordinator
+            // started a moment ago may have written it since, or a restarted one a new one.
+            if options.curve == nil, let path = options.joinKeyPath ?? JoinKey.path(endpoint: options.endpoint),
                let now = try? JoinKey.read(path), now != joinKey {
-                log("the coordinator's join key has changed (a new coordinator on \(options.endpoint)): reconnecting with it")
+                log(joinKey == nil ? "the coordinator's join key is there now: connecting with it"
+                    : "the coordinator's join key has changed (a new coordinator on \(options.endpoint)): reconnecting with it")
                 handshakeFailures = 0
                 socket = try connect()
                 return nil
@@ -272,7 +282,7 @@ public final class WorkerClient {
         switch m {
         case .welcome(let w):
             if welcome?.model != w.model || welcome?.seed != w.seed {
-                computer = ShardComputer(model: w.model, seed: w.seed)
+                computers = ShardComputerPool(model: w.model, seed: w.seed, count: options.threads)
                 cache = [:]
             }
             if welcome?.runId != w.runId { cache = [:] }
@@ -288,7 +298,7 @@ public final class WorkerClient {
             log("refused by the coordinator: \(reason)")
             return 2
         case .work(let work):
-            guard let computer else { send(.hello(hello)); return nil }
+            guard let computers else { send(.hello(hello)); return nil }
             if let w = work.weights { weights = w; weightsStep = work.step }
             // A new step's work arrives while the coordinator's optimizer runs, so before its
             // weights: the compute thread waits for their stamp in shared memory.
@@ -323,7 +333,7 @@ public final class WorkerClient {
             let weightsComing = pendingWeights, weightsSource = shared
             let spin = options.barrierSpin
             lock.withLock { queuedShards += 1 }
-            queue.async { [self] in
+            queue.submit { [self] in
                 lock.withLock { queuedShards -= 1 }
                 if let weightsComing {
                     let waitStarted = monotonicSeconds()
@@ -334,10 +344,15 @@ public final class WorkerClient {
                     }
                     lock.withLock { waitedForWeights += 1; weightsWaitSeconds += monotonicSeconds() - waitStarted }
                 }
-                if delay > 0 { Thread.sleep(forTimeInterval: delay) }
-                let started = monotonicSeconds()
                 let grad = slots?.view(work.shard) ?? FloatBuffer(uninitializedCount: params.count)
-                let r = computer.compute(params: params, examples: examples, step: work.step, into: grad)
+                var started = 0.0
+                let r = computers.with { computer in
+                    lock.withLock { running += 1; peakRunning = max(peakRunning, running) }
+                    defer { lock.withLock { running -= 1 } }
+                    if delay > 0 { Thread.sleep(forTimeInterval: delay) }
+                    started = monotonicSeconds()
+                    return computer.compute(params: params, examples: examples, step: work.step, into: grad)
+                }
                 if let poison = options.poisonGradient { grad.fill(poison) }
                 slots?.setStamp(work.shard, work.step)
                 let seconds = monotonicSeconds() - started
@@ -362,8 +377,8 @@ public final class WorkerClient {
         case .heartbeat:
             break
         case .stop:
-            let (n, waited, seconds, spun) = lock.withLock { (computed, waitedForWeights, weightsWaitSeconds, spunSeconds) }
-            log("coordinator says stop: exiting after \(n) shard(s)"
+            let (n, waited, seconds, spun, peak) = lock.withLock { (computed, waitedForWeights, weightsWaitSeconds, spunSeconds, peakRunning) }
+            log("coordinator says stop: exiting after \(n) shard(s), up to \(peak) at once"
                 + (waited > 0 ? String(format: "; %d started before their weights were published and waited %.1f ms each on average", waited, 1000 * seconds / Double(waited)) : "")
                 + (spun > 0 ? String(format: "; busy-waited %.0f ms at step barriers", 1000 * spun) : ""))
             return 0
@@ -374,5 +389,37 @@ public final class WorkerClient {
             log("unexpected \(m.typeName) from the coordinator: dropped")
         }
         return nil
+    }
+}
+
+/// N threads of our own that take jobs in order (GCD would run no more jobs at once than there
+/// are cores, whatever `--threads` says).
+final class ComputeThreads: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var jobs: [() -> Void] = []
+
+    init(count: Int) {
+        for i in 0..<max(count, 1) {
+            let t = Thread { [self] in run() }
+            t.name = "lockstep.compute-\(i)"
+            t.start()
+        }
+    }
+
+    func submit(_ job: @escaping () -> Void) {
+        condition.lock()
+        jobs.append(job)
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty { condition.wait() }
+            let job = jobs.removeFirst()
+            condition.unlock()
+            job()
+        }
     }
 }

@@ -22,6 +22,50 @@ public final class ShardComputer {
 
 func optimizerStateCopies(_ kind: OptimizerKind) -> Int { kind == .adam ? 2 : 1 }
 
+/// Computes several shards at once, one `ShardComputer` (engine and buffers) per thread. BLAS
+/// stays single-threaded in each, and each shard's gradient is a pure function of its inputs, so
+/// the bits never depend on the thread count: only how many shards run at a time does
+/// (DESIGN.md §3.5: never split a dot product's order).
+public final class ShardComputerPool: @unchecked Sendable {
+    public let count: Int
+    private var free: [ShardComputer]
+    private let lock = NSLock()
+    private let available: DispatchSemaphore
+
+    public init(model: ModelConfig, seed: UInt64, count: Int) {
+        self.count = max(1, count)
+        free = (0..<self.count).map { _ in ShardComputer(model: model, seed: seed) }
+        available = DispatchSemaphore(value: self.count)
+    }
+
+    /// Runs `body` with a computer of its own, waiting for one to be free.
+    public func with<R>(_ body: (ShardComputer) -> R) -> R {
+        available.wait()
+        let c = lock.withLock { free.removeLast() }
+        defer { lock.withLock { free.append(c) }; available.signal() }
+        return body(c)
+    }
+
+    /// Every shard of a step, `count` at a time; results in shard order.
+    public func computeAll(params: FloatBuffer, shards: [[Example]], step: Int, gradientCount: Int)
+        -> [(grad: FloatBuffer, result: BatchResult, seconds: Double)] {
+        var out = [(grad: FloatBuffer, result: BatchResult, seconds: Double)?](repeating: nil, count: shards.count)
+        let outLock = NSLock()
+        let threads = min(count, shards.count)
+        // Shard k goes to thread k mod threads: a fixed deal, though any would give the same bits.
+        DispatchQueue.concurrentPerform(iterations: threads) { j in
+            for k in stride(from: j, to: shards.count, by: threads) {
+                let t0 = Date()
+                let grad = FloatBuffer(count: gradientCount)
+                let r = with { $0.compute(params: params, examples: shards[k], step: step, into: grad) }
+                let seconds = Date().timeIntervalSince(t0)
+                outLock.withLock { out[k] = (grad, r, seconds) }
+            }
+        }
+        return out.map { $0! }
+    }
+}
+
 /// One optimizer step's outcome, as logged to metrics.jsonl.
 public struct StepReport: Sendable {
     public var step: Int          // 1-based: the number of steps done after this one

@@ -35,6 +35,8 @@ struct Start: ParsableCommand {
     var allow: String?
     @Flag(help: "Allow binding to a non-loopback address without authentication. Anyone who can reach the port can join.")
     var insecure = false
+    @Option(help: "Shards computed at once: in this process with --local, in each spawned worker with --spawn. Each runs single-threaded BLAS on a shard of its own, so the result's bits do not depend on it (default 1).")
+    var threads: Int?
     @Option(help: "With --resume: how many seconds to wait for a previous coordinator of this run (a preempted job still writing its checkpoint) to release the run directory and the port (default 60). Without --resume a run directory in use is refused at once.")
     var wait: Double?
 
@@ -47,6 +49,7 @@ struct Start: ParsableCommand {
         var maxWorkers = 256
         var curveKeys: String? = nil, allow: String? = nil
         var wait = 60.0
+        var threads = 1
     }
 
     func resolve() throws -> (RunConfig, Settings) {
@@ -63,6 +66,7 @@ struct Start: ParsableCommand {
         s.curveKeys = try curveKeys ?? file.string("curve-keys")
         s.allow = try allow ?? file.string("allow")
         s.wait = try wait ?? file.double("wait") ?? 60
+        s.threads = try threads ?? file.int("threads") ?? 1
         return (run, s)
     }
 
@@ -71,6 +75,10 @@ struct Start: ParsableCommand {
         var p = c.problems()
         if s.resume && s.fresh { p.append("--resume and --fresh contradict each other") }
         if !(s.wait >= 0 && s.wait <= 86_400) { p.append("--wait must be in 0...86400 seconds (got \(s.wait))") }
+        if !(1...256).contains(s.threads) { p.append("--threads must be in 1...256 (got \(s.threads))") }
+        if s.threads > 1 && !s.local && s.spawn == 0 {
+            p.append("--threads is for --local or --spawn; a worker that joins sets its own (worker join --threads)")
+        }
         if s.local {
             if s.spawn > 0 || s.minWorkers != nil { p.append("--spawn and --min-workers are for cluster mode; drop --local") }
             return p
@@ -131,7 +139,7 @@ struct Start: ParsableCommand {
                 }
             }
             if s.local {
-                try trainLocal(trainer)
+                try trainLocal(trainer, threads: s.threads)
             } else {
                 // --spawn alone listens on its 0600 local socket only.
                 let bind = s.bind ?? (s.spawn > 0 ? nil : "tcp://127.0.0.1:5555")
@@ -144,7 +152,7 @@ struct Start: ParsableCommand {
                     log("CURVE on: \(curve!.allowed.count) worker key(s) allowed from \(allow)")
                 }
                 try trainCluster(trainer, bind: bind.map { $0.replacingOccurrences(of: ":0", with: ":*", options: .anchored.union(.backwards)) },
-                                 spawn: s.spawn, minWorkers: s.minWorkers ?? max(s.spawn, 1), maxWorkers: s.maxWorkers, curve: curve,
+                                 spawn: s.spawn, threads: s.threads, minWorkers: s.minWorkers ?? max(s.spawn, 1), maxWorkers: s.maxWorkers, curve: curve,
                                  curveKeysPath: s.curveKeys, authenticate: !s.insecure, bindWait: s.resume ? s.wait : 0)
             }
             report(trainer, heldOut: heldOut)
@@ -179,9 +187,9 @@ func prepare(_ config: RunConfig, resume: Bool, fresh: Bool) throws -> (Trainer,
     return (trainer, heldOut)
 }
 
-func trainLocal(_ trainer: Trainer) throws {
+func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
     BLAS.setThreads(1)
-    let computer = ShardComputer(model: trainer.model, seed: trainer.run.seed)
+    let pool = ShardComputerPool(model: trainer.model, seed: trainer.run.seed, count: threads)
     let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
     let progress = ProgressLine(total: trainer.totalSteps)
     while !trainer.done {
@@ -192,16 +200,10 @@ func trainLocal(_ trainer: Trainer) throws {
         }
         let started = Date()
         let step = trainer.step
-        var shardSeconds: [Double] = []
-        let parts = trainer.shards(forStep: step).map { shard -> (grad: FloatBuffer, result: BatchResult) in
-            let t0 = Date()
-            let grad = FloatBuffer(count: trainer.layout.count)
-            let r = computer.compute(params: trainer.params, examples: shard.map { trainer.data.examples[$0] }, step: step, into: grad)
-            shardSeconds.append(Date().timeIntervalSince(t0))
-            return (grad, r)
-        }
-        var report = try trainer.apply(parts: parts, seconds: Date().timeIntervalSince(started))
-        report.setShardSeconds(shardSeconds)
+        let shards = trainer.shards(forStep: step).map { $0.map { trainer.data.examples[$0] } }
+        let done = pool.computeAll(params: trainer.params, shards: shards, step: step, gradientCount: trainer.layout.count)
+        var report = try trainer.apply(parts: done.map { ($0.grad, $0.result) }, seconds: Date().timeIntervalSince(started))
+        report.setShardSeconds(done.map(\.seconds))
         try metrics.write(report)
         progress.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9))
         if trainer.run.checkpointEvery > 0 && trainer.step % trainer.run.checkpointEvery == 0 && !trainer.done {
@@ -211,7 +213,7 @@ func trainLocal(_ trainer: Trainer) throws {
     try trainer.saveCheckpoint()
 }
 
-func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, minWorkers: Int, maxWorkers: Int,
+func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 1, minWorkers: Int, maxWorkers: Int,
                   curve: (keys: CurveKeypair, allowed: [String])? = nil, curveKeysPath: String? = nil,
                   authenticate: Bool = true, bindWait: Double = 0) throws {
     BLAS.setThreads(1)
@@ -246,9 +248,9 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, minWorkers: Int
         for i in 0..<spawn {
             let p = Process()
             p.executableURL = workerExe
-            p.arguments = ["join", endpoint, "--parent-pid", String(getpid())]
+            p.arguments = ["join", endpoint, "--parent-pid", String(getpid()), "--threads", String(threads)]
             // A worker busy-waiting at the barrier would take a core from one still computing.
-            if spawn > ProcessInfo.processInfo.activeProcessorCount { p.arguments! += ["--barrier-spin-ms", "0"] }
+            if spawn * threads > ProcessInfo.processInfo.activeProcessorCount { p.arguments! += ["--barrier-spin-ms", "0"] }
             if let curve, let curveKeysPath {
                 // Local children share the coordinator's keypair; it must be on the allow-list too.
                 guard curve.allowed.contains(curve.keys.publicKey) else {

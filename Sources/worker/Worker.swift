@@ -25,7 +25,7 @@ struct Join: ParsableCommand {
 
     @Argument(help: "Coordinator address: HOST[:PORT] (port 5555 by default), or a tcp:// or ipc:// endpoint.")
     var address: String
-    @Option(help: "OpenBLAS threads in this worker (processes are the unit of parallelism: default 1).")
+    @Option(help: "Shards this worker computes at once, each on a thread of its own with single-threaded BLAS: the bits do not depend on it (default 1).")
     var threads = 1
     @Option(help: "CURVE: this worker's keypair file (from `worker keygen`); its public key must be on the coordinator's allow-list.")
     var curveKeys: String?

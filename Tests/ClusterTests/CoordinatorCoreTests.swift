@@ -120,6 +120,15 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertTrue(k.onDisconnect(c, now: 0.4).isEmpty, "an unknown peer's close changes nothing")
     }
 
+    func testAWorkerWithThreadsIsGivenThatManyMoreShardsInFlight() {
+        var k = core(inFlight: 2)
+        _ = k.onMessage(.hello(Hello(fingerprint: "f00d", blasCore: "Haswell", threads: 3, pid: 1)), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        _ = k.beginStep(0, shards: (0..<8).map { [$0] }, now: 0)
+        XCTAssertEqual(k.workers.map { $0.assigned.count }, [4, 2], "3 computing + 1 queued, against 1 + 1")
+        XCTAssertEqual(Set(k.workers.flatMap(\.assigned)).count, 6, "each shard to one worker")
+    }
+
     func testRejectionLinesAreLimitedPerPeerAndInAll() {
         var log = RateLimitedLog(window: 10, linesPerWindow: 3)
         XCTAssertNotNil(log.line(key: "p1", now: 0, what: "bad 1"))

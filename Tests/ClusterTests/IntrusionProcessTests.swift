@@ -103,6 +103,18 @@ final class IntrusionProcessTests: XCTestCase {
         h.kill9(c)
     }
 
+    func testWorkersStartedWithTheirCoordinatorFindItsJoinKey() throws {
+        let ref = try reference(steps: 8)
+        let port = freePort()
+        // Workers first, then the coordinator: they meet it before (or just after) its key is written.
+        let workers = try (0..<2).map { try h.start("worker", ["join", "127.0.0.1:\(port)"], name: "early\($0)") }
+        let c = try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/early", "--bind", "tcp://127.0.0.1:\(port)", "--min-workers", "2"]
+                                + ProcessHarness.options(steps: 8), name: "coord")
+        XCTAssertEqual(h.wait(c, timeout: 120), 0, h.text(h.log("coord")))
+        XCTAssertEqual(h.hash("coord"), ref)
+        for (i, w) in workers.enumerated() { XCTAssertEqual(h.wait(w, timeout: 30), 0, h.text(h.log("early\(i)"))) }
+    }
+
     func freePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }

@@ -151,6 +151,28 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(t.weightsHash, before)
     }
 
+    /// Threads compute whole shards, each with single-threaded BLAS: 1, 2 or 3 of them give the
+    /// bits of one shard after another.
+    func testThreadsComputeWholeShardsAndChangeNoBit() throws {
+        var r = smallRun(steps: 3, dir: dir)
+        r.hidden = 24; r.batchSize = 24; r.shardSize = 4
+        let data = r.synthetic.generate(seed: r.seed)
+        var hashes: [String] = []
+        for threads in [1, 2, 3] {
+            let t = try Trainer(run: r, data: data)
+            let pool = ShardComputerPool(model: t.model, seed: r.seed, count: threads)
+            while !t.done {
+                let shards = t.shards(forStep: t.step).map { $0.map { data.examples[$0] } }
+                let out = pool.computeAll(params: t.params, shards: shards, step: t.step, gradientCount: t.layout.count)
+                _ = try t.apply(parts: out.map { ($0.grad, $0.result) }, seconds: 0)
+            }
+            hashes.append(t.weightsHash)
+        }
+        let serial = try Trainer(run: r, data: data)
+        try train(serial, until: 3)
+        XCTAssertEqual(hashes, [serial.weightsHash, serial.weightsHash, serial.weightsHash])
+    }
+
     func testShardSizeIsPartOfTheMathButNothingElseIs() throws {
         // The schedule never depends on who computes: same batches for any call order.
         let s = Schedule(lengths: (0..<100).map { 1 + $0 % 17 }, batchSize: 10, shardSize: 3, seed: 4)
