@@ -16,7 +16,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // C libraries from Debian.
@@ -31,15 +30,13 @@ let package = Package(
         // The model: config, parameter layout, packed forward/backward, loss, init.
         .target(name: "BiLSTM", dependencies: ["Numerics"], swiftSettings: fast),
         // Data, batching, optimizers, clipping, checkpoints, the local trainer.
-        .target(name: "Training", dependencies: ["BiLSTM", "Numerics", "CZlib", .product(name: "TOMLKit", package: "TOMLKit")],
-                swiftSettings: fast),
+        .target(name: "Training", dependencies: ["BiLSTM", "Numerics", "CZlib"], swiftSettings: fast),
         // Protocol codec, coordinator/worker state machines, and the ZeroMQ shell.
         .target(name: "Cluster", dependencies: ["Training", "BiLSTM", "Numerics", "CZMQ", "CFutex"], swiftSettings: fast),
 
         .executableTarget(name: "coord", dependencies: [
             "Cluster", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "TOMLKit", package: "TOMLKit"),
         ], swiftSettings: fast),
         .executableTarget(name: "worker", dependencies: [
             "Cluster", "Numerics",

@@ -1,6 +1,5 @@
 import BiLSTM
 import Foundation
-import TOMLKit
 
 /// `--config FILE.toml`: the long options of `coord start` as keys (kebab-case), a
 /// `[synthetic]` table for the built-in task. Training keys fill a `RunConfig`; the command's
@@ -10,7 +9,7 @@ public enum TOMLConfig {
     /// `bind`, `spawn`, …): the command reads them with these typed getters.
     public struct Other {
         public let path: String
-        public var values: [String: TOMLValueConvertible] = [:]
+        public var values: [String: ConfigValue] = [:]
         public init(path: String) { self.path = path }
 
         public func bad(_ key: String, _ want: String) -> LockstepError {
@@ -62,21 +61,21 @@ public enum TOMLConfig {
             throw LockstepError("\(path): the config file is not UTF-8 text (invalid byte 0x\(String(format: "%02x", raw[at])) at offset \(at))",
                                 hint: "save it as UTF-8 (TOML files must be UTF-8)")
         }
-        let table: TOMLTable
-        do { table = try TOMLTable(string: text) } catch let e as TOMLParseError {
-            throw LockstepError("\(path): line \(e.source.begin.line): \(e.description)", hint: "fix the TOML syntax")
+        let table: ConfigTable
+        do { table = try ConfigFile.parse(text) } catch let e as ConfigFile.ParseError {
+            throw LockstepError("\(path): \(e)", hint: "fix the TOML syntax")
         }
         func bad(_ key: String, _ want: String) -> LockstepError {
             LockstepError("\(path): key '\(key)' must be \(want)", hint: "see `coord start --help` for every key")
         }
-        func int(_ k: String, _ v: TOMLValueConvertible) throws -> Int { guard let i = v.int else { throw bad(k, "an integer") }; return i }
-        func float(_ k: String, _ v: TOMLValueConvertible) throws -> Float {
+        func int(_ k: String, _ v: ConfigValue) throws -> Int { guard let i = v.int else { throw bad(k, "an integer") }; return i }
+        func float(_ k: String, _ v: ConfigValue) throws -> Float {
             if let d = v.double { return Float(d) }
             if let i = v.int { return Float(i) }
             throw bad(k, "a number")
         }
-        func str(_ k: String, _ v: TOMLValueConvertible) throws -> String { guard let s = v.string else { throw bad(k, "a string") }; return s }
-        func bool(_ k: String, _ v: TOMLValueConvertible) throws -> Bool { guard let b = v.bool else { throw bad(k, "true or false") }; return b }
+        func str(_ k: String, _ v: ConfigValue) throws -> String { guard let s = v.string else { throw bad(k, "a string") }; return s }
+        func bool(_ k: String, _ v: ConfigValue) throws -> Bool { guard let b = v.bool else { throw bad(k, "true or false") }; return b }
         for key in table.keys {
             let v = table[key]!
             switch key {

@@ -1,7 +1,6 @@
 import ArgumentParser
 import BiLSTM
 import Foundation
-import TOMLKit
 import Training
 
 /// The options of a training run. A TOML file (`--config`) gives the same keys in kebab-case

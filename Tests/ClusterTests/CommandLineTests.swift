@@ -56,6 +56,9 @@ final class CommandLineTests: XCTestCase {
         try "seed = -3\n".write(toFile: negative, atomically: true, encoding: .utf8)
         let latin1 = h.dir + "/latin1.toml"
         try Data([0x23, 0x20, 0xe9, 0x0a, 0x73, 0x74, 0x65, 0x70, 0x73, 0x20, 0x3d, 0x20, 0x33, 0x0a]).write(to: URL(fileURLWithPath: latin1))
+        // Found by scripts/fuzz: the C++ parser behind TOMLKit aborted on this instead of reporting it.
+        let braces = h.dir + "/braces.toml"
+        try "steps = 3\nbatch-size = [1, }\n".write(toFile: braces, atomically: true, encoding: .utf8)
         let both = h.dir + "/both.toml"
         try "steps = 3\nepochs = 2\n".write(toFile: both, atomically: true, encoding: .utf8)
         let labels = h.dir + "/labels.npz"
@@ -75,6 +78,7 @@ final class CommandLineTests: XCTestCase {
             (["start", "--local", "--config", negative], 64, ["key 'seed' must be a non-negative integer (got -3)"]),
             (["start", "--local", "--config", latin1], 64, ["is not UTF-8 text (invalid byte 0xe9 at offset 2)", "HINT"]),
             (["start", "--local", "--config", both], 64, ["give steps or epochs, not both"]),
+            (["start", "--local", "--config", braces], 64, ["line 2: arrays and inline tables are not used in a Lockstep config"]),
             (["start", "--local", "--steps", "3", "--epochs", "2"], 64, ["give --steps or --epochs, not both"]),
             (["start", "--bind", "tcp://localhost:"], 64, ["--bind tcp://localhost: has no port", "HINT"]),
             (["start", "--bind", "tcp://127.0.0.1:99999"], 64, ["port '99999' is not a number in 0...65535"]),
