@@ -8,9 +8,10 @@ struct Coord: ParsableCommand {
         commandName: "coord",
         abstract: "Lockstep coordinator: trains a BiLSTM sequence labeller with bit-reproducible results.",
         discussion: """
-        The final weights' SHA-256 depends only on the config and the data: not on the number of \
-        workers, on crashes, or on stop-and-resume. `coord start --local` is the single-process \
-        reference every cluster run reproduces.
+        The final weights' SHA-256 depends on the config, the data and the CPU's OpenBLAS kernel \
+        (logged as "BLAS …"; workers must match the coordinator's): not on the number of workers \
+        or threads, on crashes, or on stop-and-resume. `coord start --local` is the \
+        single-process reference every cluster run reproduces.
         """,
         subcommands: [Start.self, Grad.self, Keygen.self])
 }

@@ -10,8 +10,10 @@ struct Start: ParsableCommand {
         abstract: "Train: alone with --local, or as the coordinator of a cluster of workers.",
         discussion: """
         At the end it prints the final weights' SHA-256 and the checkpoint path. For a fixed \
-        config and data the hash is the same with --local, with any number of workers, and \
-        after any crash followed by --resume.
+        config, data and BLAS kernel the hash is the same with --local, with any number of \
+        workers or --threads, and after any crash followed by --resume. A loopback coordinator \
+        admits only its own user's workers: it writes a per-run join key (0600) that `worker \
+        join` reads by itself; --insecure turns that off. One run owns its --checkpoint-dir.
         """)
 
     @OptionGroup var training: TrainingOptions
@@ -292,6 +294,8 @@ func report(_ trainer: Trainer, heldOut: Dataset?) {
     }
     print("checkpoint: \(trainer.checkpointPath)")
     print("final weights sha256: \(trainer.weightsHash)")
+    // A reader on another CPU can tell whether their hash should match.
+    print("numerics: OpenBLAS \(BLAS.coreName) kernel, one BLAS thread per shard")
 }
 
 func log(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }

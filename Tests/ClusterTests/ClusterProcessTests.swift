@@ -6,20 +6,11 @@ import XCTest
 /// whatever the number of workers and whatever fails.
 final class ClusterProcessTests: XCTestCase {
     var h: ProcessHarness!
-    nonisolated(unsafe) static var references: [Int: String] = [:]
 
     override func setUp() { h = ProcessHarness() }
     override func tearDown() { h.finish(testRun) }
 
-    /// The single-process reference hash for `steps` steps of the test config.
-    func reference(steps: Int) throws -> String {
-        if let r = ClusterProcessTests.references[steps] { return r }
-        let p = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/ref\(steps)"] + ProcessHarness.options(steps: steps), name: "ref\(steps)")
-        XCTAssertEqual(h.wait(p, timeout: 120), 0, h.text(h.log("ref\(steps)")))
-        let r = try XCTUnwrap(h.hash("ref\(steps)"), h.text(h.log("ref\(steps)")))
-        ClusterProcessTests.references[steps] = r
-        return r
-    }
+    func reference(steps: Int) throws -> String { try h.reference(steps: steps) }
 
     func coordinator(_ name: String, steps: Int, extra: [String]) throws -> Process {
         try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/\(name)"] + ProcessHarness.options(steps: steps) + extra, name: name)

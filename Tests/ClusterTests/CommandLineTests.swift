@@ -108,6 +108,8 @@ final class CommandLineTests: XCTestCase {
             let p = try h.start("coord", ["start", "--config", toml], name: "all\(i)")
             XCTAssertEqual(h.wait(p, timeout: 60), 0, h.text(h.log("all\(i)")))
             XCTAssertFalse(h.text(h.log("all\(i)")).contains("listening"), "local = true trains in this process")
+            // Its stderr is a file: progress comes as plain lines, never the terminal's live line.
+            XCTAssertFalse(h.text(h.log("all\(i)")).contains("\r") || h.text(h.log("all\(i)")).contains("\u{1B}"), "no live progress line in a log file")
         }
         XCTAssertEqual(h.hash("all0"), h.hash("all1"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: h.dir + "/all/checkpoint-step-00000002.safetensors"))

@@ -6,19 +6,11 @@ import XCTest
 /// dead workers are released the moment their connection closes (real processes).
 final class IntrusionProcessTests: XCTestCase {
     var h: ProcessHarness!
-    nonisolated(unsafe) static var references: [Int: String] = [:]
 
     override func setUp() { h = ProcessHarness() }
     override func tearDown() { h.finish(testRun) }
 
-    func reference(steps: Int) throws -> String {
-        if let r = IntrusionProcessTests.references[steps] { return r }
-        let p = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/ref\(steps)"] + ProcessHarness.options(steps: steps), name: "ref\(steps)")
-        XCTAssertEqual(h.wait(p, timeout: 120), 0, h.text(h.log("ref\(steps)")))
-        let r = try XCTUnwrap(h.hash("ref\(steps)"))
-        IntrusionProcessTests.references[steps] = r
-        return r
-    }
+    func reference(steps: Int) throws -> String { try h.reference(steps: steps) }
 
     /// A hand-written worker that knows the numerics fingerprint (it is public) and says hello
     /// over and over; `keys`: CURVE keys of its own and the server key it somehow learned.

@@ -36,6 +36,18 @@ final class ProcessHarness {
         return p
     }
 
+    nonisolated(unsafe) static var references: [Int: String] = [:]
+
+    /// The `--local` reference hash for `steps` steps of the test options (computed once per run).
+    func reference(steps: Int, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        if let r = ProcessHarness.references[steps] { return r }
+        let p = try start("coord", ["start", "--local", "--checkpoint-dir", dir + "/ref\(steps)"] + ProcessHarness.options(steps: steps), name: "ref\(steps)")
+        XCTAssertEqual(wait(p, timeout: 120), 0, text(log("ref\(steps)")), file: file, line: line)
+        let r = try XCTUnwrap(hash("ref\(steps)"), text(log("ref\(steps)")), file: file, line: line)
+        ProcessHarness.references[steps] = r
+        return r
+    }
+
     func log(_ name: String) -> String { dir + "/\(name).err" }
     func out(_ name: String) -> String { dir + "/\(name).out" }
     func text(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }

@@ -197,12 +197,24 @@ final class CheckpointTests: XCTestCase {
         let t = try Trainer(run: r, data: data); try train(t, until: 2)
         try t.saveCheckpoint()
         let ck = try Checkpoint.load(path: t.checkpointPath)
-        var changed = r; changed.optimizer.lr = 0.5
-        XCTAssertThrowsError(try Trainer(run: changed, data: data, resumeFrom: ck)) { XCTAssertTrue("\($0)".contains("different config")) }
+        var changed = r; changed.optimizer.lr = 0.5; changed.seed = 9; changed.bidirectional = false
+        XCTAssertThrowsError(try Trainer(run: changed, data: data, resumeFrom: ck)) { e in
+            // Each differing option by name, with both values.
+            let s = "\(e)"
+            XCTAssertTrue(s.contains("different config"), s)
+            XCTAssertTrue(s.contains("--lr: the checkpoint has 0.01, this run 0.5"), s)
+            XCTAssertTrue(s.contains("--seed: the checkpoint has 1, this run 9"), s)
+            XCTAssertTrue(s.contains("--unidirectional: the checkpoint has false, this run true"), s)
+            XCTAssertFalse(s.contains("--hidden"), s)
+        }
         let otherData = r.synthetic.generate(seed: 99)
         XCTAssertThrowsError(try Trainer(run: r, data: otherData, resumeFrom: ck)) { XCTAssertTrue("\($0)".contains("different data")) }
         var longer = r; longer.steps = 10
         XCTAssertNoThrow(try Trainer(run: longer, data: data, resumeFrom: ck), "more steps is not another config")
+        var fewer = r; fewer.steps = 1
+        XCTAssertThrowsError(try Trainer(run: fewer, data: data, resumeFrom: ck)) { e in
+            XCTAssertTrue("\(e)".contains("at step 2 but this run ends at step 1") && "\(e)".contains("HINT"), "\(e)")
+        }
     }
 
     func index(_ b: [UInt8], _ pattern: String) -> Int {
@@ -270,26 +282,6 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(),
                        ["checkpoint-step-00000003.safetensors", "checkpoint-step-00000004.safetensors", "checkpoint.safetensors"])
         XCTAssertEqual(try Checkpoint.load(path: dir + "/checkpoint-step-00000003.safetensors").step, 3)
-    }
-
-    func testResumeNamesEachDifferingKeyWithBothValuesAndRefusesFewerSteps() throws {
-        let r = smallRun(steps: 3, dir: dir)
-        let data = r.synthetic.generate(seed: r.seed)
-        let t = try Trainer(run: r, data: data); try train(t, until: 2)
-        try t.saveCheckpoint()
-        let ck = try Checkpoint.load(path: t.checkpointPath)
-        var changed = r; changed.optimizer.lr = 0.5; changed.seed = 9; changed.bidirectional = false
-        XCTAssertThrowsError(try Trainer(run: changed, data: data, resumeFrom: ck)) { e in
-            let s = "\(e)"
-            XCTAssertTrue(s.contains("--lr: the checkpoint has 0.01, this run 0.5"), s)
-            XCTAssertTrue(s.contains("--seed: the checkpoint has 1, this run 9"), s)
-            XCTAssertTrue(s.contains("--unidirectional: the checkpoint has false, this run true"), s)
-            XCTAssertFalse(s.contains("--hidden"), s)
-        }
-        var fewer = r; fewer.steps = 1
-        XCTAssertThrowsError(try Trainer(run: fewer, data: data, resumeFrom: ck)) { e in
-            XCTAssertTrue("\(e)".contains("at step 2 but this run ends at step 1") && "\(e)".contains("HINT"), "\(e)")
-        }
     }
 
     func testOneRunPerDirectoryAndTheLockDiesWithItsHolder() throws {
