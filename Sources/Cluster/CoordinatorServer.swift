@@ -47,7 +47,7 @@ public final class CoordinatorServer {
             zap = try ZAPHandler(context: context, allowed: curve.allowed, log: log)
             socket.curveServer(curve.keys)
         } else if authenticate, let bind, JoinKey.loopback(bind) != nil {
-            let (server, key) = JoinKey.generate()
+            let (server, key) = try JoinKey.generate()
             zap = try ZAPHandler(context: context, allowed: [key.worker.publicKey], log: log)
             socket.curveServer(server)
             join = key

@@ -11,10 +11,12 @@ public struct CurveKeypair: Sendable, Equatable {
     public let publicKey: String
     public let secretKey: String
 
-    public static func generate() -> CurveKeypair {
+    public static func generate() throws -> CurveKeypair {
         var pub = [CChar](repeating: 0, count: 41), sec = [CChar](repeating: 0, count: 41)
-        // Not inside precondition: -Ounchecked release builds do not evaluate it.
-        guard zmq_curve_keypair(&pub, &sec) == 0 else { fatalError("libzmq was built without CURVE support") }
+        guard zmq_curve_keypair(&pub, &sec) == 0 else {
+            throw LockstepError("cannot make a CURVE keypair: this libzmq was built without CURVE support",
+                                hint: "install Debian's libzmq3-dev (built with libsodium); on loopback, --insecure runs without keys")
+        }
         return CurveKeypair(publicKey: String(cString: pub), secretKey: String(cString: sec))
     }
 
@@ -143,9 +145,9 @@ public struct JoinKey: Equatable, Sendable {
     }
 
     /// A fresh keypair for the coordinator and the join key that goes with it.
-    public static func generate() -> (server: CurveKeypair, join: JoinKey) {
-        let server = CurveKeypair.generate()
-        return (server, JoinKey(serverPublic: server.publicKey, worker: CurveKeypair.generate()))
+    public static func generate() throws -> (server: CurveKeypair, join: JoinKey) {
+        let server = try CurveKeypair.generate()
+        return (server, JoinKey(serverPublic: server.publicKey, worker: try CurveKeypair.generate()))
     }
 
     /// Makes the directory (0700, ours, closed to others) and writes the file atomically (0600).

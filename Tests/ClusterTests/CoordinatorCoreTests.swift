@@ -142,14 +142,14 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertGreaterThan(log.suppressed, 9_000)
     }
 
-    func testJoinKeysAreNamedByLoopbackEndpointOnly() {
+    func testJoinKeysAreNamedByLoopbackEndpointOnly() throws {
         XCTAssertEqual(JoinKey.path(endpoint: "tcp://localhost:5555"), JoinKey.path(endpoint: "tcp://127.0.0.1:5555"))
         XCTAssertTrue(JoinKey.path(endpoint: "tcp://127.0.0.1:5555")!.hasSuffix("/tcp-127.0.0.1-5555.key"))
         XCTAssertNotNil(JoinKey.path(endpoint: "tcp://[::1]:7"))
         XCTAssertNil(JoinKey.path(endpoint: "tcp://10.0.0.7:5555"), "beyond loopback CURVE keys are the user's own")
         // A killed coordinator's key is removed by the next one; a live one's stays.
         let dir = NSTemporaryDirectory() + "lockstep-join-\(UUID().uuidString)"
-        let (_, key) = JoinKey.generate()
+        let (_, key) = try JoinKey.generate()
         XCTAssertNoThrow(try key.write(to: dir + "/mine.key", endpoint: "tcp://127.0.0.1:1"))
         let dead = Process()
         dead.executableURL = URL(fileURLWithPath: "/bin/true")

@@ -45,7 +45,7 @@ final class IntrusionProcessTests: XCTestCase {
         // Fakes: no key at all; and a key of its own with the coordinator's real public key.
         let ctx = ZMQContext()
         let serverKey = try XCTUnwrap(try JoinKey.read(keyPath)).serverPublic
-        let fakes = [try FakeWorker(ctx, ep), try FakeWorker(ctx, ep, keys: (CurveKeypair.generate(), serverKey))]
+        let fakes = [try FakeWorker(ctx, ep), try FakeWorker(ctx, ep, keys: (try CurveKeypair.generate(), serverKey))]
         // Another user: the real worker binary as `nobody`, who cannot read the key file.
         var other: Process?
         if getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") {
@@ -87,7 +87,7 @@ final class IntrusionProcessTests: XCTestCase {
         let c = try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/run", "--bind", "tcp://127.0.0.1:0"] + ProcessHarness.options(steps: 2), name: "coord")
         let ep = try XCTUnwrap(h.endpoint("coord"))
         let serverKey = try XCTUnwrap(try JoinKey.read(try XCTUnwrap(JoinKey.path(endpoint: ep)))).serverPublic
-        let stranger = CurveKeypair.generate()
+        let stranger = try CurveKeypair.generate()
         try stranger.write(base: h.dir + "/stranger")
         let w = try h.start("worker", ["join", ep, "--curve-keys", h.dir + "/stranger.key", "--server-key", serverKey], name: "stranger")
         XCTAssertEqual(h.wait(w, timeout: 20), 2, h.text(h.log("stranger")))

@@ -93,7 +93,7 @@ final class CurveKeyFileTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: path) }
         var withHash: [String] = []
         while withHash.count < 2 {
-            let k = CurveKeypair.generate().publicKey
+            let k = try CurveKeypair.generate().publicKey
             if k.contains("#") { withHash.append(k) }
         }
         let (a, b) = (withHash[0], withHash[1])
