@@ -89,7 +89,7 @@ public final class WorkerClient {
                       threads: options.threads, pid: Int(getpid()), incarnation: UInt64.random(in: 1...UInt64.max))
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
-        socket = try ZMQSocket(context, .dealer)
+        socket = try ZMQSocket(context, .dealer)  // a placeholder: connect() makes the real one
         socket = try connect()
     }
 

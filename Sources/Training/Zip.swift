@@ -79,10 +79,6 @@ struct ZipArchive {
         }
     }
 
-    init(data: [UInt8], path: String) throws {
-        try self.init(bytes: Bytes.copy(data), path: path)
-    }
-
     static func corrupt(_ path: String, _ why: String) -> LockstepError {
         LockstepError("\(path): not a readable .npz (zip) file: \(why)",
                       hint: "write it with numpy.savez or numpy.savez_compressed; if it was copied, check the copy is complete")

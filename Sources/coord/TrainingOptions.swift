@@ -61,10 +61,8 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Also keep the last K checkpoints as checkpoint-step-N.safetensors (hard links, no copies), so a damaged or unwanted checkpoint has an older one to fall back on; 0: none (default 0).")
     var keepLast: Int?
 
-    /// Defaults, then the TOML file, then the command line.
-    func runConfig() throws -> RunConfig { try resolve().run }
-
-    /// The same, with the file's keys that are not training options (`coord start`'s own).
+    /// Defaults, then the TOML file, then the command line; with the file's keys that are not
+    /// training options (`coord start`'s own).
     func resolve() throws -> (run: RunConfig, other: TOMLConfig.Other) {
         var c = RunConfig()
         var other = TOMLConfig.Other(path: config ?? "")
