@@ -164,9 +164,3 @@ public final class ZMQSocket {
         return items.map { ($0.revents & Int16(ZMQ_POLLIN)) != 0 }
     }
 }
-
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}

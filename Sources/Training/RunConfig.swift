@@ -76,30 +76,31 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return p
     }
 
-    /// The fields that define the math of a run, by option name, with the value as the user
-    /// reads it and its exact bits; resuming with any of them changed is refused.
-    public var mathFields: [(key: String, shown: String, bits: String)] {
-        let o = optimizer
-        func f(_ k: String, _ v: Float) -> (String, String, String) { (k, "\(v)", "\(v.bitPattern)") }
-        func s(_ k: String, _ v: String) -> (String, String, String) { (k, v, v) }
-        return [s("hidden", "\(hidden)"), s("layers", "\(layers)"), s("arch", arch.rawValue), s("unidirectional", "\(!bidirectional)"),
-                f("dropout", dropout), s("batch-size", "\(batchSize)"), s("shard-size", "\(shardSize)"), s("seed", "\(seed)"),
-                s("optimizer", o.kind.rawValue), f("lr", o.lr), f("momentum", o.momentum), f("weight-decay", o.weightDecay),
-                f("beta1", o.beta1), f("beta2", o.beta2), f("eps", o.eps), f("max-norm", maxNorm),
-                s("classes", classes.map(String.init) ?? "auto"), s("on-nonfinite", onNonfinite.rawValue)]
+    /// One field that defines the math of a run: its name in `identity` (the historical
+    /// spelling, so existing checkpoints keep their config hash), its option, its recorded value
+    /// (floats as their bits) and how a recorded value reads to the user.
+    public struct MathField {
+        let name: String, option: String, recorded: String
+        let show: (String) -> String
     }
 
-    public var identity: String {
-        let short = ["hidden": "hidden", "layers": "layers", "arch": "arch", "unidirectional": "bidirectional", "dropout": "dropout",
-                     "batch-size": "batch", "shard-size": "shard", "seed": "seed", "optimizer": "opt", "lr": "lr", "momentum": "mom",
-                     "weight-decay": "wd", "beta1": "b1", "beta2": "b2", "eps": "eps", "max-norm": "maxnorm", "classes": "classes",
-                     "on-nonfinite": "nonfinite"]
-        return mathFields.map { f in
-            // The historical spelling, so that the config hash of existing checkpoints is unchanged.
-            let v = f.key == "unidirectional" ? "\(bidirectional)" : f.bits
-            return "\(short[f.key]!)=\(v)"
-        }.joined(separator: ";")
+    /// Resuming with any of these changed is refused.
+    public var mathFields: [MathField] {
+        let o = optimizer
+        func f(_ n: String, _ k: String, _ v: Float) -> MathField {
+            MathField(name: n, option: k, recorded: "\(v.bitPattern)") { UInt32($0).map { "\(Float(bitPattern: $0))" } ?? $0 }
+        }
+        func s(_ n: String, _ k: String, _ v: String) -> MathField { MathField(name: n, option: k, recorded: v) { $0 } }
+        return [s("hidden", "hidden", "\(hidden)"), s("layers", "layers", "\(layers)"), s("arch", "arch", arch.rawValue),
+                MathField(name: "bidirectional", option: "unidirectional", recorded: "\(bidirectional)") { $0 == "true" ? "false" : "true" },
+                f("dropout", "dropout", dropout), s("batch", "batch-size", "\(batchSize)"), s("shard", "shard-size", "\(shardSize)"),
+                s("seed", "seed", "\(seed)"), s("opt", "optimizer", o.kind.rawValue), f("lr", "lr", o.lr), f("mom", "momentum", o.momentum),
+                f("wd", "weight-decay", o.weightDecay), f("b1", "beta1", o.beta1), f("b2", "beta2", o.beta2), f("eps", "eps", o.eps),
+                f("maxnorm", "max-norm", maxNorm), s("classes", "classes", classes.map(String.init) ?? "auto"),
+                s("nonfinite", "on-nonfinite", onNonfinite.rawValue)]
     }
+
+    public var identity: String { mathFields.map { "\($0.name)=\($0.recorded)" }.joined(separator: ";") }
 
     /// Each math field whose value differs from the one recorded in `identity`, with both values.
     public func differences(fromIdentity recorded: String) -> [String] {
@@ -108,24 +109,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
             let kv = part.split(separator: "=", maxSplits: 1).map(String.init)
             if kv.count == 2 { old[kv[0]] = kv[1] }
         }
-        let mine = Dictionary(uniqueKeysWithValues: identity.split(separator: ";").map { p -> (String, String) in
-            let kv = p.split(separator: "=", maxSplits: 1).map(String.init); return (kv[0], kv.count > 1 ? kv[1] : "")
-        })
-        var out: [String] = []
-        for (f, part) in zip(mathFields, identity.split(separator: ";")) {
-            let short = String(part.split(separator: "=")[0])
-            guard let was = old[short], was != mine[short] else { continue }
-            out.append("--\(f.key): the checkpoint has \(RunConfig.shown(short, was)), this run \(f.shown)")
+        return mathFields.compactMap { f in
+            guard let was = old[f.name], was != f.recorded else { return nil }
+            return "--\(f.option): the checkpoint has \(f.show(was)), this run \(f.show(f.recorded))"
         }
-        return out
-    }
-
-    /// A recorded identity value as the user reads it (floats are stored as their bits).
-    static func shown(_ short: String, _ v: String) -> String {
-        if short == "bidirectional" { return v == "true" ? "false" : "true" }
-        let floats: Set = ["dropout", "lr", "mom", "wd", "b1", "b2", "eps", "maxnorm"]
-        if floats.contains(short), let b = UInt32(v) { return "\(Float(bitPattern: b))" }
-        return v
     }
 
     public var hash: String { SHA256.hex(Array(identity.utf8)) }

@@ -27,7 +27,7 @@ public final class RunLock {
         guard fd >= 0 else {
             throw LockstepError("cannot open \(path): \(String(cString: strerror(errno)))", hint: "make \(directory) writable")
         }
-        let deadline = monotonicNow() + wait
+        let deadline = monotonicSeconds() + wait
         var said = false
         while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let err = errno
@@ -37,7 +37,7 @@ public final class RunLock {
                                     hint: "use a --checkpoint-dir on a file system that supports flock")
             }
             let holder = RunLock.holder(fd: fd)
-            if monotonicNow() >= deadline {
+            if monotonicSeconds() >= deadline {
                 close(fd)
                 throw LockstepError("\(directory) is in use by another run: \(holder)",
                                     hint: wait > 0 ? "it did not let go within \(Int(wait)) s; stop it or wait for it to finish"
@@ -67,7 +67,8 @@ public final class RunLock {
     }
 }
 
-func monotonicNow() -> Double {
+/// Seconds on the monotonic clock (for timeouts and intervals; never for the math).
+public func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

@@ -1,6 +1,7 @@
 @testable import Cluster
 import Foundation
 import Numerics
+import Training
 import XCTest
 
 /// Tier 2 (in-process, real shared memory): the slots through which local workers and the
