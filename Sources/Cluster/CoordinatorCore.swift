@@ -77,8 +77,8 @@ public struct CoordinatorCore {
         public var issuedAt: Double?
     }
 
-    public let fingerprint: String
-    public let blasCore: String
+    /// What a worker's numerics must equal, component by component.
+    public let numerics: NumericsIdentity
     /// Sent to every worker that joins; the shell adds its shared-memory mapping when it has one.
     public var welcome: Welcome
     public var minWorkers: Int
@@ -93,11 +93,10 @@ public struct CoordinatorCore {
     private var lastHeartbeat: Double = -.infinity
     private var unknownPeersWarned: Set<Peer> = []
 
-    public init(fingerprint: String, blasCore: String, welcome: Welcome, minWorkers: Int = 1, maxWorkers: Int = 256,
+    public init(numerics: NumericsIdentity, welcome: Welcome, minWorkers: Int = 1, maxWorkers: Int = 256,
                 inFlight: Int = Timing.shardsInFlight) {
         self.inFlight = inFlight
-        self.fingerprint = fingerprint
-        self.blasCore = blasCore
+        self.numerics = numerics
         self.welcome = welcome
         self.minWorkers = minWorkers
         self.maxWorkers = maxWorkers
@@ -142,11 +141,17 @@ public struct CoordinatorCore {
 
     private mutating func onHello(_ h: Hello, from peer: Peer, now: Double) -> [Directive] {
         let name = "worker pid \(h.pid) (\(peer))"
-        if h.fingerprint != fingerprint {
-            let reason = "numerics fingerprint mismatch: \(name) has BLAS core \(h.blasCore) and fingerprint \(h.fingerprint.prefix(16)), "
-                + "the coordinator has BLAS core \(blasCore) and fingerprint \(fingerprint.prefix(16)); its gradients would not be bit-identical. "
-                + "HINT: start the worker with OPENBLAS_CORETYPE=\(blasCore) (or start the coordinator with the worker's core)"
-            return [.send(peer, .refuse(reason)), .log("refused \(reason)")]
+        let theirs = NumericsIdentity(encoded: h.fingerprint)
+        let differ = theirs.differences(from: numerics)
+        if !differ.isEmpty {
+            let what = differ.map { "\($0.key): worker \($0.mine.isEmpty ? "(none)" : $0.mine), coordinator \($0.theirs)" }
+            let core = numerics.values["blas"] ?? "?"
+            let hint = theirs.onlyKernelDiffers(from: numerics)
+                ? "a worker whose CPU can run the \(core) kernel pins it by itself (OPENBLAS_CORETYPE=\(core)); start the coordinator with a kernel every host can run, e.g. OPENBLAS_CORETYPE=Haswell"
+                : "run the same Lockstep build with the same OpenBLAS on every host, with OPENBLAS_CORETYPE=\(core)"
+            let reason = "numerics fingerprint mismatch: \(name) differs in " + what.joined(separator: "; ")
+                + "; its gradients would not be bit-identical. HINT: " + hint
+            return [.send(peer, .refuse(reason, numerics: numerics.encoded)), .log("refused \(reason)")]
         }
         var out: [Directive] = []
         if let w = index(of: peer) {

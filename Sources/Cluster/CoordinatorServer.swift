@@ -85,7 +85,7 @@ public final class CoordinatorServer {
         limits.parameterCount = trainer.layout.count
         limits.inputSize = trainer.model.inputSize
         let runId = UInt64(strtoull(String(trainer.run.hash.prefix(16)), nil, 16))
-        core = CoordinatorCore(fingerprint: Fingerprint.compute(), blasCore: BLAS.coreName,
+        core = CoordinatorCore(numerics: NumericsIdentity.current(),
                                welcome: Welcome(runId: runId, model: trainer.model, seed: trainer.run.seed),
                                minWorkers: minWorkers, maxWorkers: maxWorkers)
     }

@@ -43,7 +43,7 @@ public enum FuzzInput {
         return [
             ("hello", Message.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 1, pid: 7, incarnation: 99, sharedMemory: true)).encode()),
             ("welcome", Message.welcome(Welcome(runId: 3, model: model, seed: 11, sharedWeights: "/proc/1/fd/3", sharedToken: 5, maxShards: 2)).encode()),
-            ("refuse", Message.refuse("no").encode()),
+            ("refuse", Message.refuse("no", numerics: "mode=openblas;blas=Zen").encode()),
             ("work-weights", Message.work(Work(step: 4, shard: 1, sequenceIds: [5, 9], weights: FloatBuffer([1, 2, 3]), sequences: ex)).encode()),
             ("work-shared", Message.work(Work(step: 4, shard: 0, sequenceIds: [9], weights: nil, weightsShared: true, sequences: [])).encode()),
             ("work", Message.work(Work(step: 4, shard: 2, sequenceIds: [5], weights: nil, sequences: [])).encode()),

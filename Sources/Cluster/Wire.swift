@@ -9,7 +9,9 @@ import Training
 public enum Message: Equatable {
     case hello(Hello)
     case welcome(Welcome)
-    case refuse(String)
+    /// Why the worker is refused; for a numerics refusal, the coordinator's `NumericsIdentity`
+    /// (encoded), so a worker that can pin the coordinator's BLAS kernel does so and joins.
+    case refuse(String, numerics: String = "")
     case work(Work)
     case result(ShardResult)
     case heartbeat
@@ -20,7 +22,8 @@ public enum Message: Equatable {
     /// 2: results carry the worker's compute seconds; hello carries the worker's incarnation.
     /// 3: weights and gradients may travel in shared memory (hello's `sharedMemory`, welcome's
     /// mapping and shard count, work's carriage 2, result's shared gradient).
-    public static let protocolVersion: UInt16 = 3
+    /// 4: hello's fingerprint is a `NumericsIdentity`; refuse carries the coordinator's.
+    public static let protocolVersion: UInt16 = 4
     public static let magic: [UInt8] = Array("LKST".utf8)
 
     public var typeName: String {
@@ -241,8 +244,8 @@ extension Message {
             w.int(m.model.inputSize); w.int(m.model.hidden); w.int(m.model.layers); w.int(m.model.classes)
             w.u8(m.model.bidirectional ? 1 : 0); w.u8(m.model.arch == .split ? 1 : 0); w.u32(m.model.dropout.bitPattern)
             w.string(m.sharedWeights); w.u64(m.sharedToken); w.int(m.maxShards)
-        case .refuse(let reason):
-            w.string(String(reason.utf8.prefix(4000)) ?? "")
+        case .refuse(let reason, let numerics):
+            w.string(String(reason.utf8.prefix(4000)) ?? ""); w.string(String(numerics.utf8.prefix(2000)) ?? "")
         case .work(let work):
             let (header, sequences) = Message.encodeWork(work, weights: work.weights != nil ? .frame : work.weightsShared ? .shared : .none)
             return [header] + (work.weights.map { [$0.byteArray] } ?? []) + [sequences]
@@ -336,7 +339,7 @@ extension Message {
                                    sharedToken: try r.u64(), maxShards: try r.int(max: 1 << 20)))
         case 3:
             try expectFrames(1)
-            msg = .refuse(try r.string(max: 8192))
+            msg = .refuse(try r.string(max: 8192), numerics: try r.string(max: 4096))
         case 4:
             let step = try r.int(), shard = try r.int(max: 1 << 20)
             let n = Int(try r.u32())

@@ -11,7 +11,11 @@ public final class WorkerClient {
     public struct Options {
         public var endpoint: String
         public var threads = 1
-        public var fingerprint: String? = nil      // test hook: pretend to have other numerics
+        /// Pin the coordinator's BLAS kernel when only the kernel differs (re-executing this program).
+        public var pin = true
+        public var numericsOverrides: [String: String] = [:]  // test hook: pretend other numerics
+        public var cpuFlags: Set<String>? = nil    // test hook: pretend another CPU
+        public var blasThreads: Int? = nil         // test hook: break the one-BLAS-thread layout
         public var delayPerShard: Double = 0       // test hook: a slow worker
         public var poisonGradient: Float? = nil    // test hook: a hostile worker returning this constant
         public var parentPid: pid_t? = nil         // exit when this process is gone
@@ -83,9 +87,11 @@ public final class WorkerClient {
         self.log = log
         // Parallelism is by shard, never inside a product: OpenBLAS with more than one thread
         // takes other code paths, which change bits (DESIGN.md §3.5).
-        BLAS.setThreads(1)
+        BLAS.setThreads(options.blasThreads ?? 1)
         queue = ComputeThreads(count: options.threads)
-        helloBase = Hello(fingerprint: options.fingerprint ?? Fingerprint.compute(), blasCore: BLAS.coreName,
+        var numerics = NumericsIdentity.current()
+        numerics.values.merge(options.numericsOverrides) { $1 }
+        helloBase = Hello(fingerprint: numerics.encoded, blasCore: BLAS.coreName,
                       threads: options.threads, pid: Int(getpid()), incarnation: UInt64.random(in: 1...UInt64.max))
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
@@ -194,9 +200,15 @@ public final class WorkerClient {
         if socket.send(m.encode(), dontWait: true) { lastSent = monotonicSeconds() }
     }
 
-    /// Works until told to stop (returns 0) or refused (returns 2).
+    /// Set with exit code 3: the coordinator's BLAS kernel, which this CPU can run; the caller
+    /// re-executes the worker with it (`OPENBLAS_CORETYPE`), since OpenBLAS picks its kernel at load.
+    public private(set) var pinKernel: String?
+    public static let pinEnvironment = "LOCKSTEP_PINNED_KERNEL"
+
+    /// Works until told to stop (returns 0), refused (returns 2), or asked to pin the
+    /// coordinator's kernel (returns 3, with `pinKernel`).
     public func run() throws -> Int32 {
-        log("connecting to \(options.endpoint) (BLAS \(hello.blasCore), fingerprint \(hello.fingerprint.prefix(16)))")
+        log("connecting to \(options.endpoint) (numerics \(hello.fingerprint))")
         send(.hello(hello))
         while true {
             if let parent = options.parentPid, getppid() != parent { log("parent process is gone: exiting"); return 0 }
@@ -277,6 +289,22 @@ public final class WorkerClient {
         }
     }
 
+    /// The coordinator's kernel when pinning it would make this worker's numerics equal; nil
+    /// (with the reason logged) when it cannot.
+    func pinnable(_ coordinator: NumericsIdentity) -> String? {
+        let mine = NumericsIdentity(encoded: hello.fingerprint)
+        guard options.pin, mine.onlyKernelDiffers(from: coordinator), let kernel = coordinator.values["blas"] else { return nil }
+        if ProcessInfo.processInfo.environment[WorkerClient.pinEnvironment] != nil {
+            log("this worker is already pinned to \(BLAS.coreName) and still differs from the coordinator (\(kernel))")
+            return nil
+        }
+        if let why = CPUFeatures.cannotRun(kernel, flags: options.cpuFlags ?? CPUFeatures.current()) {
+            log("cannot pin the coordinator's BLAS kernel: \(why)")
+            return nil
+        }
+        return kernel
+    }
+
     /// Returns an exit code when the worker should stop.
     func onMessage(_ m: Message) throws -> Int32? {
         switch m {
@@ -294,7 +322,13 @@ public final class WorkerClient {
             backoff = Timing.reconnectInitial
             log("joined run \(String(w.runId, radix: 16)): \(w.model.arch.rawValue) H=\(w.model.hidden) layers=\(w.model.layers)")
             openShared(w)
-        case .refuse(let reason):
+        case .refuse(let reason, let numerics):
+            if !numerics.isEmpty, let kernel = pinnable(NumericsIdentity(encoded: numerics)) {
+                log("the coordinator computes with OpenBLAS's \(kernel) kernel, this worker with \(BLAS.coreName): "
+                    + "restarting this worker pinned to \(kernel) (OPENBLAS_CORETYPE=\(kernel))")
+                pinKernel = kernel
+                return 3
+            }
             log("refused by the coordinator: \(reason)")
             return 2
         case .work(let work):

@@ -24,6 +24,16 @@ public enum BLAS {
     /// Threads OpenBLAS may use in this process (processes are the unit of parallelism: default 1).
     public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
 
+    /// Threads OpenBLAS uses now.
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+
+    /// The library and its version, e.g. "OpenBLAS 0.3.21" (the build options, which name the
+    /// kernel too, are left out: the kernel is `coreName`).
+    public static var libraryVersion: String {
+        guard let p = openblas_get_config() else { return "unknown" }
+        return String(cString: p).split(separator: " ").prefix(2).joined(separator: " ")
+    }
+
     /// The OpenBLAS kernel chosen for this CPU, e.g. "Haswell" (overridable by OPENBLAS_CORETYPE).
     public static var coreName: String {
         guard let p = openblas_get_corename() else { return "unknown" }

@@ -8,9 +8,12 @@ struct Coord: ParsableCommand {
         commandName: "coord",
         abstract: "Lockstep coordinator: trains a BiLSTM sequence labeller with bit-reproducible results.",
         discussion: """
-        The final weights' SHA-256 depends on the config, the data and the CPU's OpenBLAS kernel \
-        (logged as "BLAS …"; workers must match the coordinator's): not on the number of workers \
-        or threads, on crashes, or on stop-and-resume. `coord start --local` is the \
+        The final weights' SHA-256 depends on exactly these: the options that define the math \
+        (model, batch and shard sizes, optimizer, clipping, seed, non-finite policy), the data, \
+        and the numerics printed under the hash (OpenBLAS version and the kernel it picked for \
+        the CPU, overridable with OPENBLAS_CORETYPE; the build). It does not depend on the number \
+        of workers or threads, on crashes, or on stop-and-resume: workers whose numerics differ \
+        are refused, or pin the coordinator's kernel. `coord start --local` is the \
         single-process reference every cluster run reproduces.
         """,
         subcommands: [Start.self, Grad.self, Keygen.self])

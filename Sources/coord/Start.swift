@@ -295,7 +295,7 @@ func report(_ trainer: Trainer, heldOut: Dataset?) {
     print("checkpoint: \(trainer.checkpointPath)")
     print("final weights sha256: \(trainer.weightsHash)")
     // A reader on another CPU can tell whether their hash should match.
-    print("numerics: OpenBLAS \(BLAS.coreName) kernel, one BLAS thread per shard")
+    print("numerics: \(BLAS.libraryVersion) \(BLAS.coreName) kernel, one BLAS thread per shard")
 }
 
 func log(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Cluster
 import Foundation
 import Numerics
+import Training
 
 @main
 struct WorkerCommand: ParsableCommand {
@@ -15,8 +16,11 @@ struct Join: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Connect to a coordinator and work until it says stop.",
         discussion: """
-        The worker first proves its numerics (a fixed tiny forward/backward hashed with its BLAS \
-        core); a coordinator with a different hash refuses it. It reconnects with back-off when \
+        The worker first proves its numerics: numerics mode, OpenBLAS kernel and version, BLAS \
+        threads per shard, build, and the hash of a fixed tiny forward/backward. A coordinator \
+        whose numerics differ refuses it, naming each difference. When only the BLAS kernel \
+        differs and this CPU can run the coordinator's (its instruction-set flags), the worker \
+        restarts itself pinned to that kernel (OPENBLAS_CORETYPE) and joins. It reconnects with back-off when \
         the coordinator goes away, so a coordinator restarted with --resume picks it up again. \
         A loopback coordinator admits only its own user's workers: they read the run's join key \
         (a 0600 file the coordinator writes) by themselves. \
@@ -38,7 +42,11 @@ struct Join: ParsableCommand {
     @Option(help: "With shared memory: busy-wait up to this many milliseconds at each step barrier for the next step's weights, so the core stays warm (an idle VM core computed the next shard 5-15% slower). 0 sleeps at once; use 0 when this host has more workers than cores.")
     var barrierSpinMs: Double = 1000 * Timing.barrierSpin
     @Option(help: .hidden) var parentPid: Int32?
-    @Option(help: .hidden) var debugFingerprint: String?
+    @Flag(help: "Do not restart pinned to the coordinator's BLAS kernel when only the kernel differs: be refused instead.")
+    var noPin = false
+    @Option(help: .hidden) var debugNumerics: [String] = []
+    @Option(help: .hidden) var debugCpuFlags: String?
+    @Option(help: .hidden) var debugBlasThreads: Int?
     @Option(help: .hidden) var debugDelay: Double = 0
     @Option(help: .hidden) var debugPoisonGradient: Float?
 
@@ -67,7 +75,13 @@ struct Join: ParsableCommand {
         var o = WorkerClient.Options(endpoint: endpoint)
         o.threads = threads
         o.parentPid = parentPid
-        o.fingerprint = debugFingerprint
+        o.pin = !noPin
+        for kv in debugNumerics {
+            let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
+            if p.count == 2 { o.numericsOverrides[p[0]] = p[1] }
+        }
+        o.cpuFlags = debugCpuFlags.map { Set($0.split(separator: " ").map(String.init)) }
+        o.blasThreads = debugBlasThreads
         o.delayPerShard = debugDelay
         o.poisonGradient = debugPoisonGradient
         o.sharedMemory = !noSharedMemory
@@ -79,12 +93,25 @@ struct Join: ParsableCommand {
                 o.curve = (try CurveKeypair.read(curveKeys), try CurveKeypair.publicKey(serverKey))
             }
             let client = try WorkerClient(o, log: { FileHandle.standardError.write(Data("[worker \(pid)] \($0)\n".utf8)) })
-            Foundation.exit(try client.run())
+            let code = try client.run()
+            if code == 3, let kernel = client.pinKernel { try restart(pinnedTo: kernel) }
+            Foundation.exit(code)
         } catch {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             Foundation.exit(1)
         }
     }
+}
+
+/// Replaces this process (same pid, same arguments) by one whose OpenBLAS loads `kernel`.
+/// libzmq opens its descriptors close-on-exec, so the old connections end here.
+func restart(pinnedTo kernel: String) throws -> Never {
+    setenv("OPENBLAS_CORETYPE", kernel, 1)
+    setenv(WorkerClient.pinEnvironment, kernel, 1)
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    let argv = CommandLine.arguments.map { strdup($0) } + [nil]
+    execv(exe, argv)
+    throw LockstepError("cannot restart \(exe) pinned to \(kernel): \(String(cString: strerror(errno)))")
 }
 
 struct WorkerKeygen: ParsableCommand {

@@ -1,5 +1,6 @@
 import Cluster
 import Foundation
+import Numerics
 import XCTest
 
 /// Tier 3 (real processes on loopback, `kill -9`): the same final SHA-256 as `coord start --local`
@@ -16,8 +17,8 @@ final class ClusterProcessTests: XCTestCase {
         try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/\(name)"] + ProcessHarness.options(steps: steps) + extra, name: name)
     }
 
-    func worker(_ name: String, _ endpoint: String, _ extra: [String] = []) throws -> Process {
-        try h.start("worker", ["join", endpoint] + extra, name: name)
+    func worker(_ name: String, _ endpoint: String, _ extra: [String] = [], env: [String: String] = [:]) throws -> Process {
+        try h.start("worker", ["join", endpoint] + extra, name: name, env: env)
     }
 
     func testSameBitsWithOneToFourWorkersAsSingleProcess() throws {
@@ -203,15 +204,41 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertEqual(h.metricsLines(dir).count, 40, "metrics has each step once after the resume")
     }
 
-    func testWorkerWithOtherNumericsIsRefusedWithTheFix() throws {
-        let c = try coordinator("fp", steps: 4, extra: ["--bind", "tcp://127.0.0.1:0"])
-        let ep = try XCTUnwrap(h.endpoint("fp"))
-        let bad = try worker("bad", ep, ["--debug-fingerprint", "00ff00ff"])
-        XCTAssertEqual(h.wait(bad, timeout: 30), 2)
-        let said = h.text(h.log("bad"))
-        for s in ["numerics fingerprint mismatch", "OPENBLAS_CORETYPE=", "BLAS core"] { XCTAssertTrue(said.contains(s), said) }
-        XCTAssertTrue(h.text(h.log("fp")).contains("refused"))
-        h.kill9(c)
+    /// Workers started on other OpenBLAS kernels pin the coordinator's and reach the `--local`
+    /// hash; a worker whose numerics differ in anything pinning cannot fix is refused by name.
+    func testWorkersOnOtherKernelsPinTheCoordinatorsAndOtherNumericsAreRefusedByName() throws {
+        let mine = BLAS.coreName
+        let flags = CPUFeatures.current()
+        let others = ["Sandybridge", "Nehalem", "Haswell", "Zen"].filter { $0 != mine && CPUFeatures.cannotRun($0, flags: flags) == nil }
+        try XCTSkipIf(others.count < 2, "this CPU (\(mine)) runs fewer than two other x86-64 kernels")
+        let ref = try reference(steps: 8)
+        let c = try coordinator("pin", steps: 8, extra: ["--bind", "tcp://127.0.0.1:0", "--min-workers", "2"])
+        let ep = try XCTUnwrap(h.endpoint("pin"))
+        let refused: [(name: String, args: [String], env: [String: String], says: [String])] = [
+            ("probe", ["--debug-numerics", "probe=00ff00ff"], [:], ["probe: worker 00ff00ff", "same Lockstep build"]),
+            ("threads", ["--debug-blas-threads", "2"], [:], ["blas-threads: worker 2, coordinator 1"]),
+            ("build", ["--debug-numerics", "build=arm64 swift6.1 release"], [:], ["build: worker arm64 swift6.1 release"]),
+            ("nopin", ["--no-pin"], ["OPENBLAS_CORETYPE": others[0]], ["blas: worker \(others[0]), coordinator \(mine)", "pins it by itself"]),
+            ("weak", ["--debug-cpu-flags", "sse2"], ["OPENBLAS_CORETYPE": others[0]], ["cannot pin the coordinator's BLAS kernel: this CPU lacks", "blas: worker \(others[0])"]),
+        ]
+        let bad = try refused.map { try worker($0.name, ep, $0.args, env: $0.env) }
+        for (p, r) in zip(bad, refused) {
+            XCTAssertEqual(h.wait(p, timeout: 60), 2, r.name)
+            let said = h.text(h.log(r.name))
+            for s in ["numerics fingerprint mismatch"] + r.says { XCTAssertTrue(said.contains(s), "\(r.name): \(said)") }
+            XCTAssertFalse(said.contains("restarting this worker pinned"), r.name)
+        }
+        let pinned = try others.prefix(2).map { try worker("on-\($0)", ep, [], env: ["OPENBLAS_CORETYPE": $0]) }
+        XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("pin")))
+        XCTAssertEqual(h.hash("pin"), ref, "pinned workers give the --local bits")
+        for (p, kernel) in zip(pinned, others) {
+            let said = h.text(h.log("on-\(kernel)"))
+            XCTAssertTrue(said.contains("this worker with \(kernel): restarting this worker pinned to \(mine)"), said)
+            XCTAssertTrue(said.contains("blas=\(mine);"), "after the restart it computes with \(mine): \(said)")
+            XCTAssertTrue(said.contains("joined run"), said)
+            XCTAssertEqual(h.wait(p, timeout: 30), 0)
+        }
+        XCTAssertEqual(h.text(h.log("pin")).components(separatedBy: "joined (BLAS \(mine)").count - 1, 2, h.text(h.log("pin")))
     }
 
     func testGarbageOnTheCoordinatorsPortChangesNothing() throws {

@@ -8,12 +8,18 @@ final class CoordinatorCoreTests: XCTestCase {
     let a = Peer([1]), b = Peer([2]), c = Peer([3])
     let welcome = Welcome(runId: 7, model: ModelConfig(inputSize: 2, hidden: 2, layers: 1, classes: 2), seed: 1)
 
+    static let numerics = NumericsIdentity(values: ["mode": "openblas", "blas": "Haswell", "blas-library": "OpenBLAS 0.3.21",
+                                                    "blas-threads": "1", "build": "x86_64 swift>=6.3 release", "probe": "f00d"])
+    let fp = CoordinatorCoreTests.numerics.encoded
+
     func core(min: Int = 1, max: Int = 8, inFlight: Int = 1) -> CoordinatorCore {
-        CoordinatorCore(fingerprint: "f00d", blasCore: "Haswell", welcome: welcome, minWorkers: min, maxWorkers: max, inFlight: inFlight)
+        CoordinatorCore(numerics: CoordinatorCoreTests.numerics, welcome: welcome, minWorkers: min, maxWorkers: max, inFlight: inFlight)
     }
 
-    func hello(_ fp: String = "f00d", pid: Int = 1, incarnation: UInt64 = 0) -> Message {
-        .hello(Hello(fingerprint: fp, blasCore: fp == "f00d" ? "Haswell" : "SkylakeX", threads: 1, pid: pid, incarnation: incarnation))
+    func hello(_ changes: [String: String] = [:], pid: Int = 1, incarnation: UInt64 = 0) -> Message {
+        var n = CoordinatorCoreTests.numerics
+        n.values.merge(changes) { $1 }
+        return .hello(Hello(fingerprint: n.encoded, blasCore: n.values["blas"]!, threads: 1, pid: pid, incarnation: incarnation))
     }
 
     func result(_ step: Int, _ shard: Int, _ v: Float = 1) -> Message {
@@ -28,20 +34,60 @@ final class CoordinatorCoreTests: XCTestCase {
         var k = core()
         let ok = k.onMessage(hello(), from: a, now: 0)
         XCTAssertTrue(ok.contains(.send(a, .welcome(welcome))))
-        let bad = k.onMessage(hello("beef"), from: b, now: 0)
-        guard case let .send(p, .refuse(reason)) = bad.first else { return XCTFail("expected a refusal, got \(bad)") }
+        let bad = k.onMessage(hello(["blas": "SkylakeX", "probe": "beef"]), from: b, now: 0)
+        guard case let .send(p, .refuse(reason, numerics)) = bad.first else { return XCTFail("expected a refusal, got \(bad)") }
         XCTAssertEqual(p, b)
-        for s in ["SkylakeX", "Haswell", "OPENBLAS_CORETYPE=Haswell", "fingerprint"] { XCTAssertTrue(reason.contains(s), reason) }
+        XCTAssertEqual(numerics, fp, "a refusal carries the coordinator's numerics, so a worker can pin its kernel")
+        for s in ["blas: worker SkylakeX, coordinator Haswell", "probe: worker beef, coordinator f00d", "pins it by itself", "OPENBLAS_CORETYPE=Haswell"] {
+            XCTAssertTrue(reason.contains(s), reason)
+        }
         XCTAssertEqual(k.alive, 1)
+    }
+
+    /// Each component that can change a bit, changed alone, is refused with its name and both values.
+    func testEveryNumericsComponentThatDiffersIsRefusedByName() {
+        for key in NumericsIdentity.keys {
+            var k = core()
+            let other = key == "blas-threads" ? "2" : "other-\(key)"
+            let out = k.onMessage(hello([key: other]), from: b, now: 0)
+            guard case let .send(_, .refuse(reason, _)) = out.first else { XCTFail("\(key): expected a refusal, got \(out)"); continue }
+            let was = CoordinatorCoreTests.numerics.values[key]!
+            XCTAssertTrue(reason.contains("\(key): worker \(other), coordinator \(was)"), reason)
+            XCTAssertEqual(reason.components(separatedBy: ", coordinator ").count, 2, "only \(key) is named: \(reason)")
+            XCTAssertEqual(k.alive, 0)
+        }
+        // A worker of an older protocol, or one that leaves a component out, is named too.
+        var k = core()
+        let out = k.onMessage(.hello(Hello(fingerprint: "mode=openblas", blasCore: "Haswell", threads: 1, pid: 9)), from: c, now: 0)
+        guard case let .send(_, .refuse(reason, _)) = out.first else { return XCTFail("\(out)") }
+        XCTAssertTrue(reason.contains("build: worker (none)"), reason)
+    }
+
+    func testOnlyADifferentKernelIsPinnableAndOnlyOnACPUThatCanRunIt() {
+        let coord = CoordinatorCoreTests.numerics
+        var kernelOnly = coord, kernelAndBuild = coord
+        kernelOnly.values["blas"] = "Sandybridge"; kernelOnly.values["probe"] = "0bad"
+        kernelAndBuild.values["blas"] = "Sandybridge"; kernelAndBuild.values["build"] = "x86_64 swift>=6.3 debug"
+        XCTAssertTrue(kernelOnly.onlyKernelDiffers(from: coord))
+        XCTAssertFalse(kernelAndBuild.onlyKernelDiffers(from: coord), "pinning cannot fix another build")
+        XCTAssertFalse(coord.onlyKernelDiffers(from: coord))
+        XCTAssertEqual(NumericsIdentity(encoded: kernelOnly.encoded), kernelOnly)
+        let epyc: Set<String> = ["sse2", "pni", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma"]
+        XCTAssertNil(CPUFeatures.cannotRun("Haswell", flags: epyc))
+        XCTAssertNil(CPUFeatures.cannotRun("Sandybridge", flags: epyc))
+        XCTAssertEqual(CPUFeatures.cannotRun("SkylakeX", flags: epyc), "this CPU lacks avx512f, avx512cd, avx512bw, avx512dq, avx512vl, which the coordinator's SkylakeX kernel needs")
+        XCTAssertNotNil(CPUFeatures.cannotRun("Haswell", flags: ["sse2", "avx"]))
+        XCTAssertNotNil(CPUFeatures.cannotRun("NeoverseN1", flags: epyc), "an ARM64 kernel cannot be pinned on x86-64")
+        XCTAssertTrue(CPUFeatures.kernelNeeds.keys.contains(BLAS.coreName), "this machine's kernel \(BLAS.coreName) is in the table")
     }
 
     func testAWorkerThatCanReadSharedMemoryIsMarkedSoItsWeightsSkipTheSocket() {
         var k = core()
-        _ = k.onMessage(.hello(Hello(fingerprint: "f00d", blasCore: "Haswell", threads: 1, pid: 1, sharedMemory: true)), from: a, now: 0)
+        _ = k.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: 1, pid: 1, sharedMemory: true)), from: a, now: 0)
         _ = k.onMessage(hello(pid: 2), from: b, now: 0)
         XCTAssertEqual(k.workers.map(\.sharedMemory), [true, false])
         // A worker whose mapping failed says hello again without the claim.
-        _ = k.onMessage(.hello(Hello(fingerprint: "f00d", blasCore: "Haswell", threads: 1, pid: 1, sharedMemory: false)), from: a, now: 1)
+        _ = k.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: 1, pid: 1, sharedMemory: false)), from: a, now: 1)
         XCTAssertEqual(k.workers.first { $0.peer == a }?.sharedMemory, false)
     }
 
@@ -122,7 +168,7 @@ final class CoordinatorCoreTests: XCTestCase {
 
     func testAWorkerWithThreadsIsGivenThatManyMoreShardsInFlight() {
         var k = core(inFlight: 2)
-        _ = k.onMessage(.hello(Hello(fingerprint: "f00d", blasCore: "Haswell", threads: 3, pid: 1)), from: a, now: 0)
+        _ = k.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: 3, pid: 1)), from: a, now: 0)
         _ = k.onMessage(hello(pid: 2), from: b, now: 0)
         _ = k.beginStep(0, shards: (0..<8).map { [$0] }, now: 0)
         XCTAssertEqual(k.workers.map { $0.assigned.count }, [4, 2], "3 computing + 1 queued, against 1 + 1")
@@ -203,7 +249,7 @@ final class CoordinatorCoreTests: XCTestCase {
         var k = core(max: 1)
         XCTAssertEqual(k.onMessage(.heartbeat, from: c, now: 0).first, .send(c, .reset))
         _ = k.onMessage(hello(), from: a, now: 0)
-        guard case .send(_, .refuse(let why))? = k.onMessage(hello(pid: 2), from: b, now: 0).first else { return XCTFail() }
+        guard case .send(_, .refuse(let why, _))? = k.onMessage(hello(pid: 2), from: b, now: 0).first else { return XCTFail() }
         XCTAssertTrue(why.contains("--max-workers"))
     }
 

@@ -23,7 +23,7 @@ final class IntrusionProcessTests: XCTestCase {
         }
         var welcomed = false
         func tryToJoin() {
-            socket.send(Message.hello(Hello(fingerprint: Fingerprint.compute(), blasCore: "Zen", threads: 1, pid: 4242)).encode(), dontWait: true)
+            socket.send(Message.hello(Hello(fingerprint: ProcessHarness.workerNumerics, blasCore: "Zen", threads: 1, pid: 4242)).encode(), dontWait: true)
             while let frames = socket.receive() {
                 if case .welcome? = try? Message.decode(frames, limits: WireLimits()) { welcomed = true }
             }

@@ -1,4 +1,6 @@
+import Cluster
 import Foundation
+import Numerics
 import XCTest
 
 /// Starts the real built `coord` and `worker` binaries, tracks exactly the pids it starts, and
@@ -16,6 +18,12 @@ final class ProcessHarness {
         bin = ProcessInfo.processInfo.environment["LOCKSTEP_BIN"] ?? URL(fileURLWithPath: exe).deletingLastPathComponent().path
     }
 
+    /// The numerics a real worker of this build announces (one BLAS thread per shard).
+    static var workerNumerics: String {
+        BLAS.setThreads(1)
+        return NumericsIdentity.current().encoded
+    }
+
     /// Test options shared by every run: small, dropout on, clipping active.
     static func options(steps: Int) -> [String] {
         ["--steps", "\(steps)", "--synthetic-sequences", "96", "--hidden", "16", "--min-length", "5", "--max-length", "25",
@@ -23,10 +31,11 @@ final class ProcessHarness {
     }
 
     @discardableResult
-    func start(_ program: String, _ args: [String], name: String) throws -> Process {
+    func start(_ program: String, _ args: [String], name: String, env: [String: String] = [:]) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: bin + "/" + program)
         p.arguments = args
+        if !env.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 } }
         _ = FileManager.default.createFile(atPath: log(name), contents: nil)
         _ = FileManager.default.createFile(atPath: out(name), contents: nil)
         p.standardError = FileHandle(forWritingAtPath: log(name))

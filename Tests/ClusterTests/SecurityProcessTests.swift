@@ -93,7 +93,7 @@ final class FloodProcessTests: XCTestCase {
         // 60 identities saying hello: one fits under --max-workers 2, the rest are refused.
         let ctx = ZMQContext()
         var fakes: [ZMQSocket] = []
-        let hello = Message.hello(Hello(fingerprint: Fingerprint.compute(), blasCore: "test", threads: 1, pid: 1)).encode()
+        let hello = Message.hello(Hello(fingerprint: ProcessHarness.workerNumerics, blasCore: "test", threads: 1, pid: 1)).encode()
         // This user's own processes (with the run's join key): they reach the core and its limits.
         let key = try XCTUnwrap(try JoinKey.read(try XCTUnwrap(JoinKey.path(endpoint: ep))))
         for _ in 0..<60 {

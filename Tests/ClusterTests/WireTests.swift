@@ -14,7 +14,7 @@ final class WireTests: XCTestCase {
          .welcome(Welcome(runId: 3, model: ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3, arch: .split, dropout: 0.25), seed: 11)),
          .welcome(Welcome(runId: 3, model: ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3), seed: 11,
                           sharedWeights: "/proc/12/fd/7", sharedToken: 0xdead_beef_0000_0001, maxShards: 4)),
-         .refuse("no"),
+         .refuse("no"), .refuse("numerics differ", numerics: "mode=openblas;blas=Zen"),
          .work(Work(step: 4, shard: 1, sequenceIds: [5, 9], weights: FloatBuffer([1, 2, 3]), sequences: examples)),
          .work(Work(step: 4, shard: 2, sequenceIds: [5], weights: nil, sequences: [])),
          .work(Work(step: 4, shard: 3, sequenceIds: [9], weights: nil, weightsShared: true, sequences: examples)),
