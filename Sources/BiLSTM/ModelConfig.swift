@@ -29,6 +29,13 @@ public struct ModelConfig: Equatable, Codable, Sendable {
         self.dropout = dropout
     }
 
+    /// The same weights' shapes (everything but dropout).
+    public func sameShape(as o: ModelConfig) -> Bool {
+        var a = self
+        a.dropout = o.dropout
+        return a == o
+    }
+
     /// Directions whose outputs reach the head: 2 for a BiLSTM of either arch, else 1.
     public var directions: Int { (arch == .split || bidirectional) ? 2 : 1 }
     public var headInput: Int { directions * hidden }

@@ -178,8 +178,23 @@ public final class CoordinatorServer {
         log("listening on \(endpoint); waiting for \(core.minWorkers) worker(s)")
         var stepStarted = monotonicSeconds()
         try beginStep(now: stepStarted)
+        // A validation runs here between polls, a few shards at a time, so workers keep hearing
+        // from the coordinator; it ends before the next step's update (which its result may change).
+        var validation: ValidationInProgress? = nil
+        var validText = ""
+        func finishValidation() throws {
+            guard var v = validation else { return }
+            v.compute(t, with: validator, seconds: .infinity)
+            validText = try t.finishValidation(v.sums, metrics: metrics, log: log).text
+            validation = nil
+            if v.checkpointAfter && !t.done { try t.saveCheckpoint() }
+        }
         while !t.done {
-            if Interrupt.requested { try interrupted(); return }
+            if Interrupt.requested { try finishValidation(); try interrupted(); return }
+            if validation != nil {
+                validation!.compute(t, with: validator, seconds: 0.02)
+                if validation!.finished { try finishValidation() }
+            }
             let ready = ZMQSocket.poll([socket] + [zap?.socket].compactMap { $0 }, timeout: 0.05)
             if zap != nil && ready[1] { zap!.serve() }
             logHandshakeFailures()
@@ -193,6 +208,8 @@ public final class CoordinatorServer {
             }
             try execute(core.onTick(now: monotonicSeconds()))
             if stepDone {
+                try finishValidation()
+                if t.done { break }  // stopped early: this step's results are not applied
                 stepDone = false
                 let coordStart = monotonicSeconds()
                 let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
@@ -229,15 +246,39 @@ public final class CoordinatorServer {
                 stepStarted = nextStarted
                 try metrics.write(report)
                 progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
-                                 extra: "  workers \(core.alive)")
-                if t.run.checkpointEvery > 0 && t.step % t.run.checkpointEvery == 0 && !t.done { try t.saveCheckpoint() }
+                                 extra: "  workers \(core.alive)" + validText)
+                validText = ""
+                let checkpointDue = t.run.checkpointEvery > 0 && t.step % t.run.checkpointEvery == 0 && !t.done
+                if t.validationDue {
+                    validation = ValidationInProgress(shards: t.validationShards.count, checkpointAfter: checkpointDue)
+                } else if checkpointDue {
+                    try t.saveCheckpoint()
+                }
                 // Received gradients go back to the allocator only now, once the next step's work is out.
                 withExtendedLifetime(parts) {}
             }
         }
+        try finishValidation()
         try t.saveCheckpoint()
         try sendStops()
     }
+
+    /// The validation after a step, computed on the coordinator a slice at a time.
+    struct ValidationInProgress {
+        var sums: [EvalSums] = []
+        let shards: Int
+        let checkpointAfter: Bool
+        init(shards: Int, checkpointAfter: Bool) { self.shards = shards; self.checkpointAfter = checkpointAfter }
+        var finished: Bool { sums.count == shards }
+
+        mutating func compute(_ t: Trainer, with engine: Engine, seconds: Double) {
+            let until = monotonicSeconds() + seconds
+            while !finished && monotonicSeconds() < until {
+                sums.append(engine.evaluate(params: t.params, examples: t.validationShard(sums.count)).sums)
+            }
+        }
+    }
+    private lazy var validator = Engine(trainer.model)
 
     /// Releases at once the workers whose connections closed.
     func releaseClosedConnections() throws {

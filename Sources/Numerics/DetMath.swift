@@ -75,3 +75,19 @@ public func detLog(_ x: Float) -> Float {
     let fe = Float(e)
     return (fe * 0.693_145_751_953_125 + (lm + fe * 1.428_606_765_330_187e-6))
 }
+
+/// cos on [0, π] in double precision from `+ - * /` only (a Taylor series after folding to
+/// [0, π/2]): the cosine learning-rate schedule is the same bits on every host.
+public func detCos(_ x: Double) -> Double {
+    let pi = 3.141_592_653_589_793
+    var a = min(max(x, 0), pi)
+    var sign = 1.0
+    if a > pi / 2 { a = pi - a; sign = -1 }
+    let a2 = a * a
+    var term = 1.0, sum = 1.0
+    for k in 1...14 {
+        term = term * (-a2) / Double((2 * k - 1) * (2 * k))
+        sum = sum + term
+    }
+    return sign * sum
+}

@@ -10,8 +10,11 @@ public struct Dataset: Sendable {
     /// SHA-256 of the content (shape, lengths, x and y): resume refuses different data.
     public let hash: String
     public let source: String
+    /// Lmax of the file's arrays (at least the longest sequence): `predict` writes its output as wide.
+    public var paddedLength: Int
 
     public init(examples: [Example], inputSize: Int, classes: Int, source: String) {
+        paddedLength = examples.map(\.length).max() ?? 0
         self.examples = examples
         self.inputSize = inputSize
         self.classes = classes
@@ -33,12 +36,23 @@ public struct Dataset: Sendable {
     /// Reads `x` float32 `[N, Lmax, d_in]`, `lengths` int `[N]`, `y` int `[N, Lmax]` (-1 padding)
     /// from an `.npz` written by `np.savez` or `np.savez_compressed`, refusing anything malformed
     /// with the file, array and fix named.
-    public static func load(npz path: String, classes: Int? = nil) throws -> Dataset {
+    public static func load(npz path: String, classes: Int? = nil, labels: Labels = .required) throws -> Dataset {
         guard FileManager.default.fileExists(atPath: path) else {
             throw LockstepError("\(path): cannot read the data file (missing or unreadable)",
-                                hint: "pass an existing .npz with --data, or omit --data to use the built-in synthetic task")
+                                hint: labels == .required ? "pass an existing .npz with --data, or omit --data to use the built-in synthetic task"
+                                                          : "check the path")
         }
-        return try load(zip: ZipArchive(bytes: try Bytes.map(path: path), path: path), path: path, classes: classes)
+        return try load(zip: ZipArchive(bytes: try Bytes.map(path: path), path: path), path: path, classes: classes, labels: labels)
+    }
+
+    /// Whether a file must have `y`, and where the class count comes from when it is given.
+    public enum Labels: Equatable, Sendable {
+        /// Training data: `y` is needed; `classes` is the run's (--classes).
+        case required
+        /// Data for a trained model (`what` names it): `y` is needed, and its labels must fit the model.
+        case forModel(String, missingHint: String)
+        /// `y` may be absent (every frame unlabelled: -1); when present it must fit the model.
+        case optional(String)
     }
 
     /// The same from an `.npz` file's bytes (`name` stands for the file in errors): the fuzz target.
@@ -48,24 +62,32 @@ public struct Dataset: Sendable {
         return try load(zip: ZipArchive(bytes: copy, path: name), path: name, classes: classes)
     }
 
-    static func load(zip: ZipArchive, path: String, classes: Int?) throws -> Dataset {
+    static func load(zip: ZipArchive, path: String, classes: Int?, labels: Labels = .required) throws -> Dataset {
         func entry(_ name: String) throws -> ZipArchive.Entry {
             guard let e = zip.entries.first(where: { $0.name == name + ".npy" }) else {
                 let have = zip.entries.map { $0.name.replacingOccurrences(of: ".npy", with: "") }
-                throw LockstepError("\(path): array '\(name)' is missing (the file has: \(have.joined(separator: ", ")))",
-                                    hint: "save it as numpy.savez(path, x=x, lengths=lengths, y=y)")
+                var hint = "save it as numpy.savez(path, x=x, lengths=lengths, y=y)"
+                if name == "y", case .forModel(_, let h) = labels { hint = h }
+                throw LockstepError("\(path): array '\(name)' is missing (the file has: \(have.joined(separator: ", ")))", hint: hint)
             }
             return e
         }
         // Before any allocation: the inflated members, plus the sequences copied out of x.
-        let (ex, el, ey) = (try entry("x"), try entry("lengths"), try entry("y"))
-        let inflated = [ex, el, ey].reduce(0) { $0 + ($1.method == 0 ? 0 : $1.size) }
-        try Memory.check(inflated + ex.size + ey.size, for: "\(path) (\(Memory.gib(ex.size)) of x)")
+        let (ex, el) = (try entry("x"), try entry("lengths"))
+        var ey: ZipArchive.Entry? = nil
+        if case .optional = labels {
+            ey = zip.entries.first { $0.name == "y.npy" }
+        } else {
+            ey = try entry("y")
+        }
+        let inflated = ([ex, el] + (ey.map { [$0] } ?? [])).reduce(0) { $0 + ($1.method == 0 ? 0 : $1.size) }
+        try Memory.check(inflated + ex.size + (ey?.size ?? 0), for: "\(path) (\(Memory.gib(ex.size)) of x)")
         func array(_ e: ZipArchive.Entry, _ name: String) throws -> NPYArray {
             let (bytes, owner) = try zip.read(e)
             return try NPYArray.parse(bytes, owner: owner, file: path, array: name)
         }
-        let xa = try array(ex, "x"), la = try array(el, "lengths"), ya = try array(ey, "y")
+        let xa = try array(ex, "x"), la = try array(el, "lengths")
+        let ya = try ey.map { try array($0, "y") }
         guard xa.shape.count == 3 else {
             throw LockstepError("\(path): array 'x' has shape \(xa.shape); it must be [N, Lmax, d_in]",
                                 hint: "pad sequences to x of shape (N, Lmax, d_in)")
@@ -82,14 +104,14 @@ public struct Dataset: Sendable {
             throw LockstepError("\(path): array 'lengths' has shape \(la.shape); it must be [N] = [\(n)] to match x",
                                 hint: "lengths[i] is the number of valid frames of sequence i")
         }
-        guard ya.shape == [n, lmax] else {
+        if let ya, ya.shape != [n, lmax] {
             throw LockstepError("\(path): array 'y' has shape \(ya.shape); it must be [N, Lmax] = [\(n), \(lmax)] to match x",
                                 hint: "y[i, t] is the class of frame t of sequence i, -1 on padding")
         }
         try xa.requireFloat32(file: path, array: "x")
         let x = xa.data.bindMemory(to: Float.self)
         let lengths = try la.ints(file: path, array: "lengths")
-        let y = try ya.ints(file: path, array: "y")
+        let y = try ya.map { try $0.ints(file: path, array: "y") } ?? [Int](repeating: -1, count: n * lmax)
         var maxLabel = -1
         for i in 0..<n {
             let len = lengths[i]
@@ -103,7 +125,7 @@ public struct Dataset: Sendable {
                     let range = "-1...\((classes ?? ModelConfig.maxClasses) - 1)"
                     throw LockstepError("\(path): array 'y': sequence \(i), frame \(t) has label \(v); labels on valid frames must be in \(range)"
                                         + (classes == nil ? " (Lockstep's limit of \(ModelConfig.maxClasses) classes)" : ""),
-                                        hint: classes == nil ? "use -1 only for ignored frames, and class ids from 0" : "raise --classes or fix the labels")
+                                        hint: classes == nil ? "use -1 only for ignored frames, and class ids from 0" : labelHint(classes!))
                 }
                 maxLabel = max(maxLabel, v)
                 for k in 0..<dIn where !x[(i * lmax + t) * dIn + k].isFinite {
@@ -112,8 +134,14 @@ public struct Dataset: Sendable {
                 }
             }
         }
+        func labelHint(_ c: Int) -> String {
+            switch labels {
+            case .required: return "raise --classes or fix the labels"
+            case .forModel(let what, _), .optional(let what): return "the model in \(what) has \(c) classes: use data labelled for that model"
+            }
+        }
         let C = classes ?? (maxLabel + 1)
-        guard C >= 2 else {
+        guard ya == nil || C >= 2 || classes != nil else {
             throw LockstepError("\(path): array 'y' has no label above \(maxLabel), so fewer than 2 classes",
                                 hint: "pass --classes N, or check the labels")
         }
@@ -125,7 +153,9 @@ public struct Dataset: Sendable {
             let ys = (0..<len).map { Int32(y[i * lmax + $0]) }
             examples.append(Example(id: i, x: xs, y: ys))
         }
-        return withExtendedLifetime(xa) { Dataset(examples: examples, inputSize: dIn, classes: C, source: path) }
+        var d = withExtendedLifetime(xa) { Dataset(examples: examples, inputSize: dIn, classes: C, source: path) }
+        d.paddedLength = lmax
+        return d
     }
 
     /// The dataset as `.npz` bytes in the seed convention (stored, uncompressed).

@@ -21,9 +21,12 @@ public final class Optimizer {
     public let config: OptimizerConfig
     public let state: [FloatBuffer]   // SGD: [momentum]; Adam: [exp_avg, exp_avg_sq]
     public var steps: Int = 0
+    /// The learning rate of the next step: `config.lr` unless a schedule sets it.
+    public var lr: Float
 
     public init(_ config: OptimizerConfig, count: Int) {
         self.config = config
+        lr = config.lr
         state = (0..<(config.kind == .adam ? 2 : 1)).map { _ in FloatBuffer(count: count) }
     }
 
@@ -75,11 +78,11 @@ public final class Optimizer {
                     buf[i] = first ? d : c.momentum * buf[i] + d
                     d = buf[i]
                 }
-                out[i] = p[i] + (-c.lr) * d
+                out[i] = p[i] + (-lr) * d
             }
         case .adam:
             let m = state[0].ptr, v = state[1].ptr
-            let stepSize = Float(Double(c.lr) / (1 - b1t))
+            let stepSize = Float(Double(lr) / (1 - b1t))
             let bc2Sqrt = Float((1 - b2t).squareRoot())
             let w1 = 1 - c.beta1, w2 = 1 - c.beta2
             // Eight lanes at a time: the same IEEE operations per element, so the same bits.

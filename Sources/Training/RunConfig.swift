@@ -2,11 +2,14 @@ import BiLSTM
 import Foundation
 import Numerics
 
-/// Everything one training run needs. The same keys come from a TOML file and from the
-/// command line (which overrides the file).
 /// What a non-finite loss or gradient does to a run.
 public enum NonfinitePolicy: String, Codable, Sendable, CaseIterable { case stop, skip }
 
+/// Which validation figure picks `best.safetensors` and counts for `--patience`.
+public enum SelectBy: String, Codable, Sendable, CaseIterable { case loss, accuracy }
+
+/// Everything one training run needs. The same keys come from a TOML file and from the
+/// command line (which overrides the file).
 public struct RunConfig: Codable, Equatable, Sendable {
     // Data
     public var data: String? = nil
@@ -27,6 +30,18 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var maxNorm: Float = 1.0
     public var seed: UInt64 = 1
     public var onNonfinite: NonfinitePolicy = .stop
+    public var schedule = LRScheduleConfig()
+    /// Start from these weights (a fresh optimizer); model shape from the file.
+    public var initFrom: String? = nil
+    /// SHA-256 of the `--init` weights, set when they are read: part of the math.
+    public var initHash: String? = nil
+    // Validation
+    public var validData: String? = nil
+    /// Validate every N steps; 0: at the end of every epoch. Always at the end of the run.
+    public var validEvery = 0
+    public var select: SelectBy = .loss
+    /// Stop after this many validations without improvement (0: never).
+    public var patience = 0
     // Files
     public var checkpointDir = "runs/lockstep"
     public var checkpointEvery = 50
@@ -70,6 +85,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if shardSize > RunConfig.maxShardSize { p.append("--shard-size must be at most \(RunConfig.maxShardSize) (got \(shardSize))") }
         if batchSize > RunConfig.maxBatchSize { p.append("--batch-size must be at most \(RunConfig.maxBatchSize) (got \(batchSize))") }
         if data == nil { p += synthetic.problems() }
+        p += schedule.problems()
+        if validEvery < 0 { p.append("--valid-every must be >= 0; 0 validates at the end of every epoch (got \(validEvery))") }
+        if patience < 0 { p.append("--patience must be >= 0; 0 never stops early (got \(patience))") }
+        if validData == nil {
+            if patience > 0 { p.append("--patience needs a validation set: give --valid-data") }
+            if schedule.kind == .plateau { p.append("--lr-schedule plateau reads the validation loss: give --valid-data") }
+        }
         let m = ModelConfig(inputSize: 1, hidden: hidden, layers: layers, classes: min(max(classes ?? 2, 2), ModelConfig.maxClasses),
                             bidirectional: bidirectional, arch: arch, dropout: dropout)
         p += m.problems().map { "model: \($0)" }
@@ -97,7 +119,26 @@ public struct RunConfig: Codable, Equatable, Sendable {
                 s("seed", "seed", "\(seed)"), s("opt", "optimizer", o.kind.rawValue), f("lr", "lr", o.lr), f("mom", "momentum", o.momentum),
                 f("wd", "weight-decay", o.weightDecay), f("b1", "beta1", o.beta1), f("b2", "beta2", o.beta2), f("eps", "eps", o.eps),
                 f("maxnorm", "max-norm", maxNorm), s("classes", "classes", classes.map(String.init) ?? "auto"),
-                s("nonfinite", "on-nonfinite", onNonfinite.rawValue)]
+                s("nonfinite", "on-nonfinite", onNonfinite.rawValue)] + scheduleFields
+    }
+
+    /// The schedule and the starting weights, named only when they differ from a constant rate
+    /// and fresh weights, so runs without them keep their config hash (and checkpoints resume).
+    var scheduleFields: [MathField] {
+        var out: [MathField] = []
+        let c = schedule
+        func f(_ n: String, _ v: Float) -> MathField {
+            MathField(name: n, option: n, recorded: "\(v.bitPattern)") { UInt32($0).map { "\(Float(bitPattern: $0))" } ?? $0 }
+        }
+        func s(_ n: String, _ v: String) -> MathField { MathField(name: n, option: n, recorded: v) { $0 } }
+        if c.kind != .constant { out.append(s("lr-schedule", c.kind.rawValue)) }
+        if c.warmupSteps != 0 { out.append(s("warmup-steps", "\(c.warmupSteps)")) }
+        if c.kind == .step { out.append(s("lr-step-size", "\(c.stepSize)")) }
+        if c.kind == .step || c.kind == .plateau { out.append(f("lr-gamma", c.gamma)) }
+        if c.kind == .cosine || c.kind == .plateau { out.append(f("min-lr", c.minLR)) }
+        if c.kind == .plateau { out.append(s("plateau-patience", "\(c.plateauPatience)")) }
+        if let initHash { out.append(MathField(name: "init", option: "init", recorded: initHash) { "weights with SHA-256 \($0.prefix(16))…" }) }
+        return out
     }
 
     public var identity: String { mathFields.map { "\($0.name)=\($0.recorded)" }.joined(separator: ";") }
@@ -109,10 +150,14 @@ public struct RunConfig: Codable, Equatable, Sendable {
             let kv = part.split(separator: "=", maxSplits: 1).map(String.init)
             if kv.count == 2 { old[kv[0]] = kv[1] }
         }
-        return mathFields.compactMap { f in
-            guard let was = old[f.name], was != f.recorded else { return nil }
-            return "--\(f.option): the checkpoint has \(f.show(was)), this run \(f.show(f.recorded))"
+        var out = mathFields.compactMap { f -> String? in
+            let optional = scheduleFields.contains { $0.name == f.name }
+            guard let was = old[f.name] ?? (optional ? "(none)" : nil), was != f.recorded else { return nil }
+            return "--\(f.option): the checkpoint has \(was == "(none)" ? was : f.show(was)), this run \(f.show(f.recorded))"
         }
+        let names = Set(mathFields.map(\.name))
+        for (k, v) in old where !names.contains(k) { out.append("--\(k): the checkpoint has \(v), this run (none)") }
+        return out.sorted()
     }
 
     public var hash: String { SHA256.hex(Array(identity.utf8)) }

@@ -115,6 +115,21 @@ public enum TOMLConfig {
             case "checkpoint-every": c.checkpointEvery = try int(key, v)
             case let k where startKeys.contains(k): other.values[k] = v
             case "keep-last": c.keepLast = try int(key, v)
+            case "lr-schedule":
+                guard let k = LRScheduleKind(rawValue: try str(key, v)) else { throw bad(key, "one of \"constant\", \"step\", \"cosine\", \"plateau\"") }
+                c.schedule.kind = k
+            case "warmup-steps": c.schedule.warmupSteps = try int(key, v)
+            case "lr-step-size": c.schedule.stepSize = try int(key, v)
+            case "lr-gamma": c.schedule.gamma = try float(key, v)
+            case "min-lr": c.schedule.minLR = try float(key, v)
+            case "plateau-patience": c.schedule.plateauPatience = try int(key, v)
+            case "init": c.initFrom = try str(key, v)
+            case "valid-data": c.validData = try str(key, v)
+            case "valid-every": c.validEvery = try int(key, v)
+            case "select":
+                guard let k = SelectBy(rawValue: try str(key, v)) else { throw bad(key, "\"loss\" or \"accuracy\"") }
+                c.select = k
+            case "patience": c.patience = try int(key, v)
             case "on-nonfinite":
                 guard let p = NonfinitePolicy(rawValue: try str(key, v)) else { throw bad(key, "\"stop\" or \"skip\"") }
                 c.onNonfinite = p
@@ -136,5 +151,50 @@ public enum TOMLConfig {
                 throw LockstepError("\(path): unknown key '\(key)'", hint: "keys are the long options of `coord start` without dashes in front, e.g. batch-size = 32")
             }
         }
+    }
+}
+
+extension RunConfig {
+    /// This run's resolved options as a `--config` file: every training key, so that
+    /// `coord start --config FILE` reproduces the run (and its hash) without the original command.
+    public var toml: String {
+        func q(_ s: String) -> String {
+            var out = "\""
+            for ch in s.unicodeScalars {
+                switch ch {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\t": out += "\\t"
+                default: out += ch.value < 0x20 ? String(format: "\\u%04X", ch.value) : String(ch)
+                }
+            }
+            return out + "\""
+        }
+        func abs(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.path }
+        var lines = ["# The resolved options of this run (written by coord start). Rerun with:",
+                     "#   coord start --config THIS_FILE --checkpoint-dir NEW_DIR"]
+        if let data { lines.append("data = \(q(abs(data)))") }
+        if let classes { lines.append("classes = \(classes)") }
+        if let steps { lines.append("steps = \(steps)") }
+        if let epochs { lines.append("epochs = \(epochs)") }
+        lines += ["batch-size = \(batchSize)", "shard-size = \(shardSize)", "hidden = \(hidden)", "layers = \(layers)",
+                  "arch = \(q(arch.rawValue))", "unidirectional = \(!bidirectional)", "dropout = \(dropout)",
+                  "optimizer = \(q(optimizer.kind.rawValue))", "lr = \(optimizer.lr)", "momentum = \(optimizer.momentum)",
+                  "weight-decay = \(optimizer.weightDecay)", "max-norm = \(maxNorm)", "seed = \(seed)",
+                  "on-nonfinite = \(q(onNonfinite.rawValue))",
+                  "lr-schedule = \(q(schedule.kind.rawValue))", "warmup-steps = \(schedule.warmupSteps)",
+                  "lr-step-size = \(schedule.stepSize)", "lr-gamma = \(schedule.gamma)", "min-lr = \(schedule.minLR)",
+                  "plateau-patience = \(schedule.plateauPatience)"]
+        if let initFrom { lines.append("init = \(q(abs(initFrom)))") }
+        if let validData { lines.append("valid-data = \(q(abs(validData)))") }
+        lines += ["valid-every = \(validEvery)", "select = \(q(select.rawValue))", "patience = \(patience)",
+                  "checkpoint-dir = \(q(abs(checkpointDir)))", "checkpoint-every = \(checkpointEvery)", "keep-last = \(keepLast)"]
+        if data == nil {
+            let s = synthetic
+            lines += ["", "[synthetic]", "sequences = \(s.sequences)", "input-size = \(s.inputSize)", "classes = \(s.classes)",
+                      "min-length = \(s.minLength)", "max-length = \(s.maxLength)", "noise = \(s.noise)"]
+        }
+        return lines.joined(separator: "\n") + "\n"
     }
 }

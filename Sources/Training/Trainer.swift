@@ -63,18 +63,24 @@ public final class ShardComputerPool: @unchecked Sendable {
             if k < gradients.count { gradients[k] = g } else { gradients.append(g) }
         }
         let grads = Array(gradients.prefix(shards.count))
-        let threads = min(count, shards.count)
-        // Shard k goes to thread k mod threads: a fixed deal, though any would give the same bits.
-        team.run(threads) { j in
-            for k in stride(from: j, to: shards.count, by: threads) {
-                let t0 = Date()
-                let grad = grads[k]
-                let r = self.with { $0.compute(params: params, examples: shards[k], step: step, into: grad) }
-                let seconds = Date().timeIntervalSince(t0)
-                outLock.withLock { out[k] = (grad, r, seconds) }
-            }
+        forEach(shards.count) { k in
+            let t0 = Date()
+            let grad = grads[k]
+            let r = self.with { $0.compute(params: params, examples: shards[k], step: step, into: grad) }
+            let seconds = Date().timeIntervalSince(t0)
+            outLock.withLock { out[k] = (grad, r, seconds) }
         }
         return out.map { $0! }
+    }
+
+    /// Runs `body(k)` for k in 0..<n on the team: item k goes to thread k mod threads, a fixed
+    /// deal, though any would give the same bits.
+    public func forEach(_ n: Int, _ body: @escaping (Int) -> Void) {
+        let threads = min(count, n)
+        guard threads > 0 else { return }
+        team.run(threads) { j in
+            for k in stride(from: j, to: n, by: threads) { body(k) }
+        }
     }
 }
 
@@ -170,6 +176,8 @@ public struct StepReport: Sendable {
     }
     /// Why the update was skipped (`--on-nonfinite skip`), if it was.
     public var skipped: String? = nil
+    /// The learning rate this step used.
+    public var lr: Float = 0
 
     public var json: String {
         let fps = seconds > 0 ? Double(frames) / seconds : 0
@@ -178,7 +186,7 @@ public struct StepReport: Sendable {
         return "{\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(loss),\"frames\":\(frames),\"frames_per_s\":\(Int(fps)),"
             + "\"grad_norm\":\(gradNorm),\"clipped\":\(clipped),\"workers_alive\":\(workersAlive),\"shards_reissued\":\(reissued),"
             + "\"shards\":\(shards),\"max_shard_frames\":\(maxShardFrames),\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent),\"bytes_received\":\(bytesReceived),"
-            + "\"shard_seconds_max\":\(shardSecondsMax),\"shard_seconds_mean\":\(shardSecondsMean),\"skipped\":\(skipped != nil)}"
+            + "\"shard_seconds_max\":\(shardSecondsMax),\"shard_seconds_mean\":\(shardSecondsMean),\"skipped\":\(skipped != nil),\"lr\":\(lr)}"
     }
 }
 
@@ -199,10 +207,18 @@ public final class Trainer {
     public private(set) var step: Int
     public let totalSteps: Int
     private var epochCache: (epoch: Int, batches: [[Int]])? = nil
+    /// The validation set (`--valid-data`), its forward-only shards, and what validations found.
+    public let validation: Dataset?
+    public let validationShards: [[Int]]
+    public private(set) var tracking: ValidationTracking
 
-    public init(run: RunConfig, data: Dataset, resumeFrom checkpoint: Checkpoint? = nil) throws {
+    public init(run: RunConfig, data: Dataset, resumeFrom checkpoint: Checkpoint? = nil, initWeights: Checkpoint? = nil,
+                validation: Dataset? = nil) throws {
         self.run = run
         self.data = data
+        self.validation = validation
+        validationShards = validation.map { EvalPlan.shards(lengths: $0.examples.map(\.length), batchSize: run.batchSize, shardSize: run.shardSize) } ?? []
+        tracking = ValidationTracking(lr: Double(run.optimizer.lr))
         model = run.model(for: data)
         let modelProblems = model.problems()
         if !modelProblems.isEmpty { throw LockstepError("bad model: " + modelProblems.joined(separator: "; ")) }
@@ -231,17 +247,80 @@ public final class Trainer {
             for (dst, src) in zip(optimizer.state, ck.optimizerState) { dst.copy(from: src) }
             optimizer.steps = Int(ck.metadata["optimizer_steps"] ?? "") ?? ck.step
             step = ck.step
+            tracking = try ValidationTracking(metadata: ck.metadata, lr: Double(run.optimizer.lr), path: checkpointPathFor(run))
+            if let v = validation, let h = ck.metadata["valid_data_hash"], h != v.hash {
+                throw LockstepError("cannot resume: the checkpoint was validated on other data (\(ck.metadata["valid_data_source"] ?? "?"))",
+                                    hint: "resume with the same --valid-data: the best checkpoint and --patience count depend on it")
+            }
             if totalSteps < step {
                 throw LockstepError("cannot resume: the checkpoint is at step \(step) but this run ends at step \(totalSteps)",
                                     hint: "give --steps (or --epochs) of at least \(step); the checkpoint is left as it is")
             }
+        } else if let ck = initWeights {
+            guard ck.model.sameShape(as: model) else {
+                throw LockstepError("--init: the weights do not fit this run's model", hint: "drop the options that contradict the file")
+            }
+            params = ck.params
+            step = 0
         } else {
             params = layout.initialParameters(seed: run.seed)
             step = 0
         }
     }
 
-    public var done: Bool { step >= totalSteps }
+    /// The run is over: every step done, or stopped early (`--patience`).
+    public var done: Bool { step >= totalSteps || tracking.stopped != nil }
+
+    /// The learning rate of the next step.
+    public var learningRate: Float {
+        LRSchedule.rate(step: step, total: totalSteps, base: run.optimizer.lr, config: run.schedule, plateau: tracking.plateau)
+    }
+
+    /// Whether the step just applied is followed by a validation.
+    public var validationDue: Bool {
+        guard validation != nil, step > 0 else { return false }
+        if step >= totalSteps { return true }
+        return run.validEvery > 0 ? step % run.validEvery == 0 : step % schedule.batchesPerEpoch == 0
+    }
+
+    /// The validation shards' sequences.
+    public func validationShard(_ k: Int) -> [Example] { validationShards[k].map { validation!.examples[$0] } }
+
+    /// Takes the sums of a validation after this step: best weights, patience, plateau rate.
+    /// Returns the metrics line's fields and a short text for the progress line.
+    public func recordValidation(_ sums: EvalSums) throws -> ValidationReport {
+        let value = run.select == .loss ? sums.loss : sums.accuracy
+        let improved = tracking.bestStep == nil || (run.select == .loss ? value < tracking.best : value > tracking.best)
+        if improved {
+            tracking.best = value
+            tracking.bestStep = step
+            tracking.bad = 0
+            try saveCheckpoint(to: bestPath)
+        } else {
+            tracking.bad += 1
+            if run.patience > 0 && tracking.bad >= run.patience && step < totalSteps {
+                tracking.stopped = String(format: "early stop at step %d: valid_%@ did not improve for %d validations (best %.6f at step %d)",
+                                          step, run.select.rawValue, tracking.bad, tracking.best, tracking.bestStep ?? 0)
+            }
+        }
+        var reduced = false
+        if run.schedule.kind == .plateau { reduced = tracking.plateau.observe(sums.loss, config: run.schedule) }
+        return ValidationReport(step: step, epoch: schedule.position(step: max(step - 1, 0)).epoch, sums: sums, best: tracking.best,
+                                bestStep: tracking.bestStep ?? step, improved: improved, stopped: tracking.stopped,
+                                lrReduced: reduced ? Float(tracking.plateau.lr) : nil, select: run.select)
+    }
+
+    /// The validation shards' sums recorded (`recordValidation`) and written to the metrics,
+    /// with what changed logged.
+    public func finishValidation(_ parts: [EvalSums], metrics: MetricsLog, log: (String) -> Void) throws -> ValidationReport {
+        let report = try recordValidation(EvalSums.combine(parts, classes: model.classes))
+        try metrics.write(report)
+        if let r = report.lrReduced { log("validation after step \(report.step): loss did not improve; learning rate reduced to \(r)") }
+        if let why = report.stopped { log(why) }
+        return report
+    }
+
+    public var bestPath: String { (run.checkpointDir as NSString).appendingPathComponent("best.safetensors") }
 
     /// Dataset indices of each shard of the batch for `step` (0-based).
     public func shards(forStep step: Int) -> [[Int]] {
@@ -285,6 +364,8 @@ public final class Trainer {
             return r
         }
         let (gradNorm, factor, clipped) = Clip.factor(norm: norm.norm, maxNorm: run.maxNorm)
+        let lr = learningRate
+        optimizer.lr = lr
         let next = isKnownUniquelyReferenced(&spareParams) ? spareParams! : FloatBuffer(uninitializedCount: params.count)
         optimizer.step(params: params, grads: sum, scaling: GradientScaling(divisor: divisor, factor: factor), into: next)
         spareParams = params
@@ -294,20 +375,27 @@ public final class Trainer {
                            gradNorm: gradNorm, clipped: clipped, seconds: seconds)
         r.shards = parts.count
         r.maxShardFrames = parts.map(\.result.frames).max() ?? 0
+        r.lr = lr
         return r
     }
 
     public var weightsHash: String { params.sha256 }
 
-    public var checkpointPath: String { (run.checkpointDir as NSString).appendingPathComponent("checkpoint.safetensors") }
+    public var checkpointPath: String { checkpointPathFor(run) }
 
     public func saveCheckpoint() throws {
+        try saveCheckpoint(to: checkpointPath)
+        try KeptCheckpoints.keep(checkpointPath, step: step, last: run.keepLast)
+    }
+
+    func saveCheckpoint(to path: String) throws {
         try FileManager.default.createDirectory(atPath: run.checkpointDir, withIntermediateDirectories: true)
         let configJSON = String(decoding: try JSONEncoder.sorted.encode(run), as: UTF8.self)
-        try Checkpoint.save(path: checkpointPath, layout: layout, params: params, optimizer: optimizer, step: step,
-                            metadata: ["config_hash": run.hash, "config_identity": run.identity, "data_hash": data.hash,
-                                       "data_source": data.source, "config": configJSON, "total_steps": String(totalSteps)])
-        try KeptCheckpoints.keep(checkpointPath, step: step, last: run.keepLast)
+        var meta = ["config_hash": run.hash, "config_identity": run.identity, "data_hash": data.hash,
+                    "data_source": data.source, "config": configJSON, "total_steps": String(totalSteps)]
+        if let v = validation { meta["valid_data_hash"] = v.hash; meta["valid_data_source"] = v.source }
+        meta.merge(tracking.metadata) { $1 }
+        try Checkpoint.save(path: path, layout: layout, params: params, optimizer: optimizer, step: step, metadata: meta)
     }
 
     /// Frame accuracy (argmax) over a dataset, evaluated without dropout.
@@ -331,6 +419,72 @@ public final class Trainer {
             i += 64
         }
         return total > 0 ? Double(correct) / Double(total) : 0
+    }
+}
+
+func checkpointPathFor(_ run: RunConfig) -> String { (run.checkpointDir as NSString).appendingPathComponent("checkpoint.safetensors") }
+
+/// What the validations of a run found so far: the best figure (by `--select`) and its step,
+/// validations since it, whether `--patience` stopped the run, and the plateau schedule's
+/// state. Kept in every checkpoint (doubles as their bits), so a resumed run decides the same.
+public struct ValidationTracking: Equatable, Sendable {
+    public var best = Double.nan
+    public var bestStep: Int? = nil
+    public var bad = 0
+    public var stopped: String? = nil
+    public var plateau: PlateauState
+
+    init(lr: Double) { plateau = PlateauState(lr: lr) }
+
+    var metadata: [String: String] {
+        var m = ["valid_bad": "\(bad)", "plateau_lr": "\(plateau.lr.bitPattern)", "plateau_best": "\(plateau.best.bitPattern)",
+                 "plateau_bad": "\(plateau.bad)"]
+        if let bestStep { m["valid_best"] = "\(best.bitPattern)"; m["valid_best_step"] = "\(bestStep)" }
+        if let stopped { m["stopped"] = stopped }
+        return m
+    }
+
+    init(metadata m: [String: String], lr: Double, path: String) throws {
+        plateau = PlateauState(lr: lr)
+        func bits(_ k: String) throws -> Double? {
+            guard let v = m[k] else { return nil }
+            guard let b = UInt64(v) else { throw LockstepError("\(path): metadata \(k) is not a number (\(v))", hint: "restore the checkpoint from a copy") }
+            return Double(bitPattern: b)
+        }
+        if let s = m["valid_best_step"] { bestStep = Int(s); best = try bits("valid_best") ?? .nan }
+        bad = Int(m["valid_bad"] ?? "0") ?? 0
+        stopped = m["stopped"]
+        plateau.lr = try bits("plateau_lr") ?? lr
+        plateau.best = try bits("plateau_best") ?? .infinity
+        plateau.bad = Int(m["plateau_bad"] ?? "0") ?? 0
+    }
+}
+
+/// One validation, as a line of `metrics.jsonl` and a note on the progress line.
+public struct ValidationReport: Sendable {
+    public var step: Int
+    public var epoch: Int
+    public var sums: EvalSums
+    public var best: Double
+    public var bestStep: Int
+    public var improved: Bool
+    public var stopped: String?
+    public var lrReduced: Float?
+    public var select: SelectBy
+
+    public var json: String {
+        func num(_ v: Double) -> String { v.isFinite ? "\(v)" : "null" }
+        let recall = (0..<sums.classes).map { sums.recall($0).map { "\($0)" } ?? "null" }.joined(separator: ",")
+        var s = "{\"step\":\(step),\"epoch\":\(epoch),\"valid_loss\":\(num(sums.loss)),\"valid_accuracy\":\(num(sums.accuracy)),"
+            + "\"valid_frames\":\(sums.frames),\"valid_correct\":\(sums.correct),\"valid_recall\":[\(recall)],"
+            + "\"valid_best_\(select.rawValue)\":\(num(best)),\"valid_best_step\":\(bestStep),\"valid_improved\":\(improved)"
+        if let lrReduced { s += ",\"lr_reduced_to\":\(lrReduced)" }
+        if let stopped { s += ",\"stopped\":\"\(stopped)\"" }
+        return s + "}"
+    }
+
+    public var text: String {
+        String(format: "  valid loss %.4f acc %.2f%%%@", sums.loss, 100 * sums.accuracy, improved ? " (best)" : "")
     }
 }
 
@@ -363,6 +517,10 @@ public final class MetricsLog {
     deinit { close(fd) }
 
     public func write(_ report: StepReport) throws {
+        try append(report.json + "\n")
+    }
+
+    public func write(_ report: ValidationReport) throws {
         try append(report.json + "\n")
     }
 

@@ -76,6 +76,7 @@ struct Start: ParsableCommand {
     static func problems(_ c: RunConfig, _ s: Settings) -> [String] {
         var p = c.problems()
         if s.resume && s.fresh { p.append("--resume and --fresh contradict each other") }
+        if s.resume && c.initFrom != nil { p.append("--init starts a new run from weights; --resume continues this one from its checkpoint: give one") }
         if !(s.wait >= 0 && s.wait <= 86_400) { p.append("--wait must be in 0...86400 seconds (got \(s.wait))") }
         if !(1...256).contains(s.threads) { p.append("--threads must be in 1...256 (got \(s.threads))") }
         if s.threads > 1 && !s.local && s.spawn == 0 {
@@ -133,6 +134,7 @@ struct Start: ParsableCommand {
             let lock = try RunLock(directory: config.checkpointDir, wait: s.resume ? s.wait : 0, log: log)
             defer { withExtendedLifetime(lock) {} }
             let (trainer, heldOut) = try prepare(config, resume: s.resume, fresh: s.fresh)
+            try writeRunConfig(trainer.run)
             if !s.local {
                 let wire = WireLimits.problems(run: config, data: trainer.data, model: trainer.model)
                 if !wire.isEmpty {
@@ -163,14 +165,26 @@ struct Start: ParsableCommand {
 }
 
 /// Loads the data and builds (or resumes) the trainer, refusing to clobber a checkpoint.
-func prepare(_ config: RunConfig, resume: Bool, fresh: Bool) throws -> (Trainer, Dataset?) {
-    let data = try config.loadData()
+func prepare(_ original: RunConfig, resume: Bool, fresh: Bool) throws -> (Trainer, Dataset?) {
+    var config = original
+    var initial: Checkpoint? = nil
+    if let path = config.initFrom {
+        let ck = try Checkpoint.load(path: path)
+        config = try adopt(ck, from: path, into: config)
+        initial = ck
+    }
     let path = (config.checkpointDir as NSString).appendingPathComponent("checkpoint.safetensors")
     var checkpoint: Checkpoint? = nil
     if FileManager.default.fileExists(atPath: path) {
         if resume {
             checkpoint = try Checkpoint.load(path: path)
             if !checkpoint!.verified { log("WARNING: \(path) predates checksums (format 1): it is used unverified") }
+            // A run started with --init took its shape from that file: it resumes with the checkpoint's.
+            let recorded = (checkpoint!.metadata["config_identity"] ?? "").split(separator: ";").first { $0.hasPrefix("init=") }
+            if let recorded {
+                config = try adopt(checkpoint!, from: path, into: config)
+                config.initHash = String(recorded.dropFirst(5))
+            }
         } else if !fresh {
             throw LockstepError("\(path) already holds a checkpoint",
                                 hint: "pass --resume to continue it, --fresh to replace it, or another --checkpoint-dir")
@@ -178,22 +192,94 @@ func prepare(_ config: RunConfig, resume: Bool, fresh: Bool) throws -> (Trainer,
     } else if resume {
         log("no checkpoint in \(config.checkpointDir): starting from step 0")
     }
-    let trainer = try Trainer(run: config, data: data, resumeFrom: checkpoint)
+    let data = try config.loadData()
+    if let ck = initial {
+        let tensor = ck.model.arch == .split ? "layer1.0.weight_ih_l0" : "layer1.weight_ih_l0"
+        guard data.inputSize == ck.model.inputSize else {
+            throw LockstepError("--init \(config.initFrom!): tensor \(tensor) has shape [\(4 * ck.model.hidden), \(ck.model.inputSize)] (d_in \(ck.model.inputSize)) but \(data.source) has d_in \(data.inputSize)",
+                                hint: "train on data with the features the weights were trained on")
+        }
+        guard data.classes == ck.model.classes else {
+            throw LockstepError("--init \(config.initFrom!): tensor layer2.0.weight has shape [\(ck.model.classes), \(ck.model.headInput)] (\(ck.model.classes) classes) but this run has \(data.classes)",
+                                hint: "drop --classes, or fine-tune a model with as many classes")
+        }
+    }
+    var validation: Dataset? = nil
+    if let v = config.validData {
+        let what = "this run's model (\(data.classes) classes, from \(data.source))"
+        validation = try Dataset.load(npz: v, classes: data.classes, labels: .forModel(what, missingHint: "a validation set needs labels y"))
+        guard validation!.inputSize == data.inputSize else {
+            throw LockstepError("--valid-data \(v): x has d_in = \(validation!.inputSize) but the training data \(data.source) has \(data.inputSize)",
+                                hint: "validate on data with the same features as the training data")
+        }
+    }
+    let trainer = try Trainer(run: config, data: data, resumeFrom: checkpoint, initWeights: initial, validation: validation)
+    if let checkpoint, let was = Int(checkpoint.metadata["total_steps"] ?? ""), was != trainer.totalSteps {
+        log("extending the run: it ended at step \(was), now at step \(trainer.totalSteps) (resuming at step \(trainer.step))")
+    }
     let heldOut = config.data == nil
         ? config.synthetic.generate(seed: config.seed, firstId: config.synthetic.sequences, count: max(64, config.synthetic.sequences / 8))
         : nil
     let m = trainer.model
     log("data: \(data.source), \(data.examples.count) sequences, \(data.frames) frames, d_in \(data.inputSize), \(data.classes) classes")
+    if let validation {
+        log("validation: \(validation.source), \(validation.examples.count) sequences, \(validation.frames) frames, "
+            + (config.validEvery > 0 ? "every \(config.validEvery) steps" : "every epoch (\(trainer.schedule.batchesPerEpoch) steps)")
+            + " and at the end; best by \(config.select.rawValue)" + (config.patience > 0 ? ", patience \(config.patience)" : ""))
+    }
+    if let i = config.initFrom { log("init: weights from \(i) (SHA-256 \(config.initHash!.prefix(16))…), fresh optimizer") }
     log("model: \(m.arch.rawValue) \(m.bidirectional ? "bi" : "uni")LSTM, \(m.layers) layers, hidden \(m.hidden), dropout \(m.dropout), \(trainer.layout.count) parameters")
-    log("training: steps \(trainer.step)→\(trainer.totalSteps), batch \(config.batchSize), shard \(config.shardSize), \(config.optimizer.kind.rawValue) lr \(config.optimizer.lr), max-norm \(config.maxNorm), seed \(config.seed)")
+    let sched = config.schedule.kind == .constant && config.schedule.warmupSteps == 0 ? "" :
+        " (\(config.schedule.kind.rawValue) schedule" + (config.schedule.warmupSteps > 0 ? ", warmup \(config.schedule.warmupSteps)" : "") + ")"
+    log("training: steps \(trainer.step)→\(trainer.totalSteps), batch \(config.batchSize), shard \(config.shardSize), \(config.optimizer.kind.rawValue) lr \(config.optimizer.lr)\(sched), max-norm \(config.maxNorm), seed \(config.seed)")
+    if let why = trainer.tracking.stopped { log("this run already stopped: \(why)") }
     return (trainer, heldOut)
+}
+
+/// The run's model shape taken from `--init` weights; an option that contradicts the file is an
+/// error naming the tensor and both shapes.
+func adopt(_ ck: Checkpoint, from path: String, into original: RunConfig) throws -> RunConfig {
+    var c = original
+    let defaults = RunConfig()
+    let m = ck.model
+    let prefix = m.arch == .split ? "layer1.0." : "layer1."
+    var problems: [String] = []
+    if c.hidden != defaults.hidden && c.hidden != m.hidden {
+        problems.append("--hidden \(c.hidden): tensor \(prefix)weight_hh_l0 has shape [\(4 * m.hidden), \(m.hidden)], a hidden size of \(m.hidden); this run asks for [\(4 * c.hidden), \(c.hidden)]")
+    }
+    if c.layers != defaults.layers && c.layers != m.layers {
+        problems.append("--layers \(c.layers): the file has \(prefix)weight_ih_l0…l\(m.layers - 1), \(m.layers) layers")
+    }
+    if c.arch != defaults.arch && c.arch != m.arch { problems.append("--arch \(c.arch.rawValue): the file's tensors are the \(m.arch.rawValue) arch (\(prefix)…)") }
+    if c.bidirectional != defaults.bidirectional && c.bidirectional != m.bidirectional {
+        problems.append("--unidirectional: the file has reverse-direction tensors (\(prefix)weight_ih_l0_reverse)")
+    }
+    if let k = c.classes, k != m.classes { problems.append("--classes \(k): tensor layer2.0.weight has shape [\(m.classes), \(m.headInput)], \(m.classes) classes") }
+    if !problems.isEmpty {
+        throw LockstepError("--init \(path): " + problems.joined(separator: "; "),
+                            hint: "drop those options: the model's shape comes from the file")
+    }
+    c.hidden = m.hidden
+    c.layers = m.layers
+    c.arch = m.arch
+    c.bidirectional = m.bidirectional
+    c.classes = m.classes
+    c.initHash = ck.params.sha256
+    return c
+}
+
+/// `config.toml` in the run directory: the resolved options, so the run can be repeated from it.
+func writeRunConfig(_ run: RunConfig) throws {
+    try FileManager.default.createDirectory(atPath: run.checkpointDir, withIntermediateDirectories: true)
+    try AtomicFile.write(Array(run.toml.utf8), to: (run.checkpointDir as NSString).appendingPathComponent("config.toml"))
 }
 
 func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
     BLAS.setThreads(1)
     let pool = ShardComputerPool(model: trainer.model, seed: trainer.run.seed, count: threads)
     let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
-    let progress = ProgressLine(total: trainer.totalSteps)
+    let progress = ProgressLine(total: trainer.totalSteps, from: trainer.step)
+    let validator = trainer.validation.map { _ in ShardComputerPool(model: trainer.model, seed: 0, count: threads) }
     while !trainer.done {
         if Interrupt.requested {
             try trainer.saveCheckpoint()
@@ -207,7 +293,12 @@ func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
         var report = try trainer.apply(parts: done.map { ($0.grad, $0.result) }, seconds: Date().timeIntervalSince(started))
         report.setShardSeconds(done.map(\.seconds))
         try metrics.write(report)
-        progress.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9))
+        var valid = ""
+        if trainer.validationDue {
+            let parts = validator!.evaluateAll(params: trainer.params, shards: trainer.validationShards.indices.map(trainer.validationShard))
+            valid = try trainer.finishValidation(parts, metrics: metrics, log: log).text
+        }
+        progress.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9), extra: valid)
         if trainer.run.checkpointEvery > 0 && trainer.step % trainer.run.checkpointEvery == 0 && !trainer.done {
             try trainer.saveCheckpoint()
         }
@@ -278,7 +369,7 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
     }
     let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
     do {
-        try server.run(metrics: metrics, progress: ProgressLine(total: trainer.totalSteps))
+        try server.run(metrics: metrics, progress: ProgressLine(total: trainer.totalSteps, from: trainer.step))
     } catch {
         server.stopWorkers()
         throw error
@@ -287,6 +378,10 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
 }
 
 func report(_ trainer: Trainer, heldOut: Dataset?) {
+    if let why = trainer.tracking.stopped { print(why) }
+    if trainer.validation != nil, let b = trainer.tracking.bestStep {
+        print(String(format: "best: step %d, valid_%@ %.6f: %@", b, trainer.run.select.rawValue, trainer.tracking.best, trainer.bestPath))
+    }
     if let heldOut {
         print(String(format: "accuracy (held-out synthetic, %d sequences): %.2f%%", heldOut.examples.count, 100 * trainer.accuracy(on: heldOut)))
     } else {

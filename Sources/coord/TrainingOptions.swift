@@ -54,6 +54,28 @@ struct TrainingOptions: ParsableArguments {
     var seed: UInt64?
     @Option(help: "On a non-finite loss or gradient: stop (name the step and shard; the last checkpoint stays) or skip the update (default stop).")
     var onNonfinite: NonfinitePolicy?
+    @Option(help: "Learning-rate schedule, as torch.optim.lr_scheduler computes it, stepped every optimizer step: constant; step (StepLR: × --lr-gamma every --lr-step-size steps); cosine (CosineAnnealingLR down to --min-lr at the last step); plateau (ReduceLROnPlateau on the validation loss: × --lr-gamma after --plateau-patience validations without improvement, not below --min-lr). Default constant.")
+    var lrSchedule: LRScheduleKind?
+    @Option(help: "Warm up linearly over the first N steps, lr·(t+1)/(N+1), before the schedule starts (LinearLR then SequentialLR; default 0).")
+    var warmupSteps: Int?
+    @Option(help: "step schedule: steps between reductions (default 100).")
+    var lrStepSize: Int?
+    @Option(help: "step and plateau schedules: the factor of each reduction (default 0.1).")
+    var lrGamma: Float?
+    @Option(help: "cosine and plateau schedules: the lowest learning rate (default 0).")
+    var minLr: Float?
+    @Option(help: "plateau schedule: validations without improvement before the rate is reduced (default 10).")
+    var plateauPatience: Int?
+    @Option(help: "Start from these weights with a fresh optimizer: a Lockstep checkpoint (e.g. best.safetensors) or a PyTorch state_dict saved as safetensors with the seed's names. Hidden size, layers and architecture come from the file. Not with --resume.")
+    var `init`: String?
+    @Option(help: "Validation data (.npz, like --data): forward only, no dropout, at the end of every epoch (or every --valid-every steps) and at the end of the run. valid_loss, valid_accuracy and per-class recall go to the progress line and metrics.jsonl; the best weights to best.safetensors. The same bits at any worker count.")
+    var validData: String?
+    @Option(help: "Validate every N steps instead of at the end of every epoch (0: every epoch; default 0).")
+    var validEvery: Int?
+    @Option(help: "The validation figure that picks best.safetensors and counts for --patience: loss (lower is better) or accuracy (default loss).")
+    var select: SelectBy?
+    @Option(help: "Stop after this many validations in a row without improvement (by --select); the reason is on the last line and in metrics.jsonl (0: never; default 0).")
+    var patience: Int?
     @Option(help: "Directory for checkpoint.safetensors, metrics.jsonl and, with --spawn, worker-N.log (default runs/lockstep).")
     var checkpointDir: String?
     @Option(help: "Write a checkpoint every N steps (and always at the end); 0: only at the end (default 50).")
@@ -94,6 +116,17 @@ struct TrainingOptions: ParsableArguments {
         if let v = onNonfinite { c.onNonfinite = v }
         if let v = checkpointEvery { c.checkpointEvery = v }
         if let v = keepLast { c.keepLast = v }
+        if let v = lrSchedule { c.schedule.kind = v }
+        if let v = warmupSteps { c.schedule.warmupSteps = v }
+        if let v = lrStepSize { c.schedule.stepSize = v }
+        if let v = lrGamma { c.schedule.gamma = v }
+        if let v = minLr { c.schedule.minLR = v }
+        if let v = plateauPatience { c.schedule.plateauPatience = v }
+        if let v = `init` { c.initFrom = v }
+        if let v = validData { c.validData = v }
+        if let v = validEvery { c.validEvery = v }
+        if let v = select { c.select = v }
+        if let v = patience { c.patience = v }
         return (c, other)
     }
 }
@@ -101,4 +134,6 @@ struct TrainingOptions: ParsableArguments {
 extension Arch: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
 extension NonfinitePolicy: ExpressibleByArgument {}
+extension LRScheduleKind: ExpressibleByArgument {}
+extension SelectBy: ExpressibleByArgument {}
 
