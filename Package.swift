@@ -52,7 +52,7 @@ let package = Package(
 
         .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
         .testTarget(name: "BiLSTMTests", dependencies: ["BiLSTM", "Training"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Training"], resources: [.copy("FuzzCorpus")]),
     ],
     swiftLanguageModes: [.v5]

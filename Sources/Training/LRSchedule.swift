@@ -64,23 +64,28 @@ public struct PlateauState: Equatable, Sendable {
 public enum LRSchedule {
     /// The rate of the step after `t` steps of a run of `total` steps (`plateau`: its state's).
     public static func rate(step t: Int, total: Int, base: Float, config c: LRScheduleConfig, plateau: PlateauState? = nil) -> Float {
+        c.kind == .constant && t >= c.warmupSteps ? base : Float(exactRate(step: t, total: total, base: base, config: c, plateau: plateau))
+    }
+
+    /// The same in double precision, before the rounding to the optimizer's float.
+    public static func exactRate(step t: Int, total: Int, base: Float, config c: LRScheduleConfig, plateau: PlateauState? = nil) -> Double {
         let lr = Double(base)
         let w = c.warmupSteps
-        if t < w { return Float(lr * (1.0 / Double(w + 1) + (1 - 1.0 / Double(w + 1)) * Double(t) / Double(w))) }
+        if t < w { return lr * (1.0 / Double(w + 1) + (1 - 1.0 / Double(w + 1)) * Double(t) / Double(w)) }
         let u = t - w
         switch c.kind {
         case .constant:
-            return base
+            return lr
         case .step:
             var f = lr
             for _ in 0..<(u / c.stepSize) { f *= Double(c.gamma) }
-            return Float(f)
+            return f
         case .cosine:
             let tMax = max(total - w, 1)
             let eta = Double(c.minLR)
-            return Float(eta + (lr - eta) * (1 + detCos(3.141_592_653_589_793 * Double(min(u, tMax)) / Double(tMax))) / 2)
+            return eta + (lr - eta) * (1 + detCos(3.141_592_653_589_793 * Double(min(u, tMax)) / Double(tMax))) / 2
         case .plateau:
-            return Float(plateau?.lr ?? lr)
+            return plateau?.lr ?? lr
         }
     }
 }

@@ -298,7 +298,8 @@ public final class Trainer {
             try saveCheckpoint(to: bestPath)
         } else {
             tracking.bad += 1
-            if run.patience > 0 && tracking.bad >= run.patience && step < totalSteps {
+            // Recorded at the last step too: a run extended later (--resume with more steps) stops here as the longer run would.
+            if run.patience > 0 && tracking.bad >= run.patience {
                 tracking.stopped = String(format: "early stop at step %d: valid_%@ did not improve for %d validations (best %.6f at step %d)",
                                           step, run.select.rawValue, tracking.bad, tracking.best, tracking.bestStep ?? 0)
             }
