@@ -307,11 +307,15 @@ public final class CoordinatorServer {
         }
     }
 
+    /// Ctrl-C or SIGTERM: the checkpoint is written and the workers are left as they are. They
+    /// take the silence for a crash and keep reconnecting, so a coordinator restarted with
+    /// `--resume` on the same address gets them back without anyone restarting them.
     private func interrupted() throws {
         try trainer.saveCheckpoint()
-        try sendStops()
+        let joined = core.alive
         throw LockstepError("interrupted after step \(trainer.step): checkpoint written to \(trainer.checkpointPath)",
-                            hint: "continue with the same command plus --resume")
+                            hint: "continue with the same command plus --resume"
+                                + (joined > 0 ? " (same --bind): the \(joined) worker(s) that joined keep reconnecting and rejoin it by themselves" : ""))
     }
 
     /// Tells every worker to stop (also on a fatal error).

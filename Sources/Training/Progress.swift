@@ -17,7 +17,7 @@ public final class ProgressLine {
 
     public func update(step: Int, loss: Double, framesPerSecond: Double, extra: String = "") {
         let elapsed = Date().timeIntervalSince(started)
-        let eta = step > first ? elapsed / Double(step - first) * Double(total - step) : 0
+        let eta = ProgressLine.eta(step: step, first: first, total: total, elapsed: elapsed)
         let line = String(format: "step %d/%d  loss %.4f  %.0f frames/s  eta %.0fs", step, total, loss, framesPerSecond, eta) + extra
         if tty {
             FileHandle.standardError.write(Data(("\r\u{1B}[2K" + line).utf8))
@@ -29,6 +29,11 @@ public final class ProgressLine {
                 FileHandle.standardError.write(Data((line + "\n").utf8))
             }
         }
+    }
+
+    /// Seconds left: the steps still to do at the pace of the steps this process did.
+    public static func eta(step: Int, first: Int, total: Int, elapsed: Double) -> Double {
+        step > first ? elapsed / Double(step - first) * Double(total - step) : 0
     }
 
     public func finish() {

@@ -8,8 +8,9 @@ struct Grad: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "One forward/backward of a checkpoint on a whole data file, written as safetensors.",
         discussion: """
-        Writes `loss` (mean NLL over valid frames), `logprobs` [B, Lmax, C] in the file's sequence \
-        order (0 on padding), and `grad.<name>` for every parameter (the gradient of that mean). \
+        Writes `loss` (mean NLL over valid frames), `logprobs` [B, T, C] in the file's sequence \
+        order (0 on padding; T is the longest sequence, which may be less than the file's Lmax — \
+        `coord predict` writes the file's own width), and `grad.<name>` for every parameter (the gradient of that mean). \
         Reads Lockstep checkpoints and weights saved from PyTorch (shape inferred from the names). \
         The tool for comparing Lockstep with PyTorch tensor by tensor.
         """)

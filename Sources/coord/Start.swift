@@ -317,7 +317,9 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
     defer { server.close() }
     var children: [Process] = []
     defer {
-        // Spawned workers got `stop`; give them a moment, then end only those pids.
+        // Spawned workers got `stop` (an interrupted run sends none: end them now); give them a
+        // moment, then end only those pids.
+        if Interrupt.requested { for c in children where c.isRunning { kill(c.processIdentifier, SIGTERM) } }
         let deadline = Date().addingTimeInterval(3)
         while children.contains(where: \.isRunning) && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
         for c in children where c.isRunning { kill(c.processIdentifier, SIGKILL) }
@@ -371,7 +373,8 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
     do {
         try server.run(metrics: metrics, progress: ProgressLine(total: trainer.totalSteps, from: trainer.step))
     } catch {
-        server.stopWorkers()
+        // A fatal error ends the workers' run too; an interrupted one leaves them to rejoin on --resume.
+        if !Interrupt.requested { server.stopWorkers() }
         throw error
     }
     if server.rejected > 0 { log("[coord] rejected \(server.rejected) malformed message(s) during the run") }

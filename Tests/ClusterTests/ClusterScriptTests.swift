@@ -18,8 +18,9 @@ final class ClusterScriptTests: XCTestCase {
     }
 
     /// Runs `cluster/NAME ARGS…` to its end with LOCKSTEP_BIN pointing at the built binaries.
-    func script(_ name: String, _ args: [String], timeout: Double = 60) throws -> (status: Int32, output: String) {
+    func script(_ name: String, _ args: [String], timeout: Double = 60, in cwd: String? = nil) throws -> (status: Int32, output: String) {
         let p = Process()
+        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
         p.executableURL = URL(fileURLWithPath: "/bin/bash")
         p.arguments = [root + "/cluster/" + name] + args
         var env = ProcessInfo.processInfo.environment
@@ -50,6 +51,21 @@ final class ClusterScriptTests: XCTestCase {
               let close = stat.lastIndex(of: ")") else { return false }
         let state = stat[stat.index(close, offsetBy: 2)]
         return state != "Z" && state != "X"
+    }
+
+    /// A relative run directory and --data are the caller's, not the repository's.
+    func testUpReadsRelativePathsFromTheCallersDirectory() throws {
+        let here = h.dir + "/caller"
+        try FileManager.default.createDirectory(atPath: here + "/data", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: root + "/Tests/BiLSTMTests/Fixtures/bi2.data.npz", toPath: here + "/data/train.npz")
+        runs.append(here + "/rel")
+        let up = try script("up", ["1", "rel", "--data", "data/train.npz", "--steps", "400", "--batch-size", "2", "--shard-size", "1",
+                                   "--hidden", "4", "--layers", "1"], in: here)
+        XCTAssertEqual(up.status, 0, up.output)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: here + "/rel/coord.log"), up.output)
+        XCTAssertTrue(h.text(here + "/rel/coord.log").contains("data: data/train.npz"), h.text(here + "/rel/coord.log"))
+        XCTAssertTrue(up.output.contains("tail -f rel/coord.log") || up.output.contains("has ended"), up.output)
+        XCTAssertEqual(try script("down", ["rel"], in: here).status, 0)
     }
 
     func testUpReachesTheLocalBitsThroughADownAndAResumeAndDownStopsOnlyItsOwnPids() throws {

@@ -214,6 +214,26 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertTrue(clobber.contains("is the --data file itself"), clobber)
     }
 
+    /// Ctrl-C leaves the workers reconnecting: the resumed coordinator gets them back by itself.
+    func testAnInterruptedCoordinatorLeavesItsWorkersToRejoinTheResumedOne() throws {
+        let ref = try h.reference(steps: 24)
+        let args = ["start", "--checkpoint-dir", h.dir + "/int"] + ProcessHarness.options(steps: 24)
+        let c = try h.start("coord", args + ["--bind", "tcp://127.0.0.1:0"], name: "int")
+        let ep = try XCTUnwrap(h.endpoint("int"))
+        let w = try h.start("worker", ["join", ep, "--debug-delay", "0.05"], name: "w")
+        XCTAssertTrue(h.until(60) { self.h.metricsLines(self.h.dir + "/int").count >= 6 })
+        kill(c.processIdentifier, SIGINT)
+        XCTAssertEqual(h.wait(c, timeout: 30), 1)
+        let said = h.text(h.log("int"))
+        XCTAssertTrue(said.contains("the 1 worker(s) that joined keep reconnecting and rejoin it by themselves"), said)
+        XCTAssertTrue(h.until(5) { self.h.text(self.h.log("w")).contains("reconnecting") }, h.text(h.log("w")))
+        XCTAssertTrue(w.isRunning, "the worker was not told to stop")
+        let again = try h.start("coord", args + ["--bind", ep, "--resume"], name: "int2")
+        XCTAssertEqual(h.wait(again, timeout: 120), 0, h.text(h.log("int2")))
+        XCTAssertEqual(h.hash("int2"), ref)
+        XCTAssertEqual(h.wait(w, timeout: 30), 0, "stopped by the resumed coordinator at the end")
+    }
+
     func testTheRunsConfigTomlReproducesItsHashAndResumeNamesEachDifference() throws {
         let (train, valid) = try files()
         try run("orig", ["start", "--local", "--data", train, "--valid-data", valid, "--steps", "9", "--lr-schedule", "step", "--lr-step-size", "4",
