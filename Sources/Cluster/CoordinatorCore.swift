@@ -1,4 +1,5 @@
 import Foundation
+import Training
 
 /// Timing of the failure detector, after the zguide's Paranoid Pirate: any message counts as
 /// a heartbeat; a peer silent for `liveness` is dead.
@@ -115,8 +116,18 @@ public struct CoordinatorCore {
 
     private func index(of p: Peer) -> Int? { workers.firstIndex { $0.peer == p } }
 
-    public mutating func beginStep(_ step: Int, shards cut: [[Int]], now: Double) -> [Directive] {
+    /// The current round is a validation: forward-only shards whose results carry counts.
+    public private(set) var evaluating = false
+    /// The weights the current round's work uses (a validation round's are a training step's).
+    public private(set) var roundWeightsStep: Int? = nil
+
+    /// Starts a round of shards: a training step, or (`evaluate`) a validation with the weights
+    /// of step `weightsStep` under its own round id `step`, so that no result of one round is
+    /// taken for the other's.
+    public mutating func beginStep(_ step: Int, shards cut: [[Int]], now: Double, evaluate: Bool = false, weightsStep: Int? = nil) -> [Directive] {
         self.step = step
+        evaluating = evaluate
+        roundWeightsStep = weightsStep ?? step
         shards = cut.map { Shard(sequenceIds: $0) }
         reissuedThisStep = 0
         for i in workers.indices { workers[i].assigned = []; workers[i].lastProgress = now }
@@ -185,6 +196,12 @@ public struct CoordinatorCore {
         }
         guard r.step == step, r.shard >= 0, r.shard < shards.count else {
             return [.log("stale result (step \(r.step), shard \(r.shard)) from \(name): dropped")] + assign(now: now)
+        }
+        let wellFormed = evaluating
+            ? r.counts.flatMap { EvalSums(classes: welcome.model.classes, lossSum: r.lossSum, frames: r.frames, counts: $0) } != nil
+            : r.counts == nil
+        guard wellFormed else {
+            return [.log("malformed \(evaluating ? "validation" : "training") result for shard \(r.shard) from \(name): dropped")] + assign(now: now)
         }
         shards[r.shard].holders.removeAll { $0 == workers[w].peer }
         if let first = shards[r.shard].result {
@@ -272,8 +289,9 @@ public struct CoordinatorCore {
                 }
                 if workers[w].assigned.isEmpty { workers[w].lastProgress = now }
                 workers[w].assigned.append(s)
-                let withWeights = workers[w].weightsStep != step
-                workers[w].weightsStep = step
+                let weights = roundWeightsStep ?? step
+                let withWeights = workers[w].weightsStep != weights
+                workers[w].weightsStep = weights
                 let fresh = shards[s].sequenceIds.filter { !workers[w].sentSequences.contains($0) }
                 workers[w].sentSequences.formUnion(fresh)
                 out.append(.sendWork(workers[w].peer, step: step, shard: s, withWeights: withWeights, newSequences: fresh))

@@ -173,28 +173,26 @@ public final class CoordinatorServer {
     }
 
     /// Trains to the end. Throws a `LockstepError` when the run must stop (the last checkpoint stays intact).
+    ///
+    /// A validation (`--valid-data`) is a round of its own: its forward-only shards go to the
+    /// workers like a step's, under the round id `validationRound + step` with the weights of
+    /// the step just done, and their counts are added in the fixed tree; the next step starts
+    /// once it is recorded (its result may stop the run or lower the rate).
     public func run(metrics: MetricsLog, progress: ProgressLine?) throws {
         let t = trainer
         log("listening on \(endpoint); waiting for \(core.minWorkers) worker(s)")
         var stepStarted = monotonicSeconds()
-        try beginStep(now: stepStarted)
-        // A validation runs here between polls, a few shards at a time, so workers keep hearing
-        // from the coordinator; it ends before the next step's update (which its result may change).
-        var validation: ValidationInProgress? = nil
         var validText = ""
-        func finishValidation() throws {
-            guard var v = validation else { return }
-            v.compute(t, with: validator, seconds: .infinity)
-            validText = try t.finishValidation(v.sums, metrics: metrics, log: log).text
-            validation = nil
-            if v.checkpointAfter && !t.done { try t.saveCheckpoint() }
+        var checkpointAfterValidation = false
+        if t.validationPending {
+            shared?.publishWeights(step: t.step, t.params)
+            try execute(core.beginStep(CoordinatorServer.validationRound + t.step, shards: t.validationShardIds, now: stepStarted,
+                                       evaluate: true, weightsStep: t.step))
+        } else if !t.done {
+            try beginStep(now: stepStarted)
         }
-        while !t.done {
-            if Interrupt.requested { try finishValidation(); try interrupted(); return }
-            if validation != nil {
-                validation!.compute(t, with: validator, seconds: 0.02)
-                if validation!.finished { try finishValidation() }
-            }
+        while !t.done || core.evaluating {
+            if Interrupt.requested { try interrupted(); return }
             let ready = ZMQSocket.poll([socket] + [zap?.socket].compactMap { $0 }, timeout: 0.05)
             if zap != nil && ready[1] { zap!.serve() }
             logHandshakeFailures()
@@ -207,78 +205,74 @@ public final class CoordinatorServer {
                 }
             }
             try execute(core.onTick(now: monotonicSeconds()))
-            if stepDone {
-                try finishValidation()
-                if t.done { break }  // stopped early: this step's results are not applied
-                stepDone = false
-                let coordStart = monotonicSeconds()
-                let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
-                let reissued = core.reissuedThisStep, shardSeconds = core.results.map(\.computeSeconds)
-                let sentDuringStep = bytesSent
-                bytesSent = 0
-                // A step's time runs from just before its work goes out, so it holds every shard's compute.
-                let nextStarted = monotonicSeconds()
-                // The next step's work goes out before the optimizer runs: workers reading the weights
-                // from shared memory wait for them there, and start the moment they are published.
-                let next = t.step + 1
-                var afterStep: [Directive] = []
-                if next < t.totalSteps {
-                    var now: [Directive] = []
-                    for d in core.beginStep(next, shards: t.shards(forStep: next), now: nextStarted) {
-                        if needsNewWeights(d) { afterStep.append(d) } else { now.append(d) }
-                    }
-                    try execute(now)
-                }
-                var report = try t.apply(parts: parts, seconds: nextStarted - stepStarted)
-                report.workersAlive = core.alive
-                report.reissued = reissued
-                report.setShardSeconds(shardSeconds)
-                if !t.done {
-                    shared?.publishWeights(step: t.step, t.params)
-                    try execute(afterStep)
-                }
-                report.coordinatorSeconds = monotonicSeconds() - coordStart
-                report.seconds = nextStarted - stepStarted
-                report.bytesSent = sentDuringStep + bytesSent
-                report.bytesReceived = bytesReceived
-                bytesSent = 0
-                bytesReceived = 0
-                stepStarted = nextStarted
-                try metrics.write(report)
-                progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
-                                 extra: "  workers \(core.alive)" + validText)
-                validText = ""
-                let checkpointDue = t.run.checkpointEvery > 0 && t.step % t.run.checkpointEvery == 0 && !t.done
-                if t.validationDue {
-                    validation = ValidationInProgress(shards: t.validationShards.count, checkpointAfter: checkpointDue)
-                } else if checkpointDue {
-                    try t.saveCheckpoint()
-                }
-                // Received gradients go back to the allocator only now, once the next step's work is out.
-                withExtendedLifetime(parts) {}
+            guard stepDone else { continue }
+            stepDone = false
+            if core.evaluating {
+                let parts = core.results.map { EvalSums(classes: t.model.classes, lossSum: $0.lossSum, frames: $0.frames, counts: $0.counts!)! }
+                validText = try t.finishValidation(parts, metrics: metrics, log: log).text
+                if checkpointAfterValidation && !t.done { try t.saveCheckpoint() }
+                checkpointAfterValidation = false
+                if t.done { break }
+                stepStarted = monotonicSeconds()
+                try execute(core.beginStep(t.step, shards: t.shards(forStep: t.step), now: stepStarted))
+                continue
             }
+            let coordStart = monotonicSeconds()
+            let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
+            let reissued = core.reissuedThisStep, shardSeconds = core.results.map(\.computeSeconds)
+            let sentDuringStep = bytesSent
+            bytesSent = 0
+            // A step's time runs from just before its work goes out, so it holds every shard's compute.
+            let nextStarted = monotonicSeconds()
+            // The next step's work goes out before the optimizer runs: workers reading the weights
+            // from shared memory wait for them there, and start the moment they are published.
+            // Not when a validation comes first: it needs the new weights.
+            let next = t.step + 1
+            let validateNext = t.validationDue(after: next)
+            var afterStep: [Directive] = []
+            if next < t.totalSteps && !validateNext {
+                var now: [Directive] = []
+                for d in core.beginStep(next, shards: t.shards(forStep: next), now: nextStarted) {
+                    if needsNewWeights(d) { afterStep.append(d) } else { now.append(d) }
+                }
+                try execute(now)
+            }
+            var report = try t.apply(parts: parts, seconds: nextStarted - stepStarted)
+            report.workersAlive = core.alive
+            report.reissued = reissued
+            report.setShardSeconds(shardSeconds)
+            if !t.done || validateNext {
+                shared?.publishWeights(step: t.step, t.params)
+                try execute(afterStep)
+            }
+            report.coordinatorSeconds = monotonicSeconds() - coordStart
+            report.seconds = nextStarted - stepStarted
+            report.bytesSent = sentDuringStep + bytesSent
+            report.bytesReceived = bytesReceived
+            bytesSent = 0
+            bytesReceived = 0
+            stepStarted = nextStarted
+            try metrics.write(report)
+            progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
+                             extra: "  workers \(core.alive)" + validText)
+            validText = ""
+            let checkpointDue = t.run.checkpointEvery > 0 && t.step % t.run.checkpointEvery == 0 && !t.done
+            if validateNext {
+                checkpointAfterValidation = checkpointDue
+                try execute(core.beginStep(CoordinatorServer.validationRound + t.step, shards: t.validationShardIds, now: monotonicSeconds(),
+                                           evaluate: true, weightsStep: t.step))
+            } else if checkpointDue {
+                try t.saveCheckpoint()
+            }
+            // Received gradients go back to the allocator only now, once the next step's work is out.
+            withExtendedLifetime(parts) {}
         }
-        try finishValidation()
         try t.saveCheckpoint()
         try sendStops()
     }
 
-    /// The validation after a step, computed on the coordinator a slice at a time.
-    struct ValidationInProgress {
-        var sums: [EvalSums] = []
-        let shards: Int
-        let checkpointAfter: Bool
-        init(shards: Int, checkpointAfter: Bool) { self.shards = shards; self.checkpointAfter = checkpointAfter }
-        var finished: Bool { sums.count == shards }
-
-        mutating func compute(_ t: Trainer, with engine: Engine, seconds: Double) {
-            let until = monotonicSeconds() + seconds
-            while !finished && monotonicSeconds() < until {
-                sums.append(engine.evaluate(params: t.params, examples: t.validationShard(sums.count)).sums)
-            }
-        }
-    }
-    private lazy var validator = Engine(trainer.model)
+    /// Validation rounds are numbered from here (plus the step they follow), apart from steps.
+    public static let validationRound = 1 << 40
 
     /// Releases at once the workers whose connections closed.
     func releaseClosedConnections() throws {
@@ -404,7 +398,8 @@ public final class CoordinatorServer {
                 send([peer.id] + m.encode())
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
                 let ids = core.shards[shard].sequenceIds
-                let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: fresh.map { trainer.data.examples[$0] })
+                let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: fresh.map { trainer.example(id: $0) },
+                                evaluate: core.evaluating, weightsStep: core.roundWeightsStep)
                 let local = sendsSharedWeights(to: peer)
                 let carriage: Message.WeightsCarriage = !withWeights ? .none : local ? .shared : .frame
                 let (header, sequences) = Message.encodeWork(work, weights: carriage)

@@ -22,7 +22,9 @@ public enum Message: Equatable {
     /// 2: results carry the worker's compute seconds; hello carries the worker's incarnation.
     /// 3: weights and gradients may travel in shared memory (hello's `sharedMemory`, welcome's
     /// mapping and shard count, work's carriage 2, result's shared gradient).
-    /// 4: hello's fingerprint is a `NumericsIdentity`; refuse carries the coordinator's.
+    /// 4: hello's fingerprint is a `NumericsIdentity`; refuse carries the coordinator's; work
+    /// may be a validation shard (forward only, the weights of another step), and its result
+    /// carries counts (gradient carriage 2).
     public static let protocolVersion: UInt16 = 4
     public static let magic: [UInt8] = Array("LKST".utf8)
 
@@ -83,15 +85,23 @@ public struct Work: Equatable {
     public var weightsShared: Bool
     /// Sequences this worker has not been sent before (it caches them by id).
     public var sequences: [Example]
+    /// Forward only, no dropout (a validation shard): the result carries counts, not a gradient.
+    public var evaluate: Bool
+    /// The step whose weights to use: `step` for training; a validation round (its own `step`
+    /// id) uses the weights of the step it follows.
+    public var weightsStep: Int
 
-    public init(step: Int, shard: Int, sequenceIds: [Int], weights: FloatBuffer?, weightsShared: Bool = false, sequences: [Example]) {
+    public init(step: Int, shard: Int, sequenceIds: [Int], weights: FloatBuffer?, weightsShared: Bool = false, sequences: [Example],
+                evaluate: Bool = false, weightsStep: Int? = nil) {
         self.step = step; self.shard = shard; self.sequenceIds = sequenceIds; self.weights = weights
         self.weightsShared = weightsShared; self.sequences = sequences
+        self.evaluate = evaluate; self.weightsStep = weightsStep ?? step
     }
 
     public static func == (a: Work, b: Work) -> Bool {
         a.step == b.step && a.shard == b.shard && a.sequenceIds == b.sequenceIds && a.sequences == b.sequences
             && a.weights?.array == b.weights?.array && a.weightsShared == b.weightsShared
+            && a.evaluate == b.evaluate && a.weightsStep == b.weightsStep
     }
 }
 
@@ -106,11 +116,13 @@ public struct ShardResult: Equatable {
     /// The gradient is in the worker's shared memory (slot `shard` of this mapping), not a frame;
     /// `grad` stays empty until the coordinator maps it.
     public var sharedGradient: SharedGradient?
+    /// A validation shard's counts instead of a gradient (`EvalSums.counts`).
+    public var counts: [Int]?
 
     public init(step: Int, shard: Int, lossSum: Double, frames: Int, grad: FloatBuffer, computeSeconds: Double = 0,
-                sharedGradient: SharedGradient? = nil) {
+                sharedGradient: SharedGradient? = nil, counts: [Int]? = nil) {
         self.step = step; self.shard = shard; self.lossSum = lossSum; self.frames = frames; self.grad = grad
-        self.computeSeconds = computeSeconds; self.sharedGradient = sharedGradient
+        self.computeSeconds = computeSeconds; self.sharedGradient = sharedGradient; self.counts = counts
     }
 
     public static func == (a: ShardResult, b: ShardResult) -> Bool {
@@ -121,7 +133,7 @@ public struct ShardResult: Equatable {
     /// Bit-for-bit equality of what a duplicate computation must reproduce.
     public func sameBits(as o: ShardResult) -> Bool {
         lossSum.bitPattern == o.lossSum.bitPattern && frames == o.frames && grad.count == o.grad.count
-            && memcmp(grad.ptr, o.grad.ptr, grad.count * 4) == 0
+            && memcmp(grad.ptr, o.grad.ptr, grad.count * 4) == 0 && counts == o.counts
     }
 }
 
@@ -251,8 +263,10 @@ extension Message {
             return [header] + (work.weights.map { [$0.byteArray] } ?? []) + [sequences]
         case .result(let r):
             w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames); w.f64(r.computeSeconds)
-            w.u8(r.sharedGradient == nil ? 0 : 1)
-            if let g = r.sharedGradient { w.string(g.path); w.u64(g.token) } else { frames.append(r.grad.byteArray) }
+            w.u8(r.counts != nil ? 2 : r.sharedGradient == nil ? 0 : 1)
+            if let counts = r.counts {
+                frames.append(counts.withUnsafeBytes { Array($0) })
+            } else if let g = r.sharedGradient { w.string(g.path); w.u64(g.token) } else { frames.append(r.grad.byteArray) }
         case .heartbeat, .stop, .reset:
             break
         }
@@ -275,6 +289,7 @@ extension Message {
         w.u32(UInt32(work.sequenceIds.count))
         for id in work.sequenceIds { w.int(id) }
         w.u8(weights.rawValue)
+        w.u8(work.evaluate ? 1 : 0); w.int(work.weightsStep)
         var s = ByteWriter()
         s.bytes.reserveCapacity(4 + work.sequences.reduce(0) { $0 + 16 + 4 * ($1.x.count + $1.length) })
         s.u32(UInt32(work.sequences.count))
@@ -347,6 +362,9 @@ extension Message {
             let ids = try (0..<n).map { _ in try r.int() }
             let code = try r.u8()
             guard let carriage = WeightsCarriage(rawValue: code) else { throw WireError("work with weights carriage \(code)") }
+            let evaluateCode = try r.u8()
+            guard evaluateCode <= 1 else { throw WireError("work with evaluate flag \(evaluateCode)") }
+            let weightsStep = try r.int()
             let hasWeights = carriage == .frame
             try expectFrames(hasWeights ? 3 : 2)
             let weights = hasWeights ? try floats(frames[1], what: "weights") : nil
@@ -365,13 +383,26 @@ extension Message {
                 seqs.append(Example(id: id, x: x, y: y))
             }
             guard s.done else { throw WireError("trailing bytes after the sequences") }
-            msg = .work(Work(step: step, shard: shard, sequenceIds: ids, weights: weights, weightsShared: carriage == .shared, sequences: seqs))
+            msg = .work(Work(step: step, shard: shard, sequenceIds: ids, weights: weights, weightsShared: carriage == .shared, sequences: seqs,
+                             evaluate: evaluateCode == 1, weightsStep: weightsStep))
         case 5:
             let step = try r.int(), shard = try r.int(max: 1 << 20), loss = try r.f64(), count = try r.int(max: 1 << 40)
             let seconds = try r.f64()
             guard seconds.isFinite, (0...1e6).contains(seconds) else { throw WireError("result with compute time \(seconds) s") }
             let code = try r.u8()
-            guard code <= 1 else { throw WireError("result with gradient carriage \(code)") }
+            guard code <= 2 else { throw WireError("result with gradient carriage \(code)") }
+            if code == 2 {
+                try expectFrames(2)
+                let b = frames[1].bytes
+                // correct, then (cell, frames) pairs: at most one pair per counted frame.
+                guard b.count % 8 == 0, b.count / 8 % 2 == 1, b.count / 8 <= 1 + 2 * min(count, 1 << 24) else {
+                    throw WireError("validation counts frame of \(b.count) bytes for \(count) frames")
+                }
+                let counts = b.withUnsafeBytes { Array($0.bindMemory(to: Int.self)) }
+                msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count, grad: FloatBuffer(count: 0),
+                                          computeSeconds: seconds, counts: counts))
+                break
+            }
             let shared = code == 1 ? SharedGradient(path: try r.string(max: limits.maxStringBytes), token: try r.u64()) : nil
             try expectFrames(shared == nil ? 2 : 1)
             msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count,

@@ -218,7 +218,7 @@ public final class WorkerClient {
                 while done.receive() != nil {}
                 lock.lock(); let out = finished; finished = []; lock.unlock()
                 for r in out {
-                    if r.sharedGradient != nil {
+                    if r.sharedGradient != nil || r.counts != nil {
                         send(.result(r))
                         continue
                     }
@@ -333,19 +333,21 @@ public final class WorkerClient {
             return 2
         case .work(let work):
             guard let computers else { send(.hello(hello)); return nil }
-            if let w = work.weights { weights = w; weightsStep = work.step }
+            // A validation round uses the weights of the step it follows (`weightsStep`).
+            let ws = work.weightsStep
+            if let w = work.weights { weights = w; weightsStep = ws }
             // A new step's work arrives while the coordinator's optimizer runs, so before its
             // weights: the compute thread waits for their stamp in shared memory.
             var pendingWeights: SharedSlots? = nil
             if work.weightsShared {
                 if let shared {
-                    let stamp = shared.weightsStamp(step: work.step)
-                    if stamp > work.step {
-                        log("work for step \(work.step) is stale (shared memory holds step \(stamp)): dropped")
+                    let stamp = shared.weightsStamp(step: ws)
+                    if stamp > ws {
+                        log("work for step \(ws) is stale (shared memory holds step \(stamp)): dropped")
                         return nil
                     }
-                    weights = shared.weightsView(step: work.step); weightsStep = work.step
-                    if stamp < work.step { pendingWeights = shared }
+                    weights = shared.weightsView(step: ws); weightsStep = ws
+                    if stamp < ws { pendingWeights = shared }
                 } else {
                     log("work names shared weights but this worker has no mapping: taking the weights over the socket from now on")
                     sharedFailed = true
@@ -354,7 +356,7 @@ public final class WorkerClient {
             }
             for e in work.sequences { cache[e.id] = e }
             let examples = work.sequenceIds.compactMap { cache[$0] }
-            guard let params = weights, weightsStep == work.step, examples.count == work.sequenceIds.count else {
+            guard let params = weights, weightsStep == ws, examples.count == work.sequenceIds.count else {
                 log("work for step \(work.step) does not match what this worker holds: saying hello again")
                 weightsStep = nil
                 send(.hello(hello))
@@ -363,7 +365,7 @@ public final class WorkerClient {
             let delay = options.delayPerShard
             let endpoint = doneEndpoint
             // A local worker computes straight into its shared slot for this shard index.
-            let slots = gradients.flatMap { work.shard < $0.slots && $0.floats == params.count ? $0 : nil }
+            let slots = work.evaluate ? nil : gradients.flatMap { work.shard < $0.slots && $0.floats == params.count ? $0 : nil }
             let weightsComing = pendingWeights, weightsSource = shared
             let spin = options.barrierSpin
             lock.withLock { queuedShards += 1 }
@@ -371,30 +373,36 @@ public final class WorkerClient {
                 lock.withLock { queuedShards -= 1 }
                 if let weightsComing {
                     let waitStarted = monotonicSeconds()
-                    let seen = weightsComing.awaitWeights(step: work.step, timeout: Timing.weightsWaitMaximum, spin: spin)
+                    let seen = weightsComing.awaitWeights(step: ws, timeout: Timing.weightsWaitMaximum, spin: spin)
                     guard seen == .ready else {
                         log("shard \(work.shard) of step \(work.step) dropped: waiting for its weights in shared memory, \(seen)")
                         return
                     }
                     lock.withLock { waitedForWeights += 1; weightsWaitSeconds += monotonicSeconds() - waitStarted }
                 }
-                let grad = slots?.view(work.shard) ?? FloatBuffer(uninitializedCount: params.count)
+                let grad = slots?.view(work.shard) ?? FloatBuffer(uninitializedCount: work.evaluate ? 0 : params.count)
                 var started = 0.0
+                var counts: [Int]? = nil
                 let r = computers.with { computer in
                     lock.withLock { running += 1; peakRunning = max(peakRunning, running) }
                     defer { lock.withLock { running -= 1 } }
                     if delay > 0 { Thread.sleep(forTimeInterval: delay) }
                     started = monotonicSeconds()
+                    if work.evaluate {
+                        let sums = computer.engine.evaluate(params: params, examples: examples).sums
+                        counts = sums.counts
+                        return BatchResult(lossSum: sums.lossSum, frames: sums.frames)
+                    }
                     return computer.compute(params: params, examples: examples, step: work.step, into: grad)
                 }
-                if let poison = options.poisonGradient { grad.fill(poison) }
+                if let poison = options.poisonGradient, !work.evaluate { grad.fill(poison) }
                 slots?.setStamp(work.shard, work.step)
                 let seconds = monotonicSeconds() - started
                 lock.lock()
                 computed += 1
                 finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames,
                                             grad: slots == nil ? grad : FloatBuffer(count: 0), computeSeconds: seconds,
-                                            sharedGradient: slots.map { SharedGradient(path: $0.path, token: $0.token) }))
+                                            sharedGradient: slots.map { SharedGradient(path: $0.path, token: $0.token) }, counts: counts))
                 lock.unlock()
                 if notifier == nil {
                     notifier = try? ZMQSocket(context, .pair)
@@ -404,7 +412,7 @@ public final class WorkerClient {
                 // Keep this core busy until the next step's weights or more work arrive: a core
                 // left idle at the barrier computes the next shard slower (Timing.barrierSpin).
                 if spin > 0, let weightsSource {
-                    let spun = weightsSource.spin(untilWeightsOf: work.step + 1, for: spin) { lock.withLock { queuedShards == 0 } }
+                    let spun = weightsSource.spin(untilWeightsOf: work.evaluate ? ws : ws + 1, for: spin) { lock.withLock { queuedShards == 0 } }
                     lock.withLock { spunSeconds += spun }
                 }
             }

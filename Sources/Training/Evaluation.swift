@@ -12,13 +12,11 @@ public struct EvalSums: Equatable, Sendable {
     public var lossSum: Double = 0
     public var frames = 0
     public var correct = 0
-    /// `[C, C]`: row = true class, column = predicted class.
-    public var confusion: [Int]
+    /// Non-zero cells of the confusion matrix, `true · C + predicted` → frames (sparse: a model
+    /// may have 65,536 classes).
+    public var confusion: [Int: Int] = [:]
 
-    public init(classes: Int) {
-        self.classes = classes
-        confusion = [Int](repeating: 0, count: classes * classes)
-    }
+    public init(classes: Int) { self.classes = classes }
 
     /// Shards' sums in shard order: the loss through `TreeSum`, the counts exactly.
     public static func combine(_ parts: [EvalSums], classes: Int) -> EvalSums {
@@ -27,7 +25,7 @@ public struct EvalSums: Equatable, Sendable {
         for p in parts {
             s.frames += p.frames
             s.correct += p.correct
-            for i in 0..<s.confusion.count { s.confusion[i] += p.confusion[i] }
+            s.confusion.merge(p.confusion, uniquingKeysWith: +)
         }
         return s
     }
@@ -35,14 +33,54 @@ public struct EvalSums: Equatable, Sendable {
     /// Mean NLL per frame.
     public var loss: Double { frames > 0 ? lossSum / Double(frames) : .nan }
     public var accuracy: Double { frames > 0 ? Double(correct) / Double(frames) : .nan }
-    public func truth(_ c: Int) -> Int { (0..<classes).reduce(0) { $0 + confusion[c * classes + $1] } }
-    public func predicted(_ c: Int) -> Int { (0..<classes).reduce(0) { $0 + confusion[$1 * classes + c] } }
-    /// nil where the class never occurs (recall) or is never predicted (precision).
-    public func recall(_ c: Int) -> Double? { truth(c) > 0 ? Double(confusion[c * classes + c]) / Double(truth(c)) : nil }
-    public func precision(_ c: Int) -> Double? { predicted(c) > 0 ? Double(confusion[c * classes + c]) / Double(predicted(c)) : nil }
-    public func f1(_ c: Int) -> Double? {
-        guard let p = precision(c), let r = recall(c) else { return nil }
-        return p + r > 0 ? 2 * p * r / (p + r) : 0
+    public func cell(true t: Int, predicted p: Int) -> Int { confusion[t * classes + p] ?? 0 }
+
+    /// Per class: frames of that class, frames predicted as it, and frames both.
+    public struct PerClass: Sendable {
+        public var truth: [Int], predicted: [Int], hits: [Int]
+        /// nil where the class never occurs (recall) or is never predicted (precision).
+        public func recall(_ c: Int) -> Double? { truth[c] > 0 ? Double(hits[c]) / Double(truth[c]) : nil }
+        public func precision(_ c: Int) -> Double? { predicted[c] > 0 ? Double(hits[c]) / Double(predicted[c]) : nil }
+        public func f1(_ c: Int) -> Double? {
+            guard let p = precision(c), let r = recall(c) else { return nil }
+            return p + r > 0 ? 2 * p * r / (p + r) : 0
+        }
+    }
+
+    public var perClass: PerClass {
+        var c = PerClass(truth: .init(repeating: 0, count: classes), predicted: .init(repeating: 0, count: classes),
+                         hits: .init(repeating: 0, count: classes))
+        for (k, n) in confusion {
+            let (t, p) = k.quotientAndRemainder(dividingBy: classes)
+            c.truth[t] += n
+            c.predicted[p] += n
+            if t == p { c.hits[t] += n }
+        }
+        return c
+    }
+
+    /// `[correct, then (cell, frames) pairs by cell]`: the counts as a worker sends them.
+    public var counts: [Int] {
+        [correct] + confusion.keys.sorted().flatMap { [$0, confusion[$0]!] }
+    }
+
+    /// Reads `counts`; nil when they are not well formed for `classes`.
+    public init?(classes: Int, lossSum: Double, frames: Int, counts: [Int]) {
+        guard counts.count % 2 == 1, let correct = counts.first, correct >= 0, correct <= frames else { return nil }
+        self.classes = classes
+        self.lossSum = lossSum
+        self.frames = frames
+        self.correct = correct
+        var total = 0, diagonal = 0, last = -1
+        for i in stride(from: 1, to: counts.count, by: 2) {
+            let cell = counts[i], n = counts[i + 1]
+            guard cell > last, cell < classes * classes, n > 0, n <= frames else { return nil }
+            last = cell
+            confusion[cell] = n
+            total += n
+            if cell % classes == cell / classes { diagonal += n }
+        }
+        guard total == frames, diagonal == correct else { return nil }
     }
 }
 
@@ -95,7 +133,7 @@ extension Engine {
                 if keepLogprobs { for k in 0..<C { logprobs![e][t * C + k] = p[k] } }
                 let y = Int(batch.y[row])
                 if y >= 0 {
-                    sums.confusion[y * C + best] += 1
+                    sums.confusion[y * C + best, default: 0] += 1
                     if y == best { sums.correct += 1 }
                 }
             }

@@ -210,6 +210,9 @@ public final class Trainer {
     /// The validation set (`--valid-data`), its forward-only shards, and what validations found.
     public let validation: Dataset?
     public let validationShards: [[Int]]
+    /// The validation sequences with ids after the training set's (`data.examples.count + i`),
+    /// so a worker's cache keeps both.
+    public let validationExamples: [Example]
     public private(set) var tracking: ValidationTracking
 
     public init(run: RunConfig, data: Dataset, resumeFrom checkpoint: Checkpoint? = nil, initWeights: Checkpoint? = nil,
@@ -218,6 +221,8 @@ public final class Trainer {
         self.data = data
         self.validation = validation
         validationShards = validation.map { EvalPlan.shards(lengths: $0.examples.map(\.length), batchSize: run.batchSize, shardSize: run.shardSize) } ?? []
+        let n = data.examples.count
+        validationExamples = (validation?.examples ?? []).enumerated().map { Example(id: n + $0.offset, x: $0.element.x, y: $0.element.y) }
         tracking = ValidationTracking(lr: Double(run.optimizer.lr))
         model = run.model(for: data)
         let modelProblems = model.problems()
@@ -277,18 +282,33 @@ public final class Trainer {
     }
 
     /// Whether the step just applied is followed by a validation.
-    public var validationDue: Bool {
-        guard validation != nil, step > 0 else { return false }
-        if step >= totalSteps { return true }
-        return run.validEvery > 0 ? step % run.validEvery == 0 : step % schedule.batchesPerEpoch == 0
+    public var validationDue: Bool { validationDue(after: step) }
+
+    /// A validation is due after the step done last and not recorded yet (a resumed run).
+    public var validationPending: Bool { validationDue && tracking.lastValidated != step }
+
+    /// Whether a validation follows once `s` steps are done.
+    public func validationDue(after s: Int) -> Bool {
+        guard validation != nil, s > 0 else { return false }
+        if s >= totalSteps { return true }
+        return run.validEvery > 0 ? s % run.validEvery == 0 : s % schedule.batchesPerEpoch == 0
     }
 
     /// The validation shards' sequences.
-    public func validationShard(_ k: Int) -> [Example] { validationShards[k].map { validation!.examples[$0] } }
+    public func validationShard(_ k: Int) -> [Example] { validationShards[k].map { validationExamples[$0] } }
+
+    /// The validation shards as sequence ids (those of `validationExamples`).
+    public var validationShardIds: [[Int]] { validationShards.map { $0.map { validationExamples[$0].id } } }
+
+    /// A training or validation sequence by id.
+    public func example(id: Int) -> Example {
+        id < data.examples.count ? data.examples[id] : validationExamples[id - data.examples.count]
+    }
 
     /// Takes the sums of a validation after this step: best weights, patience, plateau rate.
     /// Returns the metrics line's fields and a short text for the progress line.
     public func recordValidation(_ sums: EvalSums) throws -> ValidationReport {
+        tracking.lastValidated = step
         let value = run.select == .loss ? sums.loss : sums.accuracy
         let improved = tracking.bestStep == nil || (run.select == .loss ? value < tracking.best : value > tracking.best)
         if improved {
@@ -434,12 +454,15 @@ public struct ValidationTracking: Equatable, Sendable {
     public var bad = 0
     public var stopped: String? = nil
     public var plateau: PlateauState
+    /// The step of the last validation recorded (0: none): a checkpoint written between a step
+    /// and its validation (an interrupt) resumes with that validation.
+    public var lastValidated = 0
 
     init(lr: Double) { plateau = PlateauState(lr: lr) }
 
     var metadata: [String: String] {
         var m = ["valid_bad": "\(bad)", "plateau_lr": "\(plateau.lr.bitPattern)", "plateau_best": "\(plateau.best.bitPattern)",
-                 "plateau_bad": "\(plateau.bad)"]
+                 "plateau_bad": "\(plateau.bad)", "valid_last_step": "\(lastValidated)"]
         if let bestStep { m["valid_best"] = "\(best.bitPattern)"; m["valid_best_step"] = "\(bestStep)" }
         if let stopped { m["stopped"] = stopped }
         return m
@@ -458,6 +481,7 @@ public struct ValidationTracking: Equatable, Sendable {
         plateau.lr = try bits("plateau_lr") ?? lr
         plateau.best = try bits("plateau_best") ?? .infinity
         plateau.bad = Int(m["plateau_bad"] ?? "0") ?? 0
+        lastValidated = Int(m["valid_last_step"] ?? "0") ?? 0
     }
 }
 
@@ -472,12 +496,16 @@ public struct ValidationReport: Sendable {
     public var stopped: String?
     public var lrReduced: Float?
     public var select: SelectBy
+    /// Per-class recall goes in the metrics up to this many classes.
+    public static let recallClasses = 1024
 
     public var json: String {
         func num(_ v: Double) -> String { v.isFinite ? "\(v)" : "null" }
-        let recall = (0..<sums.classes).map { sums.recall($0).map { "\($0)" } ?? "null" }.joined(separator: ",")
+        let per = sums.classes <= ValidationReport.recallClasses ? sums.perClass : nil
+        let recall = per == nil ? "" : (0..<sums.classes).map { per!.recall($0).map { "\($0)" } ?? "null" }.joined(separator: ",")
         var s = "{\"step\":\(step),\"epoch\":\(epoch),\"valid_loss\":\(num(sums.loss)),\"valid_accuracy\":\(num(sums.accuracy)),"
-            + "\"valid_frames\":\(sums.frames),\"valid_correct\":\(sums.correct),\"valid_recall\":[\(recall)],"
+            + "\"valid_frames\":\(sums.frames),\"valid_correct\":\(sums.correct),"
+            + (sums.classes <= ValidationReport.recallClasses ? "\"valid_recall\":[\(recall)]," : "")
             + "\"valid_best_\(select.rawValue)\":\(num(best)),\"valid_best_step\":\(bestStep),\"valid_improved\":\(improved)"
         if let lrReduced { s += ",\"lr_reduced_to\":\(lrReduced)" }
         if let stopped { s += ",\"stopped\":\"\(stopped)\"" }

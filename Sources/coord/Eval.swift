@@ -80,26 +80,37 @@ enum EvalReport {
         func pct(_ v: Double?) -> String { v.map { String(format: "%6.2f%%", 100 * $0) } ?? "     -" }
         var out = String(format: "frames    %d\nloss      %.6f (mean NLL per frame)\naccuracy  %.4f%% (%d of %d frames)\n\n",
                          s.frames, s.loss, 100 * s.accuracy, s.correct, s.frames)
+        let per = s.perClass
         out += "class  precision   recall       F1   support\n"
-        for c in 0..<s.classes {
-            out += String(format: "%5d  %@  %@  %@  %8d\n", c, pct(s.precision(c)), pct(s.recall(c)), pct(s.f1(c)), s.truth(c))
+        for c in 0..<s.classes where per.truth[c] > 0 || per.predicted[c] > 0 || s.classes <= 64 {
+            out += String(format: "%5d  %@  %@  %@  %8d\n", c, pct(per.precision(c)), pct(per.recall(c)), pct(per.f1(c)), per.truth[c])
+        }
+        guard s.classes <= EvalReport.widestMatrix else {
+            return out + "\nconfusion matrix: \(s.confusion.count) non-zero cells of \(s.classes)×\(s.classes); --json lists them\n"
         }
         out += "\nconfusion (rows: true class, columns: predicted)\n"
-        let width = max(5, String(s.confusion.max() ?? 0).count + 1)
+        let width = max(5, String(s.confusion.values.max() ?? 0).count + 1)
         func cell(_ v: String) -> String { String(repeating: " ", count: max(0, width - v.count)) + v }
         out += "     " + (0..<s.classes).map { cell(String($0)) }.joined() + "\n"
         for t in 0..<s.classes {
-            out += cell(String(t)) + (0..<s.classes).map { cell(String(s.confusion[t * s.classes + $0])) }.joined() + "\n"
+            out += cell(String(t)) + (0..<s.classes).map { cell(String(s.cell(true: t, predicted: $0))) }.joined() + "\n"
         }
         return out
     }
 
+    /// Classes up to which the confusion matrix is printed whole (and given dense in --json).
+    static let widestMatrix = 32
+
     static func json(_ s: EvalSums, checkpoint: String, data: String) -> String {
         func num(_ v: Double?) -> Any { v.map { $0 as Any } ?? NSNull() }
+        let per = s.perClass
         let perClass: [[String: Any]] = (0..<s.classes).map {
-            ["class": $0, "precision": num(s.precision($0)), "recall": num(s.recall($0)), "f1": num(s.f1($0)), "support": s.truth($0)]
+            ["class": $0, "precision": num(per.precision($0)), "recall": num(per.recall($0)), "f1": num(per.f1($0)), "support": per.truth[$0]]
         }
-        let confusion = (0..<s.classes).map { t in Array(s.confusion[(t * s.classes)..<((t + 1) * s.classes)]) }
+        // Dense rows for a readable matrix; [true, predicted, frames] triples beyond that.
+        let confusion: Any = s.classes <= 256
+            ? (0..<s.classes).map { t in (0..<s.classes).map { s.cell(true: t, predicted: $0) } }
+            : s.confusion.keys.sorted().map { [$0 / s.classes, $0 % s.classes, s.confusion[$0]!] }
         let object: [String: Any] = ["checkpoint": checkpoint, "data": data, "frames": s.frames, "loss": s.loss,
                                      "accuracy": s.accuracy, "correct": s.correct, "per_class": perClass, "confusion": confusion]
         let d = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])

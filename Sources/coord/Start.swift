@@ -280,6 +280,11 @@ func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
     let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
     let progress = ProgressLine(total: trainer.totalSteps, from: trainer.step)
     let validator = trainer.validation.map { _ in ShardComputerPool(model: trainer.model, seed: 0, count: threads) }
+    func validate() throws -> String {
+        let parts = validator!.evaluateAll(params: trainer.params, shards: trainer.validationShards.indices.map(trainer.validationShard))
+        return try trainer.finishValidation(parts, metrics: metrics, log: log).text
+    }
+    if trainer.validationPending { _ = try validate() }
     while !trainer.done {
         if Interrupt.requested {
             try trainer.saveCheckpoint()
@@ -293,11 +298,7 @@ func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
         var report = try trainer.apply(parts: done.map { ($0.grad, $0.result) }, seconds: Date().timeIntervalSince(started))
         report.setShardSeconds(done.map(\.seconds))
         try metrics.write(report)
-        var valid = ""
-        if trainer.validationDue {
-            let parts = validator!.evaluateAll(params: trainer.params, shards: trainer.validationShards.indices.map(trainer.validationShard))
-            valid = try trainer.finishValidation(parts, metrics: metrics, log: log).text
-        }
+        let valid = trainer.validationDue ? try validate() : ""
         progress.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9), extra: valid)
         if trainer.run.checkpointEvery > 0 && trainer.step % trainer.run.checkpointEvery == 0 && !trainer.done {
             try trainer.saveCheckpoint()

@@ -1,5 +1,6 @@
 import BiLSTM
 @testable import Cluster
+import Training
 import Numerics
 import XCTest
 
@@ -79,6 +80,42 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertNotNil(CPUFeatures.cannotRun("Haswell", flags: ["sse2", "avx"]))
         XCTAssertNotNil(CPUFeatures.cannotRun("NeoverseN1", flags: epyc), "an ARM64 kernel cannot be pinned on x86-64")
         XCTAssertTrue(CPUFeatures.kernelNeeds.keys.contains(BLAS.coreName), "this machine's kernel \(BLAS.coreName) is in the table")
+    }
+
+    /// A validation round has its own id, reuses the weights of the step it follows, and takes
+    /// only well-formed counts: a gradient, bad counts or a result of another round are dropped.
+    func testAValidationRoundReusesTheStepsWeightsAndTakesOnlyCounts() {
+        var k = core(max: 8)
+        _ = k.onMessage(hello(), from: a, now: 0)
+        XCTAssertEqual(works(k.beginStep(3, shards: [[0]], now: 0)).map(\.2), [true])
+        _ = k.onMessage(result(3, 0), from: a, now: 0.1)
+        let round = (1 << 40) + 4
+        let w = works(k.beginStep(4, shards: [[1]], now: 0.2))
+        XCTAssertEqual(w.map(\.2), [true], "step 4 is new weights")
+        _ = k.onMessage(result(4, 0), from: a, now: 0.3)
+        let v = works(k.beginStep(round, shards: [[7], [8]], now: 0.4, evaluate: true, weightsStep: 4))
+        XCTAssertEqual(v.map(\.2), [false], "the validation of step 4 uses the weights a already has")
+        XCTAssertTrue(k.evaluating)
+        // A gradient where counts belong, counts that do not add up, and a training step's result: dropped.
+        XCTAssertTrue(k.onMessage(result(round, 0), from: a, now: 0.5).contains { if case .log(let s) = $0 { s.contains("malformed validation result") } else { false } })
+        let bad = ShardResult(step: round, shard: 0, lossSum: 1, frames: 3, grad: FloatBuffer(count: 0), counts: [1, 0, 2])
+        _ = k.onMessage(.result(bad), from: a, now: 0.6)
+        _ = k.onMessage(result(4, 0), from: a, now: 0.6)
+        XCTAssertFalse(k.complete)
+        let good = { (shard: Int) in ShardResult(step: round, shard: shard, lossSum: 1, frames: 3, grad: FloatBuffer(count: 0), counts: [3, 0, 1, 3, 2]) }
+        _ = k.onMessage(.result(good(0)), from: a, now: 0.7)
+        let out = k.onMessage(.result(good(1)), from: a, now: 0.8)
+        XCTAssertTrue(out.contains(.stepComplete))
+        XCTAssertEqual(k.results.map(\.counts!), [[3, 0, 1, 3, 2], [3, 0, 1, 3, 2]])
+        let sums = EvalSums(classes: 2, lossSum: 1, frames: 3, counts: [3, 0, 1, 3, 2])!
+        XCTAssertEqual(sums.counts, [3, 0, 1, 3, 2])
+        XCTAssertEqual(sums.perClass.truth, [1, 2])
+        XCTAssertEqual(sums.perClass.recall(0), 1)
+        XCTAssertNil(EvalSums(classes: 2, lossSum: 1, frames: 3, counts: [2, 0, 1, 3, 2]), "correct must be the diagonal")
+        XCTAssertNil(EvalSums(classes: 2, lossSum: 1, frames: 3, counts: [1, 4, 3]), "cell 4 is outside a 2×2 matrix")
+        // Back to training: step 4's round has the weights the validation used.
+        XCTAssertEqual(works(k.beginStep(4, shards: [[1]], now: 1)).map(\.2), [false])
+        XCTAssertFalse(k.evaluating)
     }
 
     func testAWorkerThatCanReadSharedMemoryIsMarkedSoItsWeightsSkipTheSocket() {

@@ -58,6 +58,11 @@ final class WorkflowProcessTests: XCTestCase {
             try run("spawn\(n)", withValid + ["--spawn", "\(n)", "--checkpoint-dir", h.dir + "/spawn\(n)"])
             XCTAssertEqual(validLines(h.dir + "/spawn\(n)"), reference, "\(n) workers: the valid_* lines, byte for byte")
             XCTAssertEqual(h.hash("spawn\(n)"), h.hash("plain"))
+            if n == 1 {
+                // The validation ran on the worker: 18 steps × 4 shards, and 5 validations × 10 shards (40 sequences in 16+16+8).
+                let said = h.text(h.dir + "/spawn1/worker-0.log")
+                XCTAssertTrue(said.contains("exiting after 122 shard(s)"), said)
+            }
             let best = try Checkpoint.load(path: h.dir + "/spawn\(n)/best.safetensors"), ref = try Checkpoint.load(path: h.dir + "/local/best.safetensors")
             XCTAssertEqual(best.params.sha256, ref.params.sha256, "best.safetensors: the same weights")
             XCTAssertEqual(best.step, ref.step)
@@ -102,6 +107,14 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertTrue(resumed.contains("early stop at step \(stop)"), resumed)
         XCTAssertEqual(h.hash("rest"), h.hash("straight"))
         XCTAssertEqual(validLines(h.dir + "/split"), lines)
+        // Two workers: the same stop, the same bits.
+        var cluster = args
+        cluster[1] = "--spawn"
+        cluster.insert("2", at: 2)
+        let two = try run("two", cluster + ["--steps", "80", "--checkpoint-dir", h.dir + "/two"])
+        XCTAssertTrue(two.contains("early stop at step \(stop)"), two)
+        XCTAssertEqual(h.hash("two"), h.hash("straight"))
+        XCTAssertEqual(validLines(h.dir + "/two"), lines)
     }
 
     func testASchedulesRatesAreInTheMetricsAndPlateauNeedsValidation() throws {
