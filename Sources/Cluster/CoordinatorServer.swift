@@ -210,6 +210,7 @@ public final class CoordinatorServer {
             if core.evaluating {
                 let parts = core.results.map { EvalSums(classes: t.model.classes, lossSum: $0.lossSum, frames: $0.frames, counts: $0.counts!)! }
                 validText = try t.finishValidation(parts, metrics: metrics, log: log).text
+                log("validation after step \(t.step):" + validText.dropFirst(7))
                 if checkpointAfterValidation && !t.done { try t.saveCheckpoint() }
                 checkpointAfterValidation = false
                 if t.done { break }

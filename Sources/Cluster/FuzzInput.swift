@@ -50,6 +50,10 @@ public enum FuzzInput {
             ("result", Message.result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]))).encode()),
             ("result-shared", Message.result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0),
                                                          sharedGradient: SharedGradient(path: "/proc/1/fd/4", token: 6))).encode()),
+            ("work-validation", Message.work(Work(step: (1 << 40) + 4, shard: 0, sequenceIds: [9], weights: nil, weightsShared: true,
+                                                  sequences: [], evaluate: true, weightsStep: 4)).encode()),
+            ("result-validation", Message.result(ShardResult(step: (1 << 40) + 4, shard: 0, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0),
+                                                             counts: [2, 0, 2, 4, 1])).encode()),
             ("heartbeat", Message.heartbeat.encode()), ("stop", Message.stop.encode()), ("reset", Message.reset.encode()),
         ]
     }

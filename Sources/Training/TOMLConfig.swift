@@ -176,8 +176,7 @@ extension RunConfig {
                      "#   coord start --config THIS_FILE --checkpoint-dir NEW_DIR"]
         if let data { lines.append("data = \(q(abs(data)))") }
         if let classes { lines.append("classes = \(classes)") }
-        if let steps { lines.append("steps = \(steps)") }
-        if let epochs { lines.append("epochs = \(epochs)") }
+        if let epochs { lines.append("epochs = \(epochs)") } else { lines.append("steps = \(steps ?? RunConfig.defaultSteps)") }
         lines += ["batch-size = \(batchSize)", "shard-size = \(shardSize)", "hidden = \(hidden)", "layers = \(layers)",
                   "arch = \(q(arch.rawValue))", "unidirectional = \(!bidirectional)", "dropout = \(dropout)",
                   "optimizer = \(q(optimizer.kind.rawValue))", "lr = \(optimizer.lr)", "momentum = \(optimizer.momentum)",

@@ -179,6 +179,13 @@ public struct StepReport: Sendable {
     /// The learning rate this step used.
     public var lr: Float = 0
 
+    /// The step's TensorBoard scalars (the same numbers as its metrics line).
+    public var scalars: [(String, Double)] {
+        [("train/loss", loss), ("train/grad_norm", Double(gradNorm)), ("train/clipped", clipped ? 1 : 0), ("lr", Double(lr)),
+         ("frames_per_s", Double(Int(seconds > 0 ? Double(frames) / seconds : 0))), ("workers", Double(workersAlive)),
+         ("shards_reissued", Double(reissued)), ("coordinator_ms", 1000 * coordinatorSeconds)]
+    }
+
     public var json: String {
         let fps = seconds > 0 ? Double(frames) / seconds : 0
         let loss = self.loss.isFinite ? "\(self.loss)" : "null"
@@ -341,6 +348,9 @@ public final class Trainer {
         return report
     }
 
+    /// What the weights' bits depend on beyond the config and data, as printed under a hash.
+    public static var numerics: String { "\(BLAS.libraryVersion) \(BLAS.coreName) kernel, one BLAS thread per shard" }
+
     public var bestPath: String { (run.checkpointDir as NSString).appendingPathComponent("best.safetensors") }
 
     /// Dataset indices of each shard of the batch for `step` (0-based).
@@ -415,6 +425,7 @@ public final class Trainer {
         var meta = ["config_hash": run.hash, "config_identity": run.identity, "data_hash": data.hash,
                     "data_source": data.source, "config": configJSON, "total_steps": String(totalSteps)]
         if let v = validation { meta["valid_data_hash"] = v.hash; meta["valid_data_source"] = v.source }
+        meta["numerics"] = Trainer.numerics
         meta.merge(tracking.metadata) { $1 }
         try Checkpoint.save(path: path, layout: layout, params: params, optimizer: optimizer, step: step, metadata: meta)
     }
@@ -523,6 +534,8 @@ public struct ValidationReport: Sendable {
 public final class MetricsLog {
     private let fd: Int32
     public let path: String
+    /// The same figures as TensorBoard scalars (`tb/`).
+    public let tensorBoard: TensorBoardLog
 
     public init(directory: String, resumeStep: Int?) throws {
         path = (directory as NSString).appendingPathComponent("metrics.jsonl")
@@ -540,6 +553,7 @@ public final class MetricsLog {
             throw LockstepError("cannot write \(path): \(String(cString: strerror(errno)))",
                                 hint: "check that --checkpoint-dir is writable and has free space")
         }
+        tensorBoard = try TensorBoardLog(runDirectory: directory, resumeStep: resumeStep)
         try append(keep)
     }
 
@@ -547,10 +561,12 @@ public final class MetricsLog {
 
     public func write(_ report: StepReport) throws {
         try append(report.json + "\n")
+        try tensorBoard.write(step: report.step, scalars: report.scalars)
     }
 
     public func write(_ report: ValidationReport) throws {
         try append(report.json + "\n")
+        try tensorBoard.write(step: report.step, scalars: [("valid/loss", report.sums.loss), ("valid/accuracy", report.sums.accuracy)])
     }
 
     private func append(_ text: String) throws {

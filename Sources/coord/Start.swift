@@ -394,7 +394,7 @@ func report(_ trainer: Trainer, heldOut: Dataset?) {
     print("checkpoint: \(trainer.checkpointPath)")
     print("final weights sha256: \(trainer.weightsHash)")
     // A reader on another CPU can tell whether their hash should match.
-    print("numerics: \(BLAS.libraryVersion) \(BLAS.coreName) kernel, one BLAS thread per shard")
+    print("numerics: \(Trainer.numerics)")
 }
 
 func log(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
