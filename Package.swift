@@ -16,6 +16,9 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // `coord start --metrics-port`: the Prometheus text format, and a small HTTP server for it.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
         // C libraries from Debian.
@@ -37,6 +40,8 @@ let package = Package(
         .executableTarget(name: "coord", dependencies: [
             "Cluster", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "FlyingFox", package: "FlyingFox"),
         ], swiftSettings: fast),
         .executableTarget(name: "worker", dependencies: [
             "Cluster", "Numerics", "Training",

@@ -40,7 +40,8 @@ public enum TOMLConfig {
 
     /// The keys `coord start` takes beyond the training options.
     public static let startKeys: Set<String> = ["local", "resume", "fresh", "bind", "spawn", "min-workers", "max-workers",
-                                         "curve-keys", "allow", "insecure", "wait", "threads"]
+                                         "curve-keys", "allow", "insecure", "wait", "threads",
+                                         "metrics-port", "metrics-host"]
 
     public static func apply(path: String, to c: inout RunConfig) throws {
         var other = Other(path: path)

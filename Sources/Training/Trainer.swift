@@ -536,6 +536,9 @@ public final class MetricsLog {
     public let path: String
     /// The same figures as TensorBoard scalars (`tb/`).
     public let tensorBoard: TensorBoardLog
+    /// Told of every step and validation once they are written (the Prometheus endpoint).
+    public var onStep: ((StepReport) -> Void)?
+    public var onValidation: ((ValidationReport) -> Void)?
 
     public init(directory: String, resumeStep: Int?) throws {
         path = (directory as NSString).appendingPathComponent("metrics.jsonl")
@@ -562,11 +565,13 @@ public final class MetricsLog {
     public func write(_ report: StepReport) throws {
         try append(report.json + "\n")
         try tensorBoard.write(step: report.step, scalars: report.scalars)
+        onStep?(report)
     }
 
     public func write(_ report: ValidationReport) throws {
         try append(report.json + "\n")
         try tensorBoard.write(step: report.step, scalars: [("valid/loss", report.sums.loss), ("valid/accuracy", report.sums.accuracy)])
+        onValidation?(report)
     }
 
     private func append(_ text: String) throws {

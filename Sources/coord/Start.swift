@@ -39,6 +39,10 @@ struct Start: ParsableCommand {
     var insecure = false
     @Option(help: "Shards computed at once: in this process with --local, in each spawned worker with --spawn. Each runs single-threaded BLAS on a shard of its own, so the result's bits do not depend on it (default 1).")
     var threads: Int?
+    @Option(help: "Serve the run's figures in the Prometheus text format at http://--metrics-host:PORT/metrics while it trains (step, loss, learning rate, frames/s, workers alive, shards re-issued, step-time histogram, coordinator time, bytes in and out, validation figures); 0 picks a free port, logged at start.")
+    var metricsPort: Int?
+    @Option(help: "Address the metrics endpoint listens on (default 127.0.0.1). It has no authentication: another address needs --insecure.")
+    var metricsHost: String?
     @Option(help: "With --resume: how many seconds to wait for a previous coordinator of this run (a preempted job still writing its checkpoint) to release the run directory and the port (default 60). Without --resume a run directory in use is refused at once.")
     var wait: Double?
 
@@ -52,6 +56,8 @@ struct Start: ParsableCommand {
         var curveKeys: String? = nil, allow: String? = nil
         var wait = 60.0
         var threads = 1
+        var metricsPort: Int? = nil
+        var metricsHost = "127.0.0.1"
     }
 
     func resolve() throws -> (RunConfig, Settings) {
@@ -69,6 +75,8 @@ struct Start: ParsableCommand {
         s.allow = try allow ?? file.string("allow")
         s.wait = try wait ?? file.double("wait") ?? 60
         s.threads = try threads ?? file.int("threads") ?? 1
+        s.metricsPort = try metricsPort ?? file.int("metrics-port")
+        s.metricsHost = try metricsHost ?? file.string("metrics-host") ?? "127.0.0.1"
         return (run, s)
     }
 
@@ -79,6 +87,15 @@ struct Start: ParsableCommand {
         if s.resume && c.initFrom != nil { p.append("--init starts a new run from weights; --resume continues this one from its checkpoint: give one") }
         if !(s.wait >= 0 && s.wait <= 86_400) { p.append("--wait must be in 0...86400 seconds (got \(s.wait))") }
         if !(1...256).contains(s.threads) { p.append("--threads must be in 1...256 (got \(s.threads))") }
+        if let port = s.metricsPort, !(0...65535).contains(port) { p.append("--metrics-port must be in 0...65535 (got \(port))") }
+        if s.metricsPort != nil {
+            let parts = s.metricsHost.split(separator: ".")
+            if parts.count != 4 || parts.contains(where: { UInt8($0) == nil }) {
+                p.append("--metrics-host must be an IPv4 address, e.g. 127.0.0.1 (got \(s.metricsHost))")
+            } else if !s.metricsHost.hasPrefix("127.") && !s.insecure {
+                p.append("--metrics-host \(s.metricsHost) serves the run's metrics beyond this machine without authentication. HINT: keep 127.0.0.1 (and scrape through an SSH tunnel), or pass --insecure on a network you trust")
+            }
+        }
         if s.threads > 1 && !s.local && s.spawn == 0 {
             p.append("--threads is for --local or --spawn; a worker that joins sets its own (worker join --threads)")
         }
@@ -135,6 +152,10 @@ struct Start: ParsableCommand {
             defer { withExtendedLifetime(lock) {} }
             let (trainer, heldOut) = try prepare(config, resume: s.resume, fresh: s.fresh)
             try writeRunConfig(trainer.run)
+            if let port = s.metricsPort {
+                metricsEndpoint = try MetricsEndpoint(host: s.metricsHost, port: UInt16(port), totalSteps: trainer.totalSteps)
+                log("metrics: http://\(s.metricsHost):\(metricsEndpoint!.port)/metrics (Prometheus text format)")
+            }
             if !s.local {
                 let wire = WireLimits.problems(run: config, data: trainer.data, model: trainer.model)
                 if !wire.isEmpty {
@@ -268,6 +289,19 @@ func adopt(_ ck: Checkpoint, from path: String, into original: RunConfig) throws
     return c
 }
 
+/// The Prometheus endpoint of this run (`--metrics-port`), if any.
+nonisolated(unsafe) var metricsEndpoint: MetricsEndpoint?
+
+/// The run's metrics log (`metrics.jsonl`, `tb/`), feeding the metrics endpoint when there is one.
+func openMetrics(_ trainer: Trainer) throws -> MetricsLog {
+    let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
+    if let endpoint = metricsEndpoint {
+        metrics.onStep = { endpoint.observe($0) }
+        metrics.onValidation = { endpoint.observe($0) }
+    }
+    return metrics
+}
+
 /// `config.toml` in the run directory: the resolved options, so the run can be repeated from it.
 func writeRunConfig(_ run: RunConfig) throws {
     try FileManager.default.createDirectory(atPath: run.checkpointDir, withIntermediateDirectories: true)
@@ -277,7 +311,7 @@ func writeRunConfig(_ run: RunConfig) throws {
 func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
     BLAS.setThreads(1)
     let pool = ShardComputerPool(model: trainer.model, seed: trainer.run.seed, count: threads)
-    let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
+    let metrics = try openMetrics(trainer)
     let progress = ProgressLine(total: trainer.totalSteps, from: trainer.step)
     let validator = trainer.validation.map { _ in ShardComputerPool(model: trainer.model, seed: 0, count: threads) }
     func validate() throws -> String {
@@ -370,7 +404,7 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
             log("[coord] spawned worker \(i) (pid \(p.processIdentifier)) on \(endpoint), log \(logPath)")
         }
     }
-    let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
+    let metrics = try openMetrics(trainer)
     do {
         try server.run(metrics: metrics, progress: ProgressLine(total: trainer.totalSteps, from: trainer.step))
     } catch {

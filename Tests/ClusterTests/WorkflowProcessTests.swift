@@ -247,6 +247,44 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertEqual(h.wait(w, timeout: 30), 0, "stopped by the resumed coordinator at the end")
     }
 
+    /// `--metrics-port`: scraped during a real cluster run, it shows the step the metrics log has.
+    func testThePrometheusEndpointServesTheRunsFiguresWhileItTrains() throws {
+        let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--metrics-port", "0", "--checkpoint-dir", h.dir + "/prom"]
+                                + ProcessHarness.options(steps: 40), name: "prom")
+        let ep = try XCTUnwrap(h.endpoint("prom"))
+        _ = try h.start("worker", ["join", ep, "--debug-delay", "0.05"], name: "w")
+        var url = ""
+        XCTAssertTrue(h.until(30) {
+            url = self.h.text(self.h.log("prom")).components(separatedBy: "metrics: http://").dropFirst().first?.prefix { $0 != " " }.description ?? ""
+            return !url.isEmpty
+        })
+        let port = try XCTUnwrap(url.split(separator: ":").last?.split(separator: "/").first.map(String.init))
+        XCTAssertTrue(h.until(60) { self.h.metricsLines(self.h.dir + "/prom").count >= 4 })
+        let fd = h.rawConnect("tcp://127.0.0.1:\(port)")
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        let request = Array("GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
+        _ = request.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+        var response = [UInt8](), buffer = [UInt8](repeating: 0, count: 65536)
+        while case let n = buffer.withUnsafeMutableBytes({ Foundation.read(fd, $0.baseAddress, $0.count) }), n > 0 { response += buffer[0..<n] }
+        close(fd)
+        let text = String(decoding: response, as: UTF8.self)
+        XCTAssertTrue(text.hasPrefix("HTTP/1.1 200"), text)
+        func value(_ name: String) -> Double? {
+            text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        }
+        let step = try XCTUnwrap(value("lockstep_step"), text)
+        XCTAssertGreaterThanOrEqual(step, 4)
+        XCTAssertEqual(value("lockstep_total_steps"), 40)
+        XCTAssertEqual(value("lockstep_workers_alive"), 1)
+        XCTAssertNotNil(value("lockstep_step_seconds_count"))
+        let line = try XCTUnwrap(h.metricsLines(h.dir + "/prom").first { $0.hasPrefix("{\"step\":\(Int(step)),") })
+        let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        XCTAssertEqual(value("lockstep_loss"), o["loss"] as? Double, "the loss of the step it reports")
+        XCTAssertEqual(h.wait(c, timeout: 120), 0, h.text(h.log("prom")))
+        let exposed = try run("prom-open", ["start", "--local", "--metrics-port", "0", "--metrics-host", "0.0.0.0", "--checkpoint-dir", h.dir + "/open"], expect: 64)
+        XCTAssertTrue(exposed.contains("without authentication"), exposed)
+    }
+
     func testTheRunsConfigTomlReproducesItsHashAndResumeNamesEachDifference() throws {
         let (train, valid) = try files()
         try run("orig", ["start", "--local", "--data", train, "--valid-data", valid, "--steps", "9", "--lr-schedule", "step", "--lr-step-size", "4",
