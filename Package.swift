@@ -25,11 +25,12 @@ let package = Package(
         .systemLibrary(name: "CZMQ", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // Linux futexes (a header of inline wrappers; no library).
         .systemLibrary(name: "CFutex"),
 
         // Pure math: flat buffers, GEMM, deterministic transcendental functions, Philox, hashing.
-        .target(name: "Numerics", dependencies: ["COpenBLAS"], swiftSettings: fast),
+        .target(name: "Numerics", dependencies: ["COpenBLAS", "CCrypto"], swiftSettings: fast),
         // The model: config, parameter layout, packed forward/backward, loss, init.
         .target(name: "BiLSTM", dependencies: ["Numerics"], swiftSettings: fast),
         // Data, batching, optimizers, clipping, checkpoints, the local trainer.

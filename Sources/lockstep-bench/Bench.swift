@@ -22,8 +22,19 @@ struct Bench: ParsableCommand {
     @Option(help: "Dropout between layers.") var dropout: Float = 0.3
     @Option(help: "Timed training steps (after 2 warm-up steps).") var steps = 20
     @Option(help: "OpenBLAS threads.") var threads = 1
+    @Option(help: "Instead of training: hash this many MiB with SHA-256 (checkpoints, data, shards) and print MB/s.") var hashMib: Int?
 
     func run() throws {
+        if let mib = hashMib {
+            let bytes = [UInt8](repeating: 0x5a, count: mib << 20)
+            _ = SHA256.hex(bytes[0..<(1 << 20)])  // warm up
+            let t0 = Date()
+            let digest = bytes.withUnsafeBytes { SHA256.hex($0) }
+            let seconds = Date().timeIntervalSince(t0)
+            print(String(format: "{\"sha256_mb_per_s\":%.0f,\"mib\":%d,\"seconds\":%.3f,\"digest\":\"%@\"}",
+                         Double(bytes.count) / 1e6 / seconds, mib, seconds, digest))
+            return
+        }
         BLAS.setThreads(threads)
         var run = RunConfig()
         run.synthetic = SyntheticTask(sequences: batchSize * (steps + 2), inputSize: inputSize, classes: classes,
