@@ -91,6 +91,9 @@ final class ClusterScriptTests: XCTestCase {
         XCTAssertEqual(status.status, 0)
         for pid in pids { XCTAssertTrue(status.output.contains("\(pid) "), status.output) }
         XCTAssertTrue(status.output.contains("coord start") && status.output.contains("worker join"), status.output)
+        // A readable summary, not a JSON line: step/total, loss, workers, ETA.
+        XCTAssertNotNil(status.output.range(of: #"step \d+/60  loss \d\.\d{4}  \d+ frames/s  workers 2"#, options: .regularExpression), status.output)
+        XCTAssertFalse(status.output.contains("{\"step\""), status.output)
 
         // The decoy's pid with another start time stands for a pid number the kernel gave to a
         // new process after one of ours exited.
