@@ -188,12 +188,44 @@ public struct StepReport: Sendable {
 
     public var json: String {
         let fps = seconds > 0 ? Double(frames) / seconds : 0
-        let loss = self.loss.isFinite ? "\(self.loss)" : "null"
-        let gradNorm = self.gradNorm.isFinite ? "\(self.gradNorm)" : "null"
-        return "{\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(loss),\"frames\":\(frames),\"frames_per_s\":\(Int(fps)),"
-            + "\"grad_norm\":\(gradNorm),\"clipped\":\(clipped),\"workers_alive\":\(workersAlive),\"shards_reissued\":\(reissued),"
-            + "\"shards\":\(shards),\"max_shard_frames\":\(maxShardFrames),\"seconds\":\(seconds),\"coordinator_seconds\":\(coordinatorSeconds),\"bytes_sent\":\(bytesSent),\"bytes_received\":\(bytesReceived),"
-            + "\"shard_seconds_max\":\(shardSecondsMax),\"shard_seconds_mean\":\(shardSecondsMean),\"skipped\":\(skipped != nil),\"lr\":\(lr)}"
+        return MetricsJSON.line([
+            "step": .int(step), "epoch": .int(epoch), "loss": .double(loss), "frames": .int(frames), "frames_per_s": .int(Int(fps)),
+            "grad_norm": .float(gradNorm), "clipped": .bool(clipped), "workers_alive": .int(workersAlive), "shards_reissued": .int(reissued),
+            "shards": .int(shards), "max_shard_frames": .int(maxShardFrames), "seconds": .double(seconds),
+            "coordinator_seconds": .double(coordinatorSeconds), "bytes_sent": .int(bytesSent), "bytes_received": .int(bytesReceived),
+            "shard_seconds_max": .double(shardSecondsMax), "shard_seconds_mean": .double(shardSecondsMean),
+            "skipped": .bool(skipped != nil), "lr": .float(lr),
+        ])
+    }
+}
+
+/// One line of `metrics.jsonl`, written by `JSONEncoder` (keys sorted, so a line's bytes are a
+/// function of its values; non-finite numbers are `null`).
+public enum MetricsJSON: Encodable {
+    case int(Int), double(Double), float(Float), bool(Bool), string(String), array([MetricsJSON]), null
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .int(let v): try c.encode(v)
+        case .double(let v): if v.isFinite { try c.encode(v) } else { try c.encodeNil() }
+        case .float(let v): if v.isFinite { try c.encode(v) } else { try c.encodeNil() }
+        case .bool(let v): try c.encode(v)
+        case .string(let v): try c.encode(v)
+        case .array(let v): try c.encode(v)
+        case .null: try c.encodeNil()
+        }
+    }
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }()
+
+    public static func line(_ fields: [String: MetricsJSON]) -> String {
+        // Every value is finite or null and every key a string: encoding cannot fail.
+        String(decoding: try! encoder.encode(fields), as: UTF8.self)
     }
 }
 
@@ -511,16 +543,18 @@ public struct ValidationReport: Sendable {
     public static let recallClasses = 1024
 
     public var json: String {
-        func num(_ v: Double) -> String { v.isFinite ? "\(v)" : "null" }
-        let per = sums.classes <= ValidationReport.recallClasses ? sums.perClass : nil
-        let recall = per == nil ? "" : (0..<sums.classes).map { per!.recall($0).map { "\($0)" } ?? "null" }.joined(separator: ",")
-        var s = "{\"step\":\(step),\"epoch\":\(epoch),\"valid_loss\":\(num(sums.loss)),\"valid_accuracy\":\(num(sums.accuracy)),"
-            + "\"valid_frames\":\(sums.frames),\"valid_correct\":\(sums.correct),"
-            + (sums.classes <= ValidationReport.recallClasses ? "\"valid_recall\":[\(recall)]," : "")
-            + "\"valid_best_\(select.rawValue)\":\(num(best)),\"valid_best_step\":\(bestStep),\"valid_improved\":\(improved)"
-        if let lrReduced { s += ",\"lr_reduced_to\":\(lrReduced)" }
-        if let stopped { s += ",\"stopped\":\"\(stopped)\"" }
-        return s + "}"
+        var fields: [String: MetricsJSON] = [
+            "step": .int(step), "epoch": .int(epoch), "valid_loss": .double(sums.loss), "valid_accuracy": .double(sums.accuracy),
+            "valid_frames": .int(sums.frames), "valid_correct": .int(sums.correct),
+            "valid_best_\(select.rawValue)": .double(best), "valid_best_step": .int(bestStep), "valid_improved": .bool(improved),
+        ]
+        if sums.classes <= ValidationReport.recallClasses {
+            let per = sums.perClass
+            fields["valid_recall"] = .array((0..<sums.classes).map { per.recall($0).map(MetricsJSON.double) ?? .null })
+        }
+        if let lrReduced { fields["lr_reduced_to"] = .float(lrReduced) }
+        if let stopped { fields["stopped"] = .string(stopped) }
+        return MetricsJSON.line(fields)
     }
 
     public var text: String {

@@ -55,7 +55,7 @@ final class RunDirectoryProcessTests: XCTestCase {
 
         let dir = h.dir + "/full"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        guard mount("tmpfs", dir, "tmpfs", 0, "size=40k") == 0 else { throw XCTSkip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)") }
+        guard mount("tmpfs", dir, "tmpfs", 0, "size=80k") == 0 else { throw XCTSkip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)") }
         defer { _ = umount2(dir, 2) }
         let full = try coord("full", ["--local", "--checkpoint-dir", dir] + small, steps: 40)
         XCTAssertEqual(h.wait(full, timeout: 120), 1, "a clean error, not a crash: " + h.text(h.log("full")))

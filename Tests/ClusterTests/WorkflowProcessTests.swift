@@ -277,8 +277,8 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertEqual(value("lockstep_total_steps"), 40)
         XCTAssertEqual(value("lockstep_workers_alive"), 1)
         XCTAssertNotNil(value("lockstep_step_seconds_count"))
-        let line = try XCTUnwrap(h.metricsLines(h.dir + "/prom").first { $0.hasPrefix("{\"step\":\(Int(step)),") })
-        let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        let o = try XCTUnwrap(h.metricsLines(h.dir + "/prom").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .first { $0["step"] as? Int == Int(step) && $0["loss"] != nil })
         XCTAssertEqual(value("lockstep_loss"), o["loss"] as? Double, "the loss of the step it reports")
         XCTAssertEqual(h.wait(c, timeout: 120), 0, h.text(h.log("prom")))
         let exposed = try run("prom-open", ["start", "--local", "--metrics-port", "0", "--metrics-host", "0.0.0.0", "--checkpoint-dir", h.dir + "/open"], expect: 64)
