@@ -19,6 +19,8 @@ let package = Package(
         // `coord start --metrics-port`: the Prometheus text format, and a small HTTP server for it.
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
+        // Structured logs of coord and worker (--log-level, --log-format).
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // C libraries from Debian.
@@ -38,14 +40,16 @@ let package = Package(
         // Protocol codec, coordinator/worker state machines, and the ZeroMQ shell.
         .target(name: "Cluster", dependencies: ["Training", "BiLSTM", "Numerics", "CZMQ", "CFutex"], swiftSettings: fast),
 
+        // The log handler coord and worker share.
+        .target(name: "LockstepLog", dependencies: [.product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "coord", dependencies: [
-            "Cluster", "Training",
+            "Cluster", "Training", "LockstepLog",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "FlyingFox", package: "FlyingFox"),
         ], swiftSettings: fast),
         .executableTarget(name: "worker", dependencies: [
-            "Cluster", "Numerics", "Training",
+            "Cluster", "Numerics", "Training", "LockstepLog",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: fast),
         .executableTarget(name: "lockstep-bench", dependencies: [

@@ -200,6 +200,9 @@ public final class WorkerClient {
         if socket.send(m.encode(), dontWait: true) { lastSent = monotonicSeconds() }
     }
 
+    /// This process's random id, fixed for its life (hello's incarnation).
+    public var incarnation: UInt64 { helloBase.incarnation }
+
     /// Set with exit code 3: the coordinator's BLAS kernel, which this CPU can run; the caller
     /// re-executes the worker with it (`OPENBLAS_CORETYPE`), since OpenBLAS picks its kernel at load.
     public private(set) var pinKernel: String?

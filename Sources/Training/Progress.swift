@@ -2,6 +2,8 @@ import Foundation
 
 /// A live one-line progress display on a terminal; a plain line every ~5% otherwise.
 public final class ProgressLine {
+    /// Where progress goes instead of stderr (structured logs): every 5% and the last step.
+    nonisolated(unsafe) public static var sink: ((String) -> Void)?
     private let total: Int
     /// The step this process started from (a resumed run's): the ETA counts only steps done here.
     private let first: Int
@@ -12,7 +14,7 @@ public final class ProgressLine {
     public init(total: Int, from first: Int = 0) {
         self.total = total
         self.first = first
-        tty = isatty(STDERR_FILENO) != 0
+        tty = ProgressLine.sink == nil && isatty(STDERR_FILENO) != 0
     }
 
     public func update(step: Int, loss: Double, framesPerSecond: Double, extra: String = "") {
@@ -26,7 +28,7 @@ public final class ProgressLine {
             let bucket = step * 20 / max(total, 1)
             if bucket != lastPrinted || step == total {
                 lastPrinted = bucket
-                FileHandle.standardError.write(Data((line + "\n").utf8))
+                if let sink = ProgressLine.sink { sink(line) } else { FileHandle.standardError.write(Data((line + "\n").utf8)) }
             }
         }
     }

@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import LockstepLog
+import Logging
+import Training
 import Training
 
 @main
@@ -21,6 +24,27 @@ struct Coord: ParsableCommand {
 
 /// Prints a user-facing error and exits 1 (argument errors go through ArgumentParser: exit 64).
 func fail(_ error: Error) -> Never {
-    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    LockstepLog.error(error)
     Foundation.exit(1)
+}
+
+/// `--log-level` and `--log-format`, on every command that runs for long.
+struct LogOptions: ParsableArguments {
+    @Option(help: "Least level of the lines logged: trace, debug, info, notice, warning, error or critical (default info).")
+    var logLevel: String = "info"
+    @Option(help: "text (for people) or json (one object a line: ts, level, role, pid, step where known, message, hint on errors) (default text).")
+    var logFormat: String = "text"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of \(Logger.Level.names.joined(separator: ", ")) (got \(logLevel))")
+        }
+        guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json (got \(logFormat))") }
+    }
+
+    func setup(role: String) {
+        let format = LogFormat(rawValue: logFormat) ?? .text
+        LockstepLog.setup(role: role, level: Logger.Level(rawValue: logLevel) ?? .info, format: format)
+        if format == .json { ProgressLine.sink = { LockstepLog.logger.info("\($0)", metadata: ["event": "progress"]) } }
+    }
 }

@@ -48,6 +48,7 @@ struct Eval: ParsableCommand {
         """)
 
     @OptionGroup var inference: InferenceOptions
+    @OptionGroup var logging: LogOptions
     @Flag(help: "Print one JSON object (frames, loss, accuracy, per_class, confusion) instead of tables.")
     var json = false
 
@@ -58,6 +59,7 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         keepLargeAllocationsInTheHeap()
+        logging.setup(role: "eval")
         do {
             BLAS.setThreads(1)
             let o = inference
@@ -129,6 +131,7 @@ struct Predict: ParsableCommand {
         """)
 
     @OptionGroup var inference: InferenceOptions
+    @OptionGroup var logging: LogOptions
     @Option(help: "Output .npz (written atomically).")
     var out: String
     @Flag(help: "Also write logprobs float32 [N, Lmax, C] (N·Lmax·C·4 bytes).")
@@ -145,6 +148,7 @@ struct Predict: ParsableCommand {
 
     func run() throws {
         keepLargeAllocationsInTheHeap()
+        logging.setup(role: "predict")
         do {
             BLAS.setThreads(1)
             let o = inference

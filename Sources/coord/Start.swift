@@ -4,6 +4,7 @@ import BiLSTM
 import Cluster
 import Numerics
 import Training
+import LockstepLog
 
 struct Start: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,6 +18,7 @@ struct Start: ParsableCommand {
         """)
 
     @OptionGroup var training: TrainingOptions
+    @OptionGroup var logging: LogOptions
     @Flag(help: "Train in this process: no workers, no sockets. The reference result.")
     var local = false
     @Flag(help: "Continue from the checkpoint in --checkpoint-dir (to the same final bits).")
@@ -144,6 +146,7 @@ struct Start: ParsableCommand {
 
     func run() throws {
         keepLargeAllocationsInTheHeap()
+        logging.setup(role: "coord")
         do {
             let (config, s) = try resolve()
             Interrupt.install()
@@ -151,6 +154,8 @@ struct Start: ParsableCommand {
             let lock = try RunLock(directory: config.checkpointDir, wait: s.resume ? s.wait : 0, log: log)
             defer { withExtendedLifetime(lock) {} }
             let (trainer, heldOut) = try prepare(config, resume: s.resume, fresh: s.fresh)
+            nonisolated(unsafe) let progress = trainer
+            LockstepLog.context = { ["step": "\(progress.step)"] }
             try writeRunConfig(trainer.run)
             if let port = s.metricsPort {
                 metricsEndpoint = try MetricsEndpoint(host: s.metricsHost, port: UInt16(port), totalSteps: trainer.totalSteps)
@@ -348,7 +353,7 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
     let context = ZMQContext(ioThreads: 2)
     let server = try CoordinatorServer(trainer: trainer, context: context, bind: bind, minWorkers: minWorkers,
                                        maxWorkers: maxWorkers, curve: curve, authenticate: authenticate,
-                                       bindWait: bindWait, log: { log("[coord] " + $0) })
+                                       bindWait: bindWait, log: { log($0) })
     defer { server.close() }
     var children: [Process] = []
     defer {
@@ -371,14 +376,15 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
                 throw LockstepError("cannot listen on a local socket for the spawned workers: \(error)",
                                     hint: "make the temporary directory (\(NSTemporaryDirectory())) writable, or give --bind tcp://127.0.0.1:0")
             }
-            log("[coord] no local socket (\(error)): spawned workers use \(endpoint)")
+            log("no local socket (\(error)): spawned workers use \(endpoint)")
         }
         // Workers' logs go beside the checkpoint, so the directory must exist before they start.
         try? FileManager.default.createDirectory(atPath: trainer.run.checkpointDir, withIntermediateDirectories: true)
         for i in 0..<spawn {
             let p = Process()
             p.executableURL = workerExe
-            p.arguments = ["join", endpoint, "--parent-pid", String(getpid()), "--threads", String(threads)]
+            p.arguments = ["join", endpoint, "--parent-pid", String(getpid()), "--threads", String(threads),
+                           "--log-format", LockstepLog.format.rawValue, "--log-level", LockstepLog.level.rawValue]
             // A worker busy-waiting at the barrier would take a core from one still computing.
             if spawn * threads > ProcessInfo.processInfo.activeProcessorCount { p.arguments! += ["--barrier-spin-ms", "0"] }
             if let curve, let curveKeysPath {
@@ -401,7 +407,7 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
             p.standardOutput = FileHandle.nullDevice
             try p.run()
             children.append(p)
-            log("[coord] spawned worker \(i) (pid \(p.processIdentifier)) on \(endpoint), log \(logPath)")
+            log("spawned worker \(i) (pid \(p.processIdentifier)) on \(endpoint), log \(logPath)")
         }
     }
     let metrics = try openMetrics(trainer)
@@ -412,7 +418,7 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
         if !Interrupt.requested { server.stopWorkers() }
         throw error
     }
-    if server.rejected > 0 { log("[coord] rejected \(server.rejected) malformed message(s) during the run") }
+    if server.rejected > 0 { log("rejected \(server.rejected) malformed message(s) during the run") }
 }
 
 func report(_ trainer: Trainer, heldOut: Dataset?) {
@@ -431,4 +437,4 @@ func report(_ trainer: Trainer, heldOut: Dataset?) {
     print("numerics: \(Trainer.numerics)")
 }
 
-func log(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+func log(_ s: String) { LockstepLog.line(s) }

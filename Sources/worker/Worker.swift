@@ -1,6 +1,8 @@
 import ArgumentParser
 import Cluster
 import Foundation
+import LockstepLog
+import Logging
 import Numerics
 import Training
 
@@ -41,6 +43,10 @@ struct Join: ParsableCommand {
     var noSharedMemory = false
     @Option(help: "With shared memory: busy-wait up to this many milliseconds at each step barrier for the next step's weights, so the core stays warm (an idle VM core computed the next shard 5-15% slower). 0 sleeps at once; use 0 when this host has more workers than cores.")
     var barrierSpinMs: Double = 1000 * Timing.barrierSpin
+    @Option(help: "Least level of the lines logged: trace, debug, info, notice, warning, error or critical (default info).")
+    var logLevel: String = "info"
+    @Option(help: "text (for people) or json (one object a line: ts, level, role, pid, worker id, message, hint on errors) (default text).")
+    var logFormat: String = "text"
     @Option(help: .hidden) var parentPid: Int32?
     @Flag(help: "Do not restart pinned to the coordinator's BLAS kernel when only the kernel differs: be refused instead.")
     var noPin = false
@@ -67,11 +73,16 @@ struct Join: ParsableCommand {
         }
         if (curveKeys == nil) != (serverKey == nil) { throw ValidationError("--curve-keys and --server-key go together") }
         if joinKey != nil && curveKeys != nil { throw ValidationError("--join-key and --curve-keys are two ways to authenticate: give one") }
+        if Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("--log-level must be one of \(Logger.Level.names.joined(separator: ", ")) (got \(logLevel))")
+        }
+        if LogFormat(rawValue: logFormat) == nil { throw ValidationError("--log-format must be text or json (got \(logFormat))") }
         if !(barrierSpinMs >= 0 && barrierSpinMs <= 1000) { throw ValidationError("--barrier-spin-ms must be in 0...1000 (got \(barrierSpinMs))") }
     }
 
     func run() throws {
         keepLargeAllocationsInTheHeap()
+        LockstepLog.setup(role: "worker", level: Logger.Level(rawValue: logLevel) ?? .info, format: LogFormat(rawValue: logFormat) ?? .text)
         var o = WorkerClient.Options(endpoint: endpoint)
         o.threads = threads
         o.parentPid = parentPid
@@ -87,17 +98,18 @@ struct Join: ParsableCommand {
         o.sharedMemory = !noSharedMemory
         o.barrierSpin = barrierSpinMs / 1000
         o.joinKeyPath = joinKey
-        let pid = getpid()
         do {
             if let curveKeys, let serverKey {
                 o.curve = (try CurveKeypair.read(curveKeys), try CurveKeypair.publicKey(serverKey))
             }
-            let client = try WorkerClient(o, log: { FileHandle.standardError.write(Data("[worker \(pid)] \($0)\n".utf8)) })
+            let client = try WorkerClient(o, log: { LockstepLog.line($0) })
+            let id = String(client.incarnation, radix: 16)
+            LockstepLog.context = { ["worker": "\(id)"] }
             let code = try client.run()
             if code == 3, let kernel = client.pinKernel { try restart(pinnedTo: kernel) }
             Foundation.exit(code)
         } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            LockstepLog.error(error)
             Foundation.exit(1)
         }
     }

@@ -285,6 +285,49 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertTrue(exposed.contains("without authentication"), exposed)
     }
 
+    /// `--log-format json`: every stderr line of coord and worker is an object with its role, pid,
+    /// level and message, the step where known, the worker id, and an error's HINT.
+    func testStructuredLogsAreOneObjectALineWithRolePidStepAndHint() throws {
+        func objects(_ name: String) throws -> [[String: Any]] {
+            try h.text(h.log(name)).split(separator: "\n").map { line in
+                try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not JSON: \(line)")
+            }
+        }
+        let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--log-format", "json", "--checkpoint-dir", h.dir + "/json"]
+                                + ProcessHarness.options(steps: 8), name: "json")
+        let ep = try XCTUnwrap(h.endpoint("json"))
+        let w = try h.start("worker", ["join", ep, "--log-format", "json"], name: "wjson")
+        XCTAssertEqual(h.wait(c, timeout: 120), 0, h.text(h.log("json")))
+        XCTAssertEqual(h.wait(w, timeout: 30), 0)
+        let coord = try objects("json"), worker = try objects("wjson")
+        XCTAssertGreaterThan(coord.count, 5)
+        for o in coord {
+            XCTAssertEqual(o["role"] as? String, "coord")
+            XCTAssertEqual(o["pid"] as? Int, Int(c.processIdentifier))
+            XCTAssertNotNil(o["level"] as? String); XCTAssertNotNil(o["message"] as? String); XCTAssertNotNil(o["ts"] as? String)
+        }
+        XCTAssertTrue(coord.contains { ($0["message"] as? String)?.hasPrefix("step 8/8") == true && $0["step"] as? Int == 8 }, "\(coord)")
+        XCTAssertTrue(coord.contains { ($0["message"] as? String)?.contains("joined") == true && $0["step"] != nil })
+        for o in worker {
+            XCTAssertEqual(o["role"] as? String, "worker")
+            XCTAssertEqual(o["pid"] as? Int, Int(w.processIdentifier))
+        }
+        XCTAssertTrue(worker.contains { ($0["worker"] as? String)?.isEmpty == false && ($0["message"] as? String)?.contains("joined run") == true })
+        // An error keeps its HINT; --log-level warning leaves only warnings and errors.
+        let failed = try h.start("coord", ["start", "--local", "--log-format", "json", "--log-level", "warning", "--checkpoint-dir", h.dir + "/json"]
+                                     + ProcessHarness.options(steps: 8), name: "jerr")
+        XCTAssertEqual(h.wait(failed, timeout: 60), 1)
+        let err = try objects("jerr")
+        XCTAssertEqual(err.count, 1, "\(err)")
+        XCTAssertEqual(err.first?["level"] as? String, "error")
+        XCTAssertTrue((err.first?["message"] as? String)?.contains("already holds a checkpoint") == true, "\(err)")
+        XCTAssertTrue((err.first?["hint"] as? String)?.contains("--resume") == true, "\(err)")
+        // The text form: role and pid in front, the step once known.
+        let text = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/text"] + ProcessHarness.options(steps: 4), name: "text")
+        XCTAssertEqual(h.wait(text, timeout: 60), 0)
+        XCTAssertTrue(h.text(h.log("text")).contains("[coord \(text.processIdentifier)] data: synthetic"), h.text(h.log("text")))
+    }
+
     func testTheRunsConfigTomlReproducesItsHashAndResumeNamesEachDifference() throws {
         let (train, valid) = try files()
         try run("orig", ["start", "--local", "--data", train, "--valid-data", valid, "--steps", "9", "--lr-schedule", "step", "--lr-step-size", "4",
