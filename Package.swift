@@ -32,7 +32,9 @@ let package = Package(
         .systemLibrary(name: "CFutex"),
 
         // Pure math: flat buffers, GEMM, deterministic transcendental functions, Philox, hashing.
-        .target(name: "Numerics", dependencies: ["COpenBLAS", "CCrypto"], swiftSettings: fast),
+        // Lockstep's own GEMM for --numerics portable (C: AVX2/FMA intrinsics chosen at run time).
+        .target(name: "CPortableGEMM", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
+        .target(name: "Numerics", dependencies: ["COpenBLAS", "CCrypto", "CPortableGEMM"], swiftSettings: fast),
         // The model: config, parameter layout, packed forward/backward, loss, init.
         .target(name: "BiLSTM", dependencies: ["Numerics"], swiftSettings: fast),
         // Data, batching, optimizers, clipping, checkpoints, the local trainer.

@@ -153,11 +153,13 @@ public struct CoordinatorCore {
     private mutating func onHello(_ h: Hello, from peer: Peer, now: Double) -> [Directive] {
         let name = "worker pid \(h.pid) (\(peer))"
         let theirs = NumericsIdentity(encoded: h.fingerprint)
-        let differ = theirs.differences(from: numerics)
+        let differ = theirs.differences(from: numerics, keys: NumericsIdentity.compared(in: welcome.numerics))
         if !differ.isEmpty {
             let what = differ.map { "\($0.key): worker \($0.mine.isEmpty ? "(none)" : $0.mine), coordinator \($0.theirs)" }
             let core = numerics.values["blas"] ?? "?"
-            let hint = theirs.onlyKernelDiffers(from: numerics)
+            let hint = welcome.numerics == .portable
+                ? "the worker's portable GEMM gives other bits: run the same Lockstep version on every host"
+                : theirs.onlyKernelDiffers(from: numerics)
                 ? "a worker whose CPU can run the \(core) kernel pins it by itself (OPENBLAS_CORETYPE=\(core)); start the coordinator with a kernel every host can run, e.g. OPENBLAS_CORETYPE=Haswell"
                 : "run the same Lockstep build with the same OpenBLAS on every host, with OPENBLAS_CORETYPE=\(core)"
             let reason = "numerics fingerprint mismatch: \(name) differs in " + what.joined(separator: "; ")

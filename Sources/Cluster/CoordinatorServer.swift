@@ -86,7 +86,7 @@ public final class CoordinatorServer {
         limits.inputSize = trainer.model.inputSize
         let runId = UInt64(strtoull(String(trainer.run.hash.prefix(16)), nil, 16))
         core = CoordinatorCore(numerics: NumericsIdentity.current(),
-                               welcome: Welcome(runId: runId, model: trainer.model, seed: trainer.run.seed),
+                               welcome: Welcome(runId: runId, model: trainer.model, seed: trainer.run.seed, numerics: trainer.run.numerics),
                                minWorkers: minWorkers, maxWorkers: maxWorkers)
     }
 

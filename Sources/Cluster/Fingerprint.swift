@@ -10,7 +10,13 @@ import Training
 /// one that differs. On the wire it is one string, `key=value;…`, in hello's fingerprint.
 public struct NumericsIdentity: Equatable, Sendable {
     /// Component names, in their wire order.
-    public static let keys = ["mode", "blas", "blas-library", "blas-threads", "build", "probe"]
+    public static let keys = ["mode", "blas", "blas-library", "blas-threads", "build", "probe", "probe-portable"]
+
+    /// What must be equal for a run in `mode`: everything for OpenBLAS; for the portable mode only
+    /// its probe (its products do not depend on the kernel, the build or the CPU).
+    public static func compared(in mode: NumericsMode) -> [String] {
+        mode == .portable ? ["probe-portable"] : ["mode", "blas", "blas-library", "blas-threads", "build", "probe"]
+    }
     public var values: [String: String]
 
     public init(values: [String: String]) { self.values = values }
@@ -18,9 +24,15 @@ public struct NumericsIdentity: Equatable, Sendable {
     /// This process's numerics, as its shards will be computed (BLAS threads read after
     /// `BLAS.setThreads(1)`, which every command calls before its first product).
     public static func current() -> NumericsIdentity {
-        NumericsIdentity(values: [
+        let saved = BLAS.mode
+        defer { BLAS.mode = saved }
+        BLAS.mode = .openblas
+        let openblas = probe()
+        BLAS.mode = .portable
+        let portable = probe()
+        return NumericsIdentity(values: [
             "mode": "openblas", "blas": BLAS.coreName, "blas-library": BLAS.libraryVersion,
-            "blas-threads": "\(BLAS.threads)", "build": build, "probe": probe(),
+            "blas-threads": "\(BLAS.threads)", "build": build, "probe": openblas, "probe-portable": portable,
         ])
     }
 
@@ -77,9 +89,9 @@ public struct NumericsIdentity: Equatable, Sendable {
         values = v
     }
 
-    /// The components that differ from `other`: (key, ours, theirs).
-    public func differences(from other: NumericsIdentity) -> [(key: String, mine: String, theirs: String)] {
-        NumericsIdentity.keys.compactMap { k in
+    /// The components (of `keys`) that differ from `other`: (key, ours, theirs).
+    public func differences(from other: NumericsIdentity, keys: [String] = NumericsIdentity.keys) -> [(key: String, mine: String, theirs: String)] {
+        keys.compactMap { k in
             let a = values[k] ?? "", b = other.values[k] ?? ""
             return a == b ? nil : (k, a, b)
         }
@@ -88,7 +100,7 @@ public struct NumericsIdentity: Equatable, Sendable {
     /// Whether pinning this host's BLAS kernel to `other`'s can make the two equal: only the
     /// kernel (and so the probe) differs.
     public func onlyKernelDiffers(from other: NumericsIdentity) -> Bool {
-        let keys = Set(differences(from: other).map(\.key))
+        let keys = Set(differences(from: other, keys: NumericsIdentity.compared(in: .openblas)).map(\.key))
         return keys.contains("blas") && keys.isSubset(of: ["blas", "probe"])
     }
 }

@@ -69,9 +69,12 @@ public struct Welcome: Equatable, Sendable {
     public var sharedToken: UInt64
     /// The most shards a step has: a local worker keeps one gradient slot per shard index.
     public var maxShards: Int
-    public init(runId: UInt64, model: ModelConfig, seed: UInt64, sharedWeights: String = "", sharedToken: UInt64 = 0, maxShards: Int = 1) {
+    /// How the run computes products: a worker switches to it before its first shard.
+    public var numerics: NumericsMode
+    public init(runId: UInt64, model: ModelConfig, seed: UInt64, sharedWeights: String = "", sharedToken: UInt64 = 0, maxShards: Int = 1,
+                numerics: NumericsMode = .openblas) {
         self.runId = runId; self.model = model; self.seed = seed; self.sharedWeights = sharedWeights; self.sharedToken = sharedToken
-        self.maxShards = maxShards
+        self.maxShards = maxShards; self.numerics = numerics
     }
 }
 
@@ -255,7 +258,7 @@ extension Message {
             w.u64(m.runId); w.u64(m.seed)
             w.int(m.model.inputSize); w.int(m.model.hidden); w.int(m.model.layers); w.int(m.model.classes)
             w.u8(m.model.bidirectional ? 1 : 0); w.u8(m.model.arch == .split ? 1 : 0); w.u32(m.model.dropout.bitPattern)
-            w.string(m.sharedWeights); w.u64(m.sharedToken); w.int(m.maxShards)
+            w.string(m.sharedWeights); w.u64(m.sharedToken); w.int(m.maxShards); w.string(m.numerics.rawValue)
         case .refuse(let reason, let numerics):
             w.string(String(reason.utf8.prefix(4000)) ?? ""); w.string(String(numerics.utf8.prefix(2000)) ?? "")
         case .work(let work):
@@ -350,8 +353,11 @@ extension Message {
                                     classes: try r.int(max: 1 << 20), bidirectional: try r.u8() == 1,
                                     arch: try r.u8() == 1 ? .split : .stacked, dropout: Float(bitPattern: try r.u32()))
             guard model.problems().isEmpty else { throw WireError("welcome with a bad model: \(model.problems().joined(separator: "; "))") }
-            msg = .welcome(Welcome(runId: runId, model: model, seed: seed, sharedWeights: try r.string(max: limits.maxStringBytes),
-                                   sharedToken: try r.u64(), maxShards: try r.int(max: 1 << 20)))
+            let shared = try r.string(max: limits.maxStringBytes), token = try r.u64(), maxShards = try r.int(max: 1 << 20)
+            let mode = try r.string(max: 64)
+            guard let numerics = NumericsMode(rawValue: mode) else { throw WireError("welcome with numerics mode '\(mode)'") }
+            msg = .welcome(Welcome(runId: runId, model: model, seed: seed, sharedWeights: shared, sharedToken: token, maxShards: maxShards,
+                                   numerics: numerics))
         case 3:
             try expectFrames(1)
             msg = .refuse(try r.string(max: 8192), numerics: try r.string(max: 4096))

@@ -312,6 +312,8 @@ public final class WorkerClient {
     func onMessage(_ m: Message) throws -> Int32? {
         switch m {
         case .welcome(let w):
+            if BLAS.mode != w.numerics { log("computing with the run's numerics: \(w.numerics.rawValue)") }
+            BLAS.mode = w.numerics
             if welcome?.model != w.model || welcome?.seed != w.seed {
                 computers = ShardComputerPool(model: w.model, seed: w.seed, count: options.threads)
                 cache = [:]

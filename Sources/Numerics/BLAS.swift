@@ -1,4 +1,12 @@
 import COpenBLAS
+import CPortableGEMM
+import Foundation
+
+/// How matrix products are computed. `openblas`: OpenBLAS's kernel for this CPU (fast; its bits
+/// depend on the kernel). `portable`: Lockstep's own GEMM, every element one chain of fused
+/// multiply-adds in k order, so the bits are the same on any CPU with FMA (x86-64 AVX2+FMA,
+/// ARM64) and on every code path of the kernels.
+public enum NumericsMode: String, Codable, Sendable, CaseIterable { case openblas, portable }
 
 /// Row-major single-precision GEMM: `C = alpha · op(A) · op(B) + beta · C`, `op(A)` is m×k.
 ///
@@ -13,12 +21,40 @@ public enum BLAS {
         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         if m == 0 || n == 0 { return }
+        if mode == .portable {
+            precondition(alpha == 1 && (beta == 0 || beta == 1), "the portable GEMM computes C = op(A)·op(B) (+ C)")
+            lockstep_gemm(transA ? 1 : 0, transB ? 1 : 0, m, n, k, a, lda, b, ldb, beta == 1 ? 1 : 0, c, ldc, portablePath)
+            return
+        }
         if k == 0 {
             for r in 0..<m { for j in 0..<n { c[r * ldc + j] = beta == 0 ? 0 : beta * c[r * ldc + j] } }
             return
         }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// This process's numerics mode: set once, before any product (a worker takes the run's from its welcome).
+    nonisolated(unsafe) public static var mode = NumericsMode.openblas
+
+    /// The portable kernels' code path: the widest this CPU runs, or the one named by
+    /// `LOCKSTEP_GEMM_PATH` (scalar, lanes8, lanes16): a test hook; every path gives the same bits.
+    nonisolated(unsafe) public static var portablePath: Int32 = {
+        switch ProcessInfo.processInfo.environment["LOCKSTEP_GEMM_PATH"] {
+        case "scalar": return Int32(LOCKSTEP_GEMM_SCALAR.rawValue)
+        case "lanes8": return Int32(LOCKSTEP_GEMM_LANES8.rawValue)
+        case "lanes16": return Int32(LOCKSTEP_GEMM_LANES16.rawValue)
+        default: return lockstep_gemm_best_path()
+        }
+    }()
+
+    /// The portable path's name, as printed with a hash.
+    public static var portablePathName: String {
+        switch portablePath {
+        case Int32(LOCKSTEP_GEMM_LANES16.rawValue): "AVX2+FMA 16-column tiles"
+        case Int32(LOCKSTEP_GEMM_LANES8.rawValue): "AVX2+FMA 8-column tiles"
+        default: "scalar fmaf"
+        }
     }
 
     /// Threads OpenBLAS may use in this process (processes are the unit of parallelism: default 1).

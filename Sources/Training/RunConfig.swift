@@ -31,6 +31,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var seed: UInt64 = 1
     public var onNonfinite: NonfinitePolicy = .stop
     public var schedule = LRScheduleConfig()
+    /// How products are computed: part of the math (another mode, another hash).
+    public var numerics: NumericsMode = .openblas
     /// Start from these weights (a fresh optimizer); model shape from the file.
     public var initFrom: String? = nil
     /// SHA-256 of the `--init` weights, set when they are read: part of the math.
@@ -137,6 +139,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if c.kind == .step || c.kind == .plateau { out.append(f("lr-gamma", c.gamma)) }
         if c.kind == .cosine || c.kind == .plateau { out.append(f("min-lr", c.minLR)) }
         if c.kind == .plateau { out.append(s("plateau-patience", "\(c.plateauPatience)")) }
+        if numerics != .openblas { out.append(s("numerics", numerics.rawValue)) }
         if let initHash { out.append(MathField(name: "init", option: "init", recorded: initHash) { "weights with SHA-256 \($0.prefix(16))…" }) }
         return out
     }

@@ -1,4 +1,5 @@
 import BiLSTM
+import Numerics
 import Foundation
 
 /// `--config FILE.toml`: the long options of `coord start` as keys (kebab-case), a
@@ -131,6 +132,9 @@ public enum TOMLConfig {
                 guard let k = SelectBy(rawValue: try str(key, v)) else { throw bad(key, "\"loss\" or \"accuracy\"") }
                 c.select = k
             case "patience": c.patience = try int(key, v)
+            case "numerics":
+                guard let m = NumericsMode(rawValue: try str(key, v)) else { throw bad(key, "\"openblas\" or \"portable\"") }
+                c.numerics = m
             case "on-nonfinite":
                 guard let p = NonfinitePolicy(rawValue: try str(key, v)) else { throw bad(key, "\"stop\" or \"skip\"") }
                 c.onNonfinite = p
@@ -185,7 +189,7 @@ extension RunConfig {
                   "on-nonfinite = \(q(onNonfinite.rawValue))",
                   "lr-schedule = \(q(schedule.kind.rawValue))", "warmup-steps = \(schedule.warmupSteps)",
                   "lr-step-size = \(schedule.stepSize)", "lr-gamma = \(schedule.gamma)", "min-lr = \(schedule.minLR)",
-                  "plateau-patience = \(schedule.plateauPatience)"]
+                  "plateau-patience = \(schedule.plateauPatience)", "numerics = \(q(numerics.rawValue))"]
         if let initFrom { lines.append("init = \(q(abs(initFrom)))") }
         if let validData { lines.append("valid-data = \(q(abs(validData)))") }
         lines += ["valid-every = \(validEvery)", "select = \(q(select.rawValue))", "patience = \(patience)",

@@ -381,7 +381,11 @@ public final class Trainer {
     }
 
     /// What the weights' bits depend on beyond the config and data, as printed under a hash.
-    public static var numerics: String { "\(BLAS.libraryVersion) \(BLAS.coreName) kernel, one BLAS thread per shard" }
+    public static var numerics: String {
+        BLAS.mode == .portable
+            ? "portable (Lockstep's GEMM, fused multiply-adds in a fixed order: the same bits on any CPU with FMA; computed here with \(BLAS.portablePathName))"
+            : "\(BLAS.libraryVersion) \(BLAS.coreName) kernel, one BLAS thread per shard"
+    }
 
     public var bestPath: String { (run.checkpointDir as NSString).appendingPathComponent("best.safetensors") }
 

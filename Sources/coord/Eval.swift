@@ -14,6 +14,13 @@ struct InferenceOptions: ParsableArguments {
     var batchSize = 64
     @Option(help: "Batches computed at once, each on a thread of its own with single-threaded BLAS: the results do not depend on it (default 1).")
     var threads = 1
+    @Option(help: "openblas or portable: how products are computed (default: the checkpoint's, else openblas).")
+    var numerics: NumericsMode?
+
+    /// The mode to compute in: the option, else the one the checkpoint was trained with.
+    func mode(for ck: Checkpoint) -> NumericsMode {
+        numerics ?? (ck.metadata["numerics"]?.hasPrefix("portable") == true ? .portable : .openblas)
+    }
 
     func problems() -> [String] {
         var p: [String] = []
@@ -65,6 +72,7 @@ struct Eval: ParsableCommand {
             let o = inference
             let (ck, set) = try Inference.load(checkpoint: o.checkpoint, data: o.data, labels: .forModel(
                 o.checkpoint, missingHint: "eval needs labels; to label unlabelled data use `coord predict --checkpoint \(o.checkpoint) --data \(o.data) --out PRED.npz`"))
+            BLAS.mode = o.mode(for: ck)
             log("eval: \(set.examples.count) sequences, \(set.frames) frames of \(o.data) on the \(ck.model.hidden)-unit \(ck.model.layers)-layer model in \(o.checkpoint)")
             let out = Inference.run(model: ck.model, params: ck.params, data: set, batchSize: o.batchSize, threads: o.threads,
                                     progress: o.progress(total: set.examples.count, what: "eval"))
@@ -156,6 +164,7 @@ struct Predict: ParsableCommand {
             if logprobs {
                 try Memory.check(set.examples.count * set.paddedLength * ck.model.classes * 4 * 2, for: "--logprobs of \(o.data)")
             }
+            BLAS.mode = o.mode(for: ck)
             log("predict: \(set.examples.count) sequences, \(set.frames) frames of \(o.data)")
             let result = Inference.run(model: ck.model, params: ck.params, data: set, batchSize: o.batchSize, threads: o.threads,
                                        predictions: true, logprobs: logprobs, progress: o.progress(total: set.examples.count, what: "predict"))

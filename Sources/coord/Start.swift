@@ -10,9 +10,11 @@ struct Start: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train: alone with --local, or as the coordinator of a cluster of workers.",
         discussion: """
-        At the end it prints the final weights' SHA-256 and the checkpoint path. For a fixed \
-        config, data and BLAS kernel the hash is the same with --local, with any number of \
-        workers or --threads, and after any crash followed by --resume. A loopback coordinator \
+        At the end it prints the final weights' SHA-256, the checkpoint path and the numerics. \
+        For a fixed config and data the hash is the same with --local, with any number of \
+        workers or --threads, and after any crash followed by --resume; with --numerics \
+        openblas (the default) it also depends on the OpenBLAS kernel, with --numerics portable \
+        on nothing else (any CPU with FMA). A loopback coordinator \
         admits only its own user's workers: it writes a per-run join key (0600) that `worker \
         join` reads by itself; --insecure turns that off. One run owns its --checkpoint-dir.
         """)
@@ -149,6 +151,7 @@ struct Start: ParsableCommand {
         logging.setup(role: "coord")
         do {
             let (config, s) = try resolve()
+            BLAS.mode = config.numerics
             Interrupt.install()
             // Held to the end of the run: the kernel releases it on any exit.
             let lock = try RunLock(directory: config.checkpointDir, wait: s.resume ? s.wait : 0, log: log)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BiLSTM
 import Foundation
+import Numerics
 import Training
 
 /// The options of a training run. A TOML file (`--config`) gives the same keys in kebab-case
@@ -66,6 +67,8 @@ struct TrainingOptions: ParsableArguments {
     var minLr: Float?
     @Option(help: "plateau schedule: validations without improvement before the rate is reduced (default 10).")
     var plateauPatience: Int?
+    @Option(help: "How matrix products are computed: openblas (OpenBLAS's kernel for this CPU: the hash depends on the kernel) or portable (Lockstep's own GEMM, fused multiply-adds in a fixed order: one hash on any x86-64 with AVX2+FMA or ARM64). Part of the math (default openblas).")
+    var numerics: NumericsMode?
     @Option(help: "Start from these weights with a fresh optimizer: a Lockstep checkpoint (e.g. best.safetensors) or a PyTorch state_dict saved as safetensors with the seed's names. Hidden size, layers and architecture come from the file. Not with --resume.")
     var `init`: String?
     @Option(help: "Validation data (.npz, like --data): forward only, no dropout, at the end of every epoch (or every --valid-every steps) and at the end of the run. valid_loss, valid_accuracy and per-class recall go to the progress line and metrics.jsonl; the best weights to best.safetensors. The same bits at any worker count.")
@@ -123,6 +126,7 @@ struct TrainingOptions: ParsableArguments {
         if let v = minLr { c.schedule.minLR = v }
         if let v = plateauPatience { c.schedule.plateauPatience = v }
         if let v = `init` { c.initFrom = v }
+        if let v = numerics { c.numerics = v }
         if let v = validData { c.validData = v }
         if let v = validEvery { c.validEvery = v }
         if let v = select { c.select = v }
@@ -136,4 +140,5 @@ extension OptimizerKind: ExpressibleByArgument {}
 extension NonfinitePolicy: ExpressibleByArgument {}
 extension LRScheduleKind: ExpressibleByArgument {}
 extension SelectBy: ExpressibleByArgument {}
+extension NumericsMode: ExpressibleByArgument {}
 

@@ -10,7 +10,8 @@ final class CoordinatorCoreTests: XCTestCase {
     let welcome = Welcome(runId: 7, model: ModelConfig(inputSize: 2, hidden: 2, layers: 1, classes: 2), seed: 1)
 
     static let numerics = NumericsIdentity(values: ["mode": "openblas", "blas": "Haswell", "blas-library": "OpenBLAS 0.3.21",
-                                                    "blas-threads": "1", "build": "x86_64 swift>=6.3 release", "probe": "f00d"])
+                                                    "blas-threads": "1", "build": "x86_64 swift>=6.3 release", "probe": "f00d",
+                                                    "probe-portable": "cafe"])
     let fp = CoordinatorCoreTests.numerics.encoded
 
     func core(min: Int = 1, max: Int = 8, inFlight: Int = 1) -> CoordinatorCore {
@@ -47,7 +48,7 @@ final class CoordinatorCoreTests: XCTestCase {
 
     /// Each component that can change a bit, changed alone, is refused with its name and both values.
     func testEveryNumericsComponentThatDiffersIsRefusedByName() {
-        for key in NumericsIdentity.keys {
+        for key in NumericsIdentity.compared(in: .openblas) {
             var k = core()
             let other = key == "blas-threads" ? "2" : "other-\(key)"
             let out = k.onMessage(hello([key: other]), from: b, now: 0)
@@ -62,6 +63,19 @@ final class CoordinatorCoreTests: XCTestCase {
         let out = k.onMessage(.hello(Hello(fingerprint: "mode=openblas", blasCore: "Haswell", threads: 1, pid: 9)), from: c, now: 0)
         guard case let .send(_, .refuse(reason, _)) = out.first else { return XCTFail("\(out)") }
         XCTAssertTrue(reason.contains("build: worker (none)"), reason)
+    }
+
+    /// In portable mode only the portable kernels' probe must agree: another OpenBLAS kernel,
+    /// library or build joins; another portable result is refused.
+    func testAPortableRunComparesOnlyThePortableProbe() {
+        var w = welcome
+        w.numerics = .portable
+        var k = CoordinatorCore(numerics: CoordinatorCoreTests.numerics, welcome: w)
+        let other = k.onMessage(hello(["blas": "SkylakeX", "probe": "beef", "build": "arm64 swift6.1 release", "blas-library": "OpenBLAS 0.3.26"]), from: a, now: 0)
+        XCTAssertTrue(other.contains(.send(a, .welcome(w))), "\(other)")
+        let bad = k.onMessage(hello(["probe-portable": "0bad"]), from: b, now: 0)
+        guard case let .send(_, .refuse(reason, _)) = bad.first else { return XCTFail("\(bad)") }
+        XCTAssertTrue(reason.contains("probe-portable: worker 0bad, coordinator cafe") && reason.contains("same Lockstep version"), reason)
     }
 
     func testOnlyADifferentKernelIsPinnableAndOnlyOnACPUThatCanRunIt() {

@@ -33,3 +33,38 @@ final class ThreadsProcessTests: XCTestCase {
         XCTAssertEqual(hashes.count, 6)
     }
 }
+
+/// Tier 3: `--numerics portable` gives one hash whatever code path its kernels take (scalar,
+/// 8- or 16-column AVX2+FMA tiles), at any thread count, locally and on workers that each take
+/// another path; and it is not the OpenBLAS mode's hash.
+final class PortableNumericsProcessTests: XCTestCase {
+    var h: ProcessHarness!
+    override func setUp() { h = ProcessHarness() }
+    override func tearDown() { h.finish(testRun) }
+
+    func testOneHashOnEveryKernelPathThreadCountAndWorker() throws {
+        let opts = ["--numerics", "portable"] + ProcessHarness.options(steps: 6)
+        var hashes: [String: String] = [:]
+        for (path, threads) in [("scalar", 1), ("lanes8", 2), ("lanes16", 1), ("lanes16", 3)] {
+            let name = "\(path)-\(threads)"
+            let p = try h.start("coord", ["start", "--local", "--threads", "\(threads)", "--checkpoint-dir", h.dir + "/" + name] + opts,
+                                name: name, env: ["LOCKSTEP_GEMM_PATH": path])
+            XCTAssertEqual(h.wait(p, timeout: 120), 0, h.text(h.log(name)))
+            hashes[name] = h.hash(name)
+        }
+        let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--min-workers", "2", "--checkpoint-dir", h.dir + "/cluster"] + opts,
+                            name: "cluster")
+        let ep = try XCTUnwrap(h.endpoint("cluster"))
+        // Other OpenBLAS kernels do not matter in portable mode: no pinning, no refusal.
+        let w1 = try h.start("worker", ["join", ep, "--no-pin"], name: "w1", env: ["LOCKSTEP_GEMM_PATH": "scalar", "OPENBLAS_CORETYPE": "Sandybridge"])
+        let w2 = try h.start("worker", ["join", ep], name: "w2", env: ["LOCKSTEP_GEMM_PATH": "lanes8"])
+        XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("cluster")))
+        XCTAssertEqual(h.wait(w1, timeout: 30), 0, h.text(h.log("w1")))
+        XCTAssertEqual(h.wait(w2, timeout: 30), 0)
+        hashes["2 workers (scalar, lanes8)"] = h.hash("cluster")
+        XCTAssertEqual(hashes.count, 5)
+        XCTAssertEqual(Set(hashes.values).count, 1, "\(hashes)")
+        XCTAssertTrue(h.text(h.out("scalar-1")).contains("numerics: portable"), h.text(h.out("scalar-1")))
+        XCTAssertNotEqual(hashes.values.first, try h.reference(steps: 6), "portable is its own math")
+    }
+}

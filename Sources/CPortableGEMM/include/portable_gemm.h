@@ -1,0 +1,24 @@
+#ifndef LOCKSTEP_PORTABLE_GEMM_H
+#define LOCKSTEP_PORTABLE_GEMM_H
+
+#include <stddef.h>
+
+/// Which code path computes the products (the results are the same bits on every one).
+enum lockstep_gemm_path {
+    LOCKSTEP_GEMM_AUTO = 0,     // the widest this CPU runs
+    LOCKSTEP_GEMM_SCALAR = 1,   // fmaf, one element at a time
+    LOCKSTEP_GEMM_LANES8 = 2,   // AVX2+FMA, 8 columns per register, 4x8 tiles
+    LOCKSTEP_GEMM_LANES16 = 3,  // AVX2+FMA, 16 columns per tile (two registers), 4x16 tiles
+};
+
+/// Row-major C[m x n] = op(A)[m x k] . op(B)[k x n] (+ C when accumulate), every element
+/// summed the same way on every path, CPU and thread: acc = 0; for p = 0..k-1: acc = fma(a, b, acc);
+/// then c = acc (or c + acc). Returns the path used.
+int lockstep_gemm(int transA, int transB, long m, long n, long k,
+                  const float *a, long lda, const float *b, long ldb,
+                  int accumulate, float *c, long ldc, int path);
+
+/// The widest path this CPU can run.
+int lockstep_gemm_best_path(void);
+
+#endif

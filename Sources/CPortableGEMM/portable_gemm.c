@@ -1,0 +1,159 @@
+// Lockstep's portable GEMM: a fixed summation order that no vector width, tiling or thread
+// count changes. Each output element is one chain of fused multiply-adds over k in order,
+// from zero; a lane of a vector register computes exactly the chain the scalar path computes
+// with fmaf (IEEE fma is correctly rounded, so hardware and library give the same bits).
+// Tiles only choose which chains run side by side; k is never split.
+#include "portable_gemm.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#endif
+
+static inline float A_at(const float *a, long lda, int transA, long i, long p) {
+    return transA ? a[p * lda + i] : a[i * lda + p];
+}
+static inline float B_at(const float *b, long ldb, int transB, long p, long j) {
+    return transB ? b[j * ldb + p] : b[p * ldb + j];
+}
+
+static void gemm_scalar(int transA, int transB, long i0, long i1, long j0, long j1, long k,
+                        const float *a, long lda, const float *b, long ldb, int accumulate, float *c, long ldc) {
+    for (long i = i0; i < i1; i++) {
+        for (long j = j0; j < j1; j++) {
+            float acc = 0.0f;
+            for (long p = 0; p < k; p++) acc = fmaf(A_at(a, lda, transA, i, p), B_at(b, ldb, transB, p, j), acc);
+            c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc : acc;
+        }
+    }
+}
+
+#ifdef HAVE_X86
+// The lanes paths split k into chunks of KC so the packed panels stay in cache. A chunk
+// continues each element's chain from the float the previous chunk stored: storing and
+// reloading a float does not change it, so the chain is the unsplit one.
+#define KC 256
+#define MR 4
+
+// op(B)'s columns j0..j0+w-1, rows p0..p0+kc-1, packed as [kc][w].
+static void pack_b(float *dst, const float *b, long ldb, int transB, long p0, long kc, long j0, int w) {
+    if (!transB) {
+        for (long p = 0; p < kc; p++) memcpy(dst + p * w, b + (p0 + p) * ldb + j0, (size_t)w * sizeof(float));
+    } else {
+        for (int jj = 0; jj < w; jj++) {
+            const float *col = b + (j0 + jj) * ldb + p0;
+            for (long p = 0; p < kc; p++) dst[p * w + jj] = col[p];
+        }
+    }
+}
+
+// op(A)'s rows i0..i0+r-1 (r <= MR), columns p0..p0+kc-1, packed as [kc][MR].
+static void pack_a(float *dst, const float *a, long lda, int transA, long p0, long kc, long i0, int r) {
+    for (long p = 0; p < kc; p++)
+        for (int ii = 0; ii < MR; ii++) dst[p * MR + ii] = ii < r ? A_at(a, lda, transA, i0 + ii, p0 + p) : 0.0f;
+}
+
+// An r x (8·h) tile (r <= MR, h = 1 or 2): s holds the chains so far (or nothing when first).
+__attribute__((target("avx2,fma")))
+static void tile(int r, int h, long kc, const float *pa, const float *pb, int first, float *s, long lds) {
+    __m256 acc[MR][2];
+    for (int i = 0; i < r; i++)
+        for (int v = 0; v < h; v++) acc[i][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(s + i * lds + 8 * v);
+    const int w = 8 * h;
+    if (r == MR && h == 2) {
+        __m256 c00 = acc[0][0], c01 = acc[0][1], c10 = acc[1][0], c11 = acc[1][1];
+        __m256 c20 = acc[2][0], c21 = acc[2][1], c30 = acc[3][0], c31 = acc[3][1];
+        for (long p = 0; p < kc; p++) {
+            __m256 b0 = _mm256_loadu_ps(pb + p * 16), b1 = _mm256_loadu_ps(pb + p * 16 + 8);
+            __m256 a0 = _mm256_broadcast_ss(pa + p * MR), a1 = _mm256_broadcast_ss(pa + p * MR + 1);
+            __m256 a2 = _mm256_broadcast_ss(pa + p * MR + 2), a3 = _mm256_broadcast_ss(pa + p * MR + 3);
+            c00 = _mm256_fmadd_ps(a0, b0, c00); c01 = _mm256_fmadd_ps(a0, b1, c01);
+            c10 = _mm256_fmadd_ps(a1, b0, c10); c11 = _mm256_fmadd_ps(a1, b1, c11);
+            c20 = _mm256_fmadd_ps(a2, b0, c20); c21 = _mm256_fmadd_ps(a2, b1, c21);
+            c30 = _mm256_fmadd_ps(a3, b0, c30); c31 = _mm256_fmadd_ps(a3, b1, c31);
+        }
+        acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
+        acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
+    } else if (r == MR && h == 1) {
+        __m256 c0 = acc[0][0], c1 = acc[1][0], c2 = acc[2][0], c3 = acc[3][0];
+        for (long p = 0; p < kc; p++) {
+            __m256 bv = _mm256_loadu_ps(pb + p * 8);
+            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR), bv, c0);
+            c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR + 1), bv, c1);
+            c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR + 2), bv, c2);
+            c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR + 3), bv, c3);
+        }
+        acc[0][0] = c0; acc[1][0] = c1; acc[2][0] = c2; acc[3][0] = c3;
+    } else {
+        for (long p = 0; p < kc; p++)
+            for (int i = 0; i < r; i++)
+                for (int v = 0; v < h; v++)
+                    acc[i][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR + i), _mm256_loadu_ps(pb + p * w + 8 * v), acc[i][v]);
+    }
+    for (int i = 0; i < r; i++)
+        for (int v = 0; v < h; v++) _mm256_storeu_ps(s + i * lds + 8 * v, acc[i][v]);
+}
+
+__attribute__((target("avx2,fma")))
+static void gemm_lanes(int width, int transA, int transB, long m, long n, long k,
+                       const float *a, long lda, const float *b, long ldb, int accumulate, float *c, long ldc) {
+    long nv = n / 8 * 8;   // columns the tiles compute; the rest go to the scalar chains
+    if (nv > 0) {
+        // The chains live in s (m x nv) while k is walked chunk by chunk.
+        float *s = malloc((size_t)(m * nv) * sizeof(float));
+        float *pb = malloc((size_t)(KC * nv) * sizeof(float));
+        float *pa = malloc((size_t)(KC * MR) * sizeof(float));
+        if (k == 0) memset(s, 0, (size_t)(m * nv) * sizeof(float));
+        for (long p0 = 0; p0 < k; p0 += KC) {
+            long kc = k - p0 < KC ? k - p0 : KC;
+            // Panels of `width` columns (16: two registers a row; 8: one), then one of 8 if left.
+            long j = 0, off = 0;
+            while (j < nv) {
+                int w = (width == 16 && j + 16 <= nv) ? 16 : 8;
+                pack_b(pb + off, b, ldb, transB, p0, kc, j, w);
+                off += kc * w; j += w;
+            }
+            for (long i = 0; i < m; i += MR) {
+                int r = m - i < MR ? (int)(m - i) : MR;
+                pack_a(pa, a, lda, transA, p0, kc, i, r);
+                j = 0; off = 0;
+                while (j < nv) {
+                    int w = (width == 16 && j + 16 <= nv) ? 16 : 8;
+                    tile(r, w / 8, kc, pa, pb + off, p0 == 0, s + i * nv + j, nv);
+                    off += kc * w; j += w;
+                }
+            }
+        }
+        for (long i = 0; i < m; i++)
+            for (long jj = 0; jj < nv; jj++) c[i * ldc + jj] = accumulate ? c[i * ldc + jj] + s[i * nv + jj] : s[i * nv + jj];
+        free(s); free(pb); free(pa);
+    }
+    if (nv < n) gemm_scalar(transA, transB, 0, m, nv, n, k, a, lda, b, ldb, accumulate, c, ldc);
+}
+#endif
+
+int lockstep_gemm_best_path(void) {
+#ifdef HAVE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return LOCKSTEP_GEMM_LANES16;
+#endif
+    return LOCKSTEP_GEMM_SCALAR;
+}
+
+int lockstep_gemm(int transA, int transB, long m, long n, long k,
+                  const float *a, long lda, const float *b, long ldb,
+                  int accumulate, float *c, long ldc, int path) {
+    if (m <= 0 || n <= 0) return path;
+    if (path == LOCKSTEP_GEMM_AUTO) path = lockstep_gemm_best_path();
+#ifdef HAVE_X86
+    if (path == LOCKSTEP_GEMM_LANES8 || path == LOCKSTEP_GEMM_LANES16) {
+        gemm_lanes(path == LOCKSTEP_GEMM_LANES16 ? 16 : 8, transA, transB, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
+        return path;
+    }
+#endif
+    gemm_scalar(transA, transB, 0, m, 0, n, k, a, lda, b, ldb, accumulate, c, ldc);
+    return LOCKSTEP_GEMM_SCALAR;
+}
