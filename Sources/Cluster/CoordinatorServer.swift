@@ -221,6 +221,8 @@ public final class CoordinatorServer {
             let coordStart = monotonicSeconds()
             let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
             let reissued = core.reissuedThisStep, shardSeconds = core.results.map(\.computeSeconds)
+            var workerSeconds: [String: Double] = [:]
+            for shard in core.shards { if let r = shard.result { workerSeconds[shard.resultFrom ?? "?", default: 0] += r.computeSeconds } }
             let sentDuringStep = bytesSent
             bytesSent = 0
             // A step's time runs from just before its work goes out, so it holds every shard's compute.
@@ -242,6 +244,7 @@ public final class CoordinatorServer {
             report.workersAlive = core.alive
             report.reissued = reissued
             report.setShardSeconds(shardSeconds)
+            report.workerSeconds = workerSeconds
             if !t.done || validateNext {
                 shared?.publishWeights(step: t.step, t.params)
                 try execute(afterStep)

@@ -27,6 +27,8 @@ public struct RunReport {
     public var lastLine: String? = nil
 
     /// The charts of a run's `metrics.jsonl` lines.
+    static let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
     public init(metricsLines: [String]) {
         var train: [[String: Any]] = [], valid: [[String: Any]] = []
         for line in metricsLines {
@@ -67,6 +69,18 @@ public struct RunReport {
         charts.append(Chart(title: "Shard compute time (as the workers measured it)", yLabel: "ms",
                             series: [Series(name: "slowest shard", color: "#8c564b", points: pts(train, "shard_seconds_max", scale: 1000)),
                                      Series(name: "mean shard", color: "#e377c2", points: pts(train, "shard_seconds_mean", scale: 1000))]))
+        // Each worker's compute time per step (cluster runs): a slow or lost worker shows here.
+        var byWorker: [String: [(x: Double, y: Double)]] = [:]
+        for r in train {
+            guard let s = (r["step"] as? NSNumber)?.doubleValue, let w = r["worker_shard_seconds"] as? [String: Any] else { continue }
+            for (name, v) in w { if let v = (v as? NSNumber)?.doubleValue { byWorker[name, default: []].append((s, 1000 * v)) } }
+        }
+        if !byWorker.isEmpty {
+            let names = byWorker.keys.sorted()
+            charts.append(Chart(title: "Compute time per worker (sum of its shards in the step)", yLabel: "ms",
+                                series: names.enumerated().map { Series(name: $0.element, color: RunReport.palette[$0.offset % RunReport.palette.count],
+                                                                        points: byWorker[$0.element]!) }))
+        }
     }
 
     static func escape(_ s: String) -> String {

@@ -168,6 +168,8 @@ public struct StepReport: Sendable {
     /// With two workers, slowest − mean is time lost to one core running slower than the other.
     public var shardSecondsMax: Double = 0
     public var shardSecondsMean: Double = 0
+    /// Each worker's compute seconds in the step (cluster mode), by the coordinator's name for it.
+    public var workerSeconds: [String: Double] = [:]
 
     /// Sets the slowest and mean shard compute time from each shard's seconds.
     public mutating func setShardSeconds(_ seconds: [Double]) {
@@ -195,14 +197,14 @@ public struct StepReport: Sendable {
             "coordinator_seconds": .double(coordinatorSeconds), "bytes_sent": .int(bytesSent), "bytes_received": .int(bytesReceived),
             "shard_seconds_max": .double(shardSecondsMax), "shard_seconds_mean": .double(shardSecondsMean),
             "skipped": .bool(skipped != nil), "lr": .float(lr),
-        ])
+        ].merging(workerSeconds.isEmpty ? [:] : ["worker_shard_seconds": .object(workerSeconds.mapValues(MetricsJSON.double))]) { $1 })
     }
 }
 
 /// One line of `metrics.jsonl`, written by `JSONEncoder` (keys sorted, so a line's bytes are a
 /// function of its values; non-finite numbers are `null`).
 public enum MetricsJSON: Encodable {
-    case int(Int), double(Double), float(Float), bool(Bool), string(String), array([MetricsJSON]), null
+    case int(Int), double(Double), float(Float), bool(Bool), string(String), array([MetricsJSON]), object([String: MetricsJSON]), null
 
     public func encode(to encoder: Encoder) throws {
         var c = encoder.singleValueContainer()
@@ -213,6 +215,7 @@ public enum MetricsJSON: Encodable {
         case .bool(let v): try c.encode(v)
         case .string(let v): try c.encode(v)
         case .array(let v): try c.encode(v)
+        case .object(let v): try c.encode(v)
         case .null: try c.encodeNil()
         }
     }

@@ -149,6 +149,21 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertGreaterThan(reductions, 0, "the rate was reduced at least once")
     }
 
+    /// A validation file that does not fit the training data is refused before any step.
+    func testAValidationSetThatDoesNotFitIsRefusedNamingTheFileAndTheFix() throws {
+        let (train, _) = try files()
+        let narrow = try run("narrow", ["start", "--local", "--data", train, "--valid-data", WorkflowProcessTests.fixtures + "/bi2.data.npz",
+                                        "--checkpoint-dir", h.dir + "/n"], expect: 1)
+        XCTAssertTrue(narrow.contains("--valid-data") && narrow.contains("x has d_in = 5 but the training data") && narrow.contains("HINT"), narrow)
+        let task = SyntheticTask(sequences: 8, inputSize: 16, classes: 8, minLength: 5, maxLength: 9)
+        let v = task.generate(seed: 9)
+        let relabelled = Dataset(examples: v.examples.map { Example(id: $0.id, x: $0.x, y: $0.y.map { _ in 9 }) }, inputSize: 16, classes: 10, source: "v")
+        try Data(relabelled.npzBytes()).write(to: URL(fileURLWithPath: h.dir + "/wide.npz"))
+        let wide = try run("wide", ["start", "--local", "--data", train, "--valid-data", h.dir + "/wide.npz", "--checkpoint-dir", h.dir + "/w"], expect: 1)
+        XCTAssertTrue(wide.contains("has label 9; labels on valid frames must be in -1...7") && wide.contains("8 classes"), wide)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: h.dir + "/w/checkpoint.safetensors"))
+    }
+
     /// `--init` from a PyTorch state_dict (both names: stacked and split) gives PyTorch's loss at step 1.
     func testInitFromAPyTorchStateDictGivesPyTorchsFirstStepLossAndContradictionsAreNamed() throws {
         for name in ["bi2", "split2"] {

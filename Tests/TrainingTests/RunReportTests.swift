@@ -10,6 +10,7 @@ final class RunReportTests: XCTestCase {
             var r = StepReport(step: s, epoch: 0, loss: 2.0 / Double(s), frames: 1000, gradNorm: Float(s), clipped: s > 4, seconds: 0.1)
             r.lr = 0.01 / Float(s); r.workersAlive = s < 3 ? 1 : 2; r.reissued = s == 3 ? 1 : 0
             r.shardSecondsMax = 0.02; r.shardSecondsMean = 0.015
+            r.workerSeconds = ["worker pid 7": 0.03, "worker pid 9": s < 4 ? 0.04 : 0.05]
             lines.append(r.json)
             if s % 3 == 0 {
                 var sums = EvalSums(classes: 2)
@@ -32,6 +33,9 @@ final class RunReportTests: XCTestCase {
         XCTAssertEqual(grad.marks.map(\.x), [5, 6], "clipped steps are marked")
         XCTAssertEqual(byTitle["Workers alive and shards re-issued"]?.series[1].points.map(\.y), [0, 0, 1, 0, 0, 0])
         XCTAssertEqual(byTitle["Shard compute time (as the workers measured it)"]?.series[0].points.map(\.y), Array(repeating: 20, count: 6))
+        let perWorker = try XCTUnwrap(byTitle["Compute time per worker (sum of its shards in the step)"])
+        XCTAssertEqual(perWorker.series.map(\.name), ["worker pid 7", "worker pid 9"])
+        XCTAssertEqual(perWorker.series[1].points.map(\.y), [40, 40, 40, 50, 50, 50])
         let html = report.html(run: "runs/x", config: "lr = 0.01\n<b>", hash: String(repeating: "a", count: 64), numerics: "OpenBLAS 0.3.21 Zen kernel", step: 6)
         XCTAssertEqual(html.components(separatedBy: "<svg").count - 1, report.charts.count)
         XCTAssertTrue(html.contains("data-points=\"6\""))
