@@ -78,6 +78,10 @@ public enum TOMLConfig {
         }
         func str(_ k: String, _ v: ConfigValue) throws -> String { guard let s = v.string else { throw bad(k, "a string") }; return s }
         func bool(_ k: String, _ v: ConfigValue) throws -> Bool { guard let b = v.bool else { throw bad(k, "true or false") }; return b }
+        func pick<E: CaseIterable & RawRepresentable>(_ k: String, _ v: ConfigValue) throws -> E where E.RawValue == String {
+            guard let e = E(rawValue: try str(k, v)) else { throw bad(k, "one of " + E.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")) }
+            return e
+        }
         for key in table.keys {
             let v = table[key]!
             switch key {
@@ -91,9 +95,7 @@ public enum TOMLConfig {
             case "shard-size": c.shardSize = try int(key, v)
             case "hidden": c.hidden = try int(key, v)
             case "layers": c.layers = try int(key, v)
-            case "arch":
-                guard let a = Arch(rawValue: try str(key, v)) else { throw bad(key, "\"stacked\" or \"split\"") }
-                c.arch = a
+            case "arch": c.arch = try pick(key, v)
             case "unidirectional": c.bidirectional = !(try bool(key, v))
             case "synthetic-sequences": c.synthetic.sequences = try int(key, v)
             case "synthetic-input": c.synthetic.inputSize = try int(key, v)
@@ -102,9 +104,7 @@ public enum TOMLConfig {
             case "max-length": c.synthetic.maxLength = try int(key, v)
             case "config": throw LockstepError("\(path): key 'config' cannot name another file", hint: "put every key in this file")
             case "dropout": c.dropout = try float(key, v)
-            case "optimizer":
-                guard let o = OptimizerKind(rawValue: try str(key, v)) else { throw bad(key, "\"sgd\" or \"adam\"") }
-                c.optimizer.kind = o
+            case "optimizer": c.optimizer.kind = try pick(key, v)
             case "lr": c.optimizer.lr = try float(key, v)
             case "momentum": c.optimizer.momentum = try float(key, v)
             case "weight-decay": c.optimizer.weightDecay = try float(key, v)
@@ -117,9 +117,7 @@ public enum TOMLConfig {
             case "checkpoint-every": c.checkpointEvery = try int(key, v)
             case let k where startKeys.contains(k): other.values[k] = v
             case "keep-last": c.keepLast = try int(key, v)
-            case "lr-schedule":
-                guard let k = LRScheduleKind(rawValue: try str(key, v)) else { throw bad(key, "one of \"constant\", \"step\", \"cosine\", \"plateau\"") }
-                c.schedule.kind = k
+            case "lr-schedule": c.schedule.kind = try pick(key, v)
             case "warmup-steps": c.schedule.warmupSteps = try int(key, v)
             case "lr-step-size": c.schedule.stepSize = try int(key, v)
             case "lr-gamma": c.schedule.gamma = try float(key, v)
@@ -128,16 +126,10 @@ public enum TOMLConfig {
             case "init": c.initFrom = try str(key, v)
             case "valid-data": c.validData = try str(key, v)
             case "valid-every": c.validEvery = try int(key, v)
-            case "select":
-                guard let k = SelectBy(rawValue: try str(key, v)) else { throw bad(key, "\"loss\" or \"accuracy\"") }
-                c.select = k
+            case "select": c.select = try pick(key, v)
             case "patience": c.patience = try int(key, v)
-            case "numerics":
-                guard let m = NumericsMode(rawValue: try str(key, v)) else { throw bad(key, "\"openblas\" or \"portable\"") }
-                c.numerics = m
-            case "on-nonfinite":
-                guard let p = NonfinitePolicy(rawValue: try str(key, v)) else { throw bad(key, "\"stop\" or \"skip\"") }
-                c.onNonfinite = p
+            case "numerics": c.numerics = try pick(key, v)
+            case "on-nonfinite": c.onNonfinite = try pick(key, v)
             case "synthetic":
                 guard let t = v.table else { throw bad(key, "a table [synthetic]") }
                 for k in t.keys {

@@ -43,19 +43,7 @@ public final class TensorBoardLog {
     }
 
     private func append(_ payload: [UInt8]) throws {
-        let bytes = TensorBoardLog.record(payload)
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress! + off, bytes.count - off) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                let err = String(cString: strerror(errno))
-                ftruncate(fd, lseek(fd, 0, SEEK_CUR) - off_t(off))
-                throw LockstepError("cannot append to \(path): \(err); the run stopped, its last checkpoint is intact",
-                                    hint: "free disk space, then rerun the same command with --resume")
-            }
-            off += n
-        }
+        try appendChecked(TensorBoardLog.record(payload), to: fd, path: path)
     }
 
     /// The event files of a `tb` directory, oldest first.

@@ -616,19 +616,24 @@ public final class MetricsLog {
     }
 
     private func append(_ text: String) throws {
-        let bytes = Array(text.utf8)
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress! + off, bytes.count - off) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                let err = String(cString: strerror(errno))
-                // A torn last line would be dropped on resume anyway; cut it now so the file stays clean.
-                ftruncate(fd, lseek(fd, 0, SEEK_CUR) - off_t(off))
-                throw LockstepError("cannot append to \(path): \(err); the run stopped, its last checkpoint is intact",
-                                    hint: "free disk space, then rerun the same command with --resume: it continues to the same bits")
-            }
-            off += n
+        // A torn last line would be dropped on resume anyway; appendChecked cuts it now.
+        try appendChecked(Array(text.utf8), to: fd, path: path)
+    }
+}
+
+/// Writes all of `bytes` at the end of the open file `fd`; on failure (a full disk) cuts what
+/// got written, so the file ends with a whole record, and throws the error with the fix.
+func appendChecked(_ bytes: [UInt8], to fd: Int32, path: String) throws {
+    var off = 0
+    while off < bytes.count {
+        let n = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress! + off, bytes.count - off) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else {
+            let err = String(cString: strerror(errno))
+            ftruncate(fd, lseek(fd, 0, SEEK_CUR) - off_t(off))
+            throw LockstepError("cannot append to \(path): \(err); the run stopped, its last checkpoint is intact",
+                                hint: "free disk space, then rerun the same command with --resume: it continues to the same bits")
         }
+        off += n
     }
 }
