@@ -189,15 +189,17 @@ public struct StepReport: Sendable {
     }
 
     public var json: String {
-        let fps = seconds > 0 ? Double(frames) / seconds : 0
-        return MetricsJSON.line([
-            "step": .int(step), "epoch": .int(epoch), "loss": .double(loss), "frames": .int(frames), "frames_per_s": .int(Int(fps)),
-            "grad_norm": .float(gradNorm), "clipped": .bool(clipped), "workers_alive": .int(workersAlive), "shards_reissued": .int(reissued),
-            "shards": .int(shards), "max_shard_frames": .int(maxShardFrames), "seconds": .double(seconds),
-            "coordinator_seconds": .double(coordinatorSeconds), "bytes_sent": .int(bytesSent), "bytes_received": .int(bytesReceived),
-            "shard_seconds_max": .double(shardSecondsMax), "shard_seconds_mean": .double(shardSecondsMean),
-            "skipped": .bool(skipped != nil), "lr": .float(lr),
-        ].merging(workerSeconds.isEmpty ? [:] : ["worker_shard_seconds": .object(workerSeconds.mapValues(MetricsJSON.double))]) { $1 })
+        get throws {
+            let fps = seconds > 0 ? Double(frames) / seconds : 0
+            return try MetricsJSON.line([
+                "step": .int(step), "epoch": .int(epoch), "loss": .double(loss), "frames": .int(frames), "frames_per_s": .int(Int(fps)),
+                "grad_norm": .float(gradNorm), "clipped": .bool(clipped), "workers_alive": .int(workersAlive), "shards_reissued": .int(reissued),
+                "shards": .int(shards), "max_shard_frames": .int(maxShardFrames), "seconds": .double(seconds),
+                "coordinator_seconds": .double(coordinatorSeconds), "bytes_sent": .int(bytesSent), "bytes_received": .int(bytesReceived),
+                "shard_seconds_max": .double(shardSecondsMax), "shard_seconds_mean": .double(shardSecondsMean),
+                "skipped": .bool(skipped != nil), "lr": .float(lr),
+            ].merging(workerSeconds.isEmpty ? [:] : ["worker_shard_seconds": .object(workerSeconds.mapValues(MetricsJSON.double))]) { $1 })
+        }
     }
 }
 
@@ -226,9 +228,10 @@ public enum MetricsJSON: Encodable {
         return e
     }()
 
-    public static func line(_ fields: [String: MetricsJSON]) -> String {
-        // Every value is finite or null and every key a string: encoding cannot fail.
-        String(decoding: try! encoder.encode(fields), as: UTF8.self)
+    public static func line(_ fields: [String: MetricsJSON]) throws -> String {
+        do { return String(decoding: try encoder.encode(fields), as: UTF8.self) } catch {
+            throw LockstepError("cannot write a metrics line: \(error)", hint: "this is a bug in Lockstep: please report it with the run's config.toml")
+        }
     }
 }
 
@@ -550,18 +553,20 @@ public struct ValidationReport: Sendable {
     public static let recallClasses = 1024
 
     public var json: String {
-        var fields: [String: MetricsJSON] = [
-            "step": .int(step), "epoch": .int(epoch), "valid_loss": .double(sums.loss), "valid_accuracy": .double(sums.accuracy),
-            "valid_frames": .int(sums.frames), "valid_correct": .int(sums.correct),
-            "valid_best_\(select.rawValue)": .double(best), "valid_best_step": .int(bestStep), "valid_improved": .bool(improved),
-        ]
-        if sums.classes <= ValidationReport.recallClasses {
-            let per = sums.perClass
-            fields["valid_recall"] = .array((0..<sums.classes).map { per.recall($0).map(MetricsJSON.double) ?? .null })
+        get throws {
+            var fields: [String: MetricsJSON] = [
+                "step": .int(step), "epoch": .int(epoch), "valid_loss": .double(sums.loss), "valid_accuracy": .double(sums.accuracy),
+                "valid_frames": .int(sums.frames), "valid_correct": .int(sums.correct),
+                "valid_best_\(select.rawValue)": .double(best), "valid_best_step": .int(bestStep), "valid_improved": .bool(improved),
+            ]
+            if sums.classes <= ValidationReport.recallClasses {
+                let per = sums.perClass
+                fields["valid_recall"] = .array((0..<sums.classes).map { per.recall($0).map(MetricsJSON.double) ?? .null })
+            }
+            if let lrReduced { fields["lr_reduced_to"] = .float(lrReduced) }
+            if let stopped { fields["stopped"] = .string(stopped) }
+            return try MetricsJSON.line(fields)
         }
-        if let lrReduced { fields["lr_reduced_to"] = .float(lrReduced) }
-        if let stopped { fields["stopped"] = .string(stopped) }
-        return MetricsJSON.line(fields)
     }
 
     public var text: String {
@@ -604,13 +609,13 @@ public final class MetricsLog {
     deinit { close(fd) }
 
     public func write(_ report: StepReport) throws {
-        try append(report.json + "\n")
+        try append(try report.json + "\n")
         try tensorBoard.write(step: report.step, scalars: report.scalars)
         onStep?(report)
     }
 
     public func write(_ report: ValidationReport) throws {
-        try append(report.json + "\n")
+        try append(try report.json + "\n")
         try tensorBoard.write(step: report.step, scalars: [("valid/loss", report.sums.loss), ("valid/accuracy", report.sums.accuracy)])
         onValidation?(report)
     }

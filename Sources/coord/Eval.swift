@@ -79,7 +79,7 @@ struct Eval: ParsableCommand {
             guard out.sums.frames > 0 else {
                 throw LockstepError("\(o.data): no frame has a label (every y on a valid frame is -1)", hint: "eval needs labelled frames; use `coord predict` for unlabelled data")
             }
-            print(json ? EvalReport.json(out.sums, checkpoint: o.checkpoint, data: o.data) : EvalReport.text(out.sums))
+            print(json ? try EvalReport.json(out.sums, checkpoint: o.checkpoint, data: o.data) : EvalReport.text(out.sums))
         } catch { fail(error) }
     }
 }
@@ -111,8 +111,9 @@ enum EvalReport {
     /// Classes up to which the confusion matrix is printed whole (and given dense in --json).
     static let widestMatrix = 32
 
-    static func json(_ s: EvalSums, checkpoint: String, data: String) -> String {
-        func num(_ v: Double?) -> Any { v.map { $0 as Any } ?? NSNull() }
+    static func json(_ s: EvalSums, checkpoint: String, data: String) throws -> String {
+        // JSON has no NaN: a figure that is not a number (weights gone non-finite) is null.
+        func num(_ v: Double?) -> Any { v.flatMap { $0.isFinite ? $0 as Any : nil } ?? NSNull() }
         let per = s.perClass
         let perClass: [[String: Any]] = (0..<s.classes).map {
             ["class": $0, "precision": num(per.precision($0)), "recall": num(per.recall($0)), "f1": num(per.f1($0)), "support": per.truth[$0]]
@@ -121,10 +122,9 @@ enum EvalReport {
         let confusion: Any = s.classes <= 256
             ? (0..<s.classes).map { t in (0..<s.classes).map { s.cell(true: t, predicted: $0) } }
             : s.confusion.keys.sorted().map { [$0 / s.classes, $0 % s.classes, s.confusion[$0]!] }
-        let object: [String: Any] = ["checkpoint": checkpoint, "data": data, "frames": s.frames, "loss": s.loss,
-                                     "accuracy": s.accuracy, "correct": s.correct, "per_class": perClass, "confusion": confusion]
-        let d = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-        return String(decoding: d, as: UTF8.self)
+        let object: [String: Any] = ["checkpoint": checkpoint, "data": data, "frames": s.frames, "loss": num(s.loss),
+                                     "accuracy": num(s.accuracy), "correct": s.correct, "per_class": perClass, "confusion": confusion]
+        return String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
     }
 }
 

@@ -1,6 +1,6 @@
 import CPortableGEMM
 import Foundation
-import Numerics
+@testable import Numerics
 import XCTest
 
 /// Tier 1: Lockstep's portable GEMM gives the same bits on every code path (scalar fmaf,
@@ -72,6 +72,23 @@ final class PortableGEMMTests: XCTestCase {
             var acc: Float = 0
             for p in 0..<3 { acc = fmaf(a[p], b[p], acc) }
             XCTAssertEqual(c[0].bitPattern, acc.bitPattern, "path \(path)")
+        }
+    }
+}
+
+/// The Swift SHA-256 that stands in where OpenSSL gives no context gives OpenSSL's digests.
+final class SHA256FallbackTests: XCTestCase {
+    func testTheSwiftFallbackGivesTheSameDigestsAsOpenSSL() {
+        var seed: UInt64 = 7
+        for n in [0, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 4099] {
+            let bytes = (0..<n).map { _ -> UInt8 in seed = seed &* 6364136223846793005 &+ 1; return UInt8(truncatingIfNeeded: seed >> 33) }
+            var fallback = SwiftSHA256()
+            // In two pieces, to cross the pending-block path.
+            bytes.withUnsafeBytes { b in
+                fallback.update(UnsafeRawBufferPointer(rebasing: b[0..<(n / 3)]))
+                fallback.update(UnsafeRawBufferPointer(rebasing: b[(n / 3)...]))
+            }
+            XCTAssertEqual(fallback.finalize().hexString, SHA256.hex(bytes), "\(n) bytes")
         }
     }
 }

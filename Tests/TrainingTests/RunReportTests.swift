@@ -11,12 +11,12 @@ final class RunReportTests: XCTestCase {
             r.lr = 0.01 / Float(s); r.workersAlive = s < 3 ? 1 : 2; r.reissued = s == 3 ? 1 : 0
             r.shardSecondsMax = 0.02; r.shardSecondsMean = 0.015
             r.workerSeconds = ["worker pid 7": 0.03, "worker pid 9": s < 4 ? 0.04 : 0.05]
-            lines.append(r.json)
+            lines.append(try r.json)
             if s % 3 == 0 {
                 var sums = EvalSums(classes: 2)
                 sums.lossSum = Double(s); sums.frames = 10; sums.correct = s; sums.confusion = [0: s, 1: 10 - s]
-                lines.append(ValidationReport(step: s, epoch: 0, sums: sums, best: 0.3, bestStep: s, improved: true, stopped: nil,
-                                              lrReduced: nil, select: .loss).json)
+                lines.append(try ValidationReport(step: s, epoch: 0, sums: sums, best: 0.3, bestStep: s, improved: true, stopped: nil,
+                                                  lrReduced: nil, select: .loss).json)
             }
         }
         let report = RunReport(metricsLines: lines + ["not json"])
