@@ -186,8 +186,7 @@ public final class CoordinatorServer {
         var checkpointAfterValidation = false
         if t.validationPending {
             shared?.publishWeights(step: t.step, t.params)
-            try execute(core.beginStep(CoordinatorServer.validationRound + t.step, shards: t.validationShardIds, now: stepStarted,
-                                       evaluate: true, weightsStep: t.step))
+            try beginValidation(now: stepStarted)
         } else if !t.done {
             try beginStep(now: stepStarted)
         }
@@ -263,8 +262,7 @@ public final class CoordinatorServer {
             let checkpointDue = t.run.checkpointEvery > 0 && t.step % t.run.checkpointEvery == 0 && !t.done
             if validateNext {
                 checkpointAfterValidation = checkpointDue
-                try execute(core.beginStep(CoordinatorServer.validationRound + t.step, shards: t.validationShardIds, now: monotonicSeconds(),
-                                           evaluate: true, weightsStep: t.step))
+                try beginValidation(now: monotonicSeconds())
             } else if checkpointDue {
                 try t.saveCheckpoint()
             }
@@ -277,6 +275,12 @@ public final class CoordinatorServer {
 
     /// Validation rounds are numbered from here (plus the step they follow), apart from steps.
     public static let validationRound = 1 << 40
+
+    /// Starts the validation after the last step done, with that step's weights (already published).
+    func beginValidation(now: Double) throws {
+        try execute(core.beginStep(CoordinatorServer.validationRound + trainer.step, shards: trainer.validationShardIds, now: now,
+                                   evaluate: true, weightsStep: trainer.step))
+    }
 
     /// Releases at once the workers whose connections closed.
     func releaseClosedConnections() throws {

@@ -479,17 +479,9 @@ public final class Trainer {
         var i = 0
         let sorted = set.examples.sorted { $0.length > $1.length }
         while i < sorted.count {
-            let chunk = Array(sorted[i..<min(i + 64, sorted.count)])
-            let batch = PackedBatch(chunk, inputSize: model.inputSize)
-            engine.forward(params: params, batch: batch, dropout: nil)
-            let lp = engine.logp!
-            let C = model.classes
-            for r in 0..<batch.rows where batch.y[r] >= 0 {
-                var best = 0
-                for k in 1..<C where lp[r * C + k] > lp[r * C + best] { best = k }
-                if best == Int(batch.y[r]) { correct += 1 }
-                total += 1
-            }
+            let sums = engine.evaluate(params: params, examples: Array(sorted[i..<min(i + 64, sorted.count)])).sums
+            correct += sums.correct
+            total += sums.frames
             i += 64
         }
         return total > 0 ? Double(correct) / Double(total) : 0

@@ -17,9 +17,13 @@ struct InferenceOptions: ParsableArguments {
     @Option(help: "openblas or portable: how products are computed (default: the checkpoint's, else openblas).")
     var numerics: NumericsMode?
 
-    /// The mode to compute in: the option, else the one the checkpoint was trained with.
-    func mode(for ck: Checkpoint) -> NumericsMode {
-        numerics ?? (ck.metadata["numerics"]?.hasPrefix("portable") == true ? .portable : .openblas)
+    /// The checkpoint and data, checked against each other, with this process set to compute in
+    /// the option's numerics mode, else the one the checkpoint was trained with.
+    func load(labels: Dataset.Labels) throws -> (Checkpoint, Dataset) {
+        BLAS.setThreads(1)
+        let (ck, set) = try Inference.load(checkpoint: checkpoint, data: data, labels: labels)
+        BLAS.mode = numerics ?? (ck.metadata["numerics"]?.hasPrefix("portable") == true ? .portable : .openblas)
+        return (ck, set)
     }
 
     func problems() -> [String] {
@@ -68,11 +72,9 @@ struct Eval: ParsableCommand {
         keepLargeAllocationsInTheHeap()
         logging.setup(role: "eval")
         do {
-            BLAS.setThreads(1)
             let o = inference
-            let (ck, set) = try Inference.load(checkpoint: o.checkpoint, data: o.data, labels: .forModel(
+            let (ck, set) = try o.load(labels: .forModel(
                 o.checkpoint, missingHint: "eval needs labels; to label unlabelled data use `coord predict --checkpoint \(o.checkpoint) --data \(o.data) --out PRED.npz`"))
-            BLAS.mode = o.mode(for: ck)
             log("eval: \(set.examples.count) sequences, \(set.frames) frames of \(o.data) on the \(ck.model.hidden)-unit \(ck.model.layers)-layer model in \(o.checkpoint)")
             let out = Inference.run(model: ck.model, params: ck.params, data: set, batchSize: o.batchSize, threads: o.threads,
                                     progress: o.progress(total: set.examples.count, what: "eval"))
@@ -158,13 +160,11 @@ struct Predict: ParsableCommand {
         keepLargeAllocationsInTheHeap()
         logging.setup(role: "predict")
         do {
-            BLAS.setThreads(1)
             let o = inference
-            let (ck, set) = try Inference.load(checkpoint: o.checkpoint, data: o.data, labels: .optional(o.checkpoint))
+            let (ck, set) = try o.load(labels: .optional(o.checkpoint))
             if logprobs {
                 try Memory.check(set.examples.count * set.paddedLength * ck.model.classes * 4 * 2, for: "--logprobs of \(o.data)")
             }
-            BLAS.mode = o.mode(for: ck)
             log("predict: \(set.examples.count) sequences, \(set.frames) frames of \(o.data)")
             let result = Inference.run(model: ck.model, params: ck.params, data: set, batchSize: o.batchSize, threads: o.threads,
                                        predictions: true, logprobs: logprobs, progress: o.progress(total: set.examples.count, what: "predict"))
