@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "CPortableGEMM", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         .target(name: "Numerics", dependencies: ["COpenBLAS", "CCrypto", "CPortableGEMM"], swiftSettings: fast),
         // The model: config, parameter layout, packed forward/backward, loss, init.
-        .target(name: "BiLSTM", dependencies: ["Numerics"], swiftSettings: fast),
+        .target(name: "BiLSTM", dependencies: ["Numerics", "CPortableGEMM"], swiftSettings: fast),
         // Data, batching, optimizers, clipping, checkpoints, the local trainer.
         .target(name: "Training", dependencies: ["BiLSTM", "Numerics", "CZlib"], swiftSettings: fast),
         // Protocol codec, coordinator/worker state machines, and the ZeroMQ shell.
@@ -63,7 +63,7 @@ let package = Package(
         .executableTarget(name: "lockstep-fuzz", dependencies: ["Cluster", "Training", "BiLSTM", "Numerics"]),
 
         .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
-        .testTarget(name: "BiLSTMTests", dependencies: ["BiLSTM", "Training"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "BiLSTMTests", dependencies: ["BiLSTM", "Training", "CPortableGEMM"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Training"], resources: [.copy("FuzzCorpus")]),
     ],

@@ -60,8 +60,9 @@ public final class Engine {
     }
 
     /// Forward pass. `dropout` nil means evaluation (no dropout). Returns the loss sum.
+    /// `forBackward` false (inference) skips the stores only a backward pass reads.
     @discardableResult
-    public func forward(params: FloatBuffer, batch: PackedBatch, dropout: Dropout.Key?) -> BatchResult {
+    public func forward(params: FloatBuffer, batch: PackedBatch, dropout: Dropout.Key?, forBackward: Bool = true) -> BatchResult {
         precondition(params.count == layout.count, "parameter buffer has \(params.count) floats, layout needs \(layout.count)")
         precondition(batch.inputSize == config.inputSize)
         let N = batch.rows, H = config.hidden, D = config.headInput
@@ -90,7 +91,8 @@ public final class Engine {
                     LSTMLayer.forward(gates: g, c: c, tc: tc, h: out + outColumn + cell.column, ldh: ld,
                                       x: input, ldx: inputLd, wih: P + cell.wih, whh: P + cell.whh,
                                       bih: P + cell.bih, bhh: P + cell.bhh, zeros: zeros.ptr,
-                                      batch: batch, inputSize: cell.inputSize, hidden: H, reverse: cell.reverse)
+                                      batch: batch, inputSize: cell.inputSize, hidden: H, reverse: cell.reverse,
+                                      cacheForBackward: forBackward)
                     lc.cells.append((g, c, tc))
                 }
                 if !last {

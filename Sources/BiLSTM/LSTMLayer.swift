@@ -1,3 +1,4 @@
+import CPortableGEMM
 import Numerics
 
 public typealias FPtr = UnsafeMutablePointer<Float>
@@ -19,12 +20,14 @@ public enum LSTMLayer {
         wih: CFPtr, whh: CFPtr, // [4H, in], [4H, H]
         bih: CFPtr, bhh: CFPtr, // [4H], [4H]
         zeros: CFPtr,           // [H] of zeros: the initial state
-        batch: PackedBatch, inputSize: Int, hidden H: Int, reverse: Bool
+        batch: PackedBatch, inputSize: Int, hidden H: Int, reverse: Bool,
+        cacheForBackward: Bool = true  // false: gates and tc are scratch (inference)
     ) {
         let N = batch.rows, G = 4 * H
         for k in 0..<G { gates[k] = bih[k] + bhh[k] }
         for r in 1..<max(N, 1) { (gates + r * G).update(from: gates, count: G) }
-        // The input projection of all time steps is one GEMM.
+        // The input projection of all time steps is one GEMM. (Blocks of rows projected just
+        // before use measured no faster, and OpenBLAS's rounding depends on the row count.)
         BLAS.sgemm(transA: false, transB: true, m: N, n: G, k: inputSize,
                    a: x, lda: ldx, b: wih, ldb: inputSize, beta: 1, c: gates, ldc: G)
         for s in 0..<batch.steps {
@@ -34,6 +37,10 @@ public enum LSTMLayer {
             BLAS.sgemm(transA: false, transB: true, m: prev.count, n: G, k: H,
                        a: h + prev.base * ldh, lda: ldh, b: whh, ldb: H,
                        beta: 1, c: gates + base * G, ldc: G)
+            if CellKernel.avx2, lockstep_lstm_cell_forward(gates + base * G, c + base * H, tc + base * H, h + base * ldh, ldh,
+                                                          c + prev.base * H, prev.count, rows, H, cacheForBackward ? 1 : 0) == 1 {
+                continue
+            }
             for j in 0..<rows {
                 let r = base + j
                 let cp = j < prev.count ? CFPtr(c + (prev.base + j) * H) : zeros
@@ -42,8 +49,15 @@ public enum LSTMLayer {
         }
     }
 
+    /// Whether the cell's pointwise forward runs in the C AVX2 kernel (the same bits as
+    /// `pointwiseForward`, twice the lanes per instruction). `LOCKSTEP_CELL_PATH=swift`
+    /// forces the Swift loop, so tests can compare the two paths end to end.
+    public enum CellKernel {
+        public static let avx2: Bool = lockstep_lstm_cell_available() == 1
+    }
+
     @inline(__always)
-    static func pointwiseForward(_ g: FPtr, _ c: FPtr, _ tc: FPtr, _ h: FPtr, _ cp: CFPtr, _ H: Int) {
+    public static func pointwiseForward(_ g: FPtr, _ c: FPtr, _ tc: FPtr, _ h: FPtr, _ cp: CFPtr, _ H: Int) {
         var u = 0
         while u + 8 <= H {
             let i = detSigmoid(load8(g + u))

@@ -115,7 +115,7 @@ extension Engine {
     public func evaluate(params: FloatBuffer, examples: [Example], keepLogprobs: Bool = false) -> ForwardOutput {
         let C = config.classes
         let batch = PackedBatch(examples, inputSize: config.inputSize)
-        let r = forward(params: params, batch: batch, dropout: nil)
+        let r = forward(params: params, batch: batch, dropout: nil, forBackward: false)
         let lp = logp!
         var sums = EvalSums(classes: C)
         sums.lossSum = r.lossSum

@@ -22,7 +22,16 @@ struct Bench: ParsableCommand {
     @Option(help: "Dropout between layers.") var dropout: Float = 0.3
     @Option(help: "Timed training steps (after 2 warm-up steps).") var steps = 20
     @Option(help: "OpenBLAS threads.") var threads = 1
+    @Flag(help: "Skip the training figures: time inference only (for profiling).") var inferenceOnly = false
+    @Option(help: "Also time `coord eval`'s path (Inference.run, one thread) on a generated set written here as .npz, for PyTorch to read the same sequences.") var evalData: String?
+    @Option(help: "Sequences per batch of the inference timing (random lengths, PyTorch's `forward` mode).") var inferBatchSize = 64
+    @Option(help: "Sequences per batch of the eval timing.") var evalBatchSize = 64
+    @Option(help: "Batches in the eval set.") var evalBatches = 40
     @Option(help: "Instead of training: hash this many MiB with SHA-256 (checkpoints, data, shards) and print MB/s.") var hashMib: Int?
+
+    func validate() throws {
+        if inferBatchSize < 1 || evalBatchSize < 1 || evalBatches < 1 { throw ValidationError("batch sizes and --eval-batches must be >= 1") }
+    }
 
     func run() throws {
         if let mib = hashMib {
@@ -48,30 +57,47 @@ struct Bench: ParsableCommand {
         let grad = FloatBuffer(count: trainer.layout.count)
         var frames = 0
         var seconds = 0.0
-        for s in 0..<(steps + 2) {
+        for s in 0..<(inferenceOnly ? 0 : steps + 2) {
             let t0 = Date()
             let shard = trainer.shards(forStep: s)[0]
             let r = computer.compute(params: trainer.params, examples: shard.map { data.examples[$0] }, step: s, into: grad)
             _ = try trainer.apply(parts: [(grad, r)], seconds: 0)
             if s >= 2 { seconds += Date().timeIntervalSince(t0); frames += shard.reduce(0) { $0 + data.examples[$1].length } }
         }
-        // Inference: forward only, no dropout, same batches.
+        // Inference: forward only, no dropout, --steps batches of --infer-batch-size sequences of
+        // random lengths after 2 warm-up batches, as PyTorch's `forward` mode draws and times them.
         let engine = computer.engine
+        let inferSet = SyntheticTask(sequences: inferBatchSize * (steps + 2), inputSize: inputSize, classes: classes,
+                                     minLength: minLength, maxLength: maxLength).generate(seed: 3)
         var inferFrames = 0
-        let ti = Date()
-        for s in 2..<(steps + 2) {
-            let shard = trainer.shards(forStep: s)[0]
-            engine.forward(params: trainer.params, batch: PackedBatch(shard.map { data.examples[$0] }, inputSize: inputSize), dropout: nil)
-            inferFrames += shard.reduce(0) { $0 + data.examples[$1].length }
+        var ti = Date()
+        for s in 0..<(steps + 2) {
+            if s == 2 { ti = Date() }
+            let b = Array(inferSet.examples[(s * inferBatchSize)..<((s + 1) * inferBatchSize)])
+            engine.forward(params: trainer.params, batch: PackedBatch(b, inputSize: inputSize), dropout: nil, forBackward: false)
+            if s >= 2 { inferFrames += b.reduce(0) { $0 + $1.length } }
         }
         let inferSeconds = Date().timeIntervalSince(ti)
-        let fps = Double(frames) / seconds
+        var evalFields = ""
+        if let path = evalData {
+            // What `coord eval --threads 1` runs per batch: packing, forward, argmax, sums.
+            let task = SyntheticTask(sequences: evalBatchSize * evalBatches, inputSize: inputSize, classes: classes,
+                                     minLength: minLength, maxLength: maxLength)
+            let set = task.generate(seed: 7)
+            try AtomicFile.write(set.npzBytes(), to: path)
+            _ = Inference.run(model: trainer.model, params: trainer.params, data: set, batchSize: evalBatchSize, threads: 1)  // warm up
+            let te = Date()
+            let out = Inference.run(model: trainer.model, params: trainer.params, data: set, batchSize: evalBatchSize, threads: 1, predictions: true)
+            let evalSeconds = Date().timeIntervalSince(te)
+            evalFields = String(format: ",\"eval_frames_per_s\":%.0f,\"eval_batch\":%d,\"eval_frames\":%d", Double(set.frames) / evalSeconds, evalBatchSize, out.sums.frames)
+        }
+        let fps = frames > 0 ? Double(frames) / seconds : 0
         let flopsPerFrame = Bench.trainingFlopsPerFrame(trainer.model)
         var usage = rusage()
         getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
         let rssMiB = Double(usage.ru_maxrss) / 1024
-        print(String(format: "{\"engine\":\"lockstep\",\"train_frames_per_s\":%.0f,\"gflops\":%.2f,\"infer_frames_per_s\":%.0f,\"peak_rss_mib\":%.1f,\"frames\":%d,\"mflop_per_frame\":%.2f,\"blas_core\":\"%@\"}",
-                     fps, fps * flopsPerFrame / 1e9, Double(inferFrames) / inferSeconds, rssMiB, frames, flopsPerFrame / 1e6, BLAS.coreName))
+        print(String(format: "{\"engine\":\"lockstep\",\"train_frames_per_s\":%.0f,\"gflops\":%.2f,\"infer_frames_per_s\":%.0f,\"infer_batch\":%d,\"peak_rss_mib\":%.1f,\"frames\":%d,\"mflop_per_frame\":%.2f,\"blas_core\":\"%@\"%@}",
+                     fps, fps * flopsPerFrame / 1e9, Double(inferFrames) / inferSeconds, inferBatchSize, rssMiB, frames, flopsPerFrame / 1e6, BLAS.coreName, evalFields))
     }
 
     /// Multiply-adds ×2 of forward + backward per valid frame (backward ≈ 2× forward).

@@ -73,7 +73,8 @@ final class StructureTests: XCTestCase {
 
     func testSingleStepsEqualOneSequence() {
         for m in [model, ModelConfig(inputSize: 3, hidden: 5, layers: 3, classes: 4, arch: .split),
-                  ModelConfig(inputSize: 3, hidden: 5, layers: 2, classes: 4, bidirectional: false)] {
+                  ModelConfig(inputSize: 3, hidden: 5, layers: 2, classes: 4, bidirectional: false),
+                  ModelConfig(inputSize: 3, hidden: 16, layers: 2, classes: 4)] {  // H % 8 == 0: the AVX2 cell kernel
             let p = ParameterLayout(m).initialParameters(seed: 5)
             let ex = Fixture.examples(lengths: [6, 1, 4, 6], inputSize: 3, classes: 4)
             let packed = logprobs(m, p, ex)

@@ -1,0 +1,22 @@
+#ifndef LOCKSTEP_LSTM_CELL_H
+#define LOCKSTEP_LSTM_CELL_H
+
+/// One time step of an LSTM direction's pointwise forward, in AVX2 (eight lanes per
+/// instruction, where Swift's SIMD8 compiles to two SSE halves on a generic x86-64 build).
+///
+/// The same IEEE-754 operations in the same order as `Numerics.detSigmoid`/`detTanh` and
+/// `LSTMLayer.pointwiseForward`, without FMA: the results are those functions' bits
+/// (tested bit for bit against them). For rows j < `rows`: gates[j] holds the pre-activations
+/// i, f, g, o [4H] and gets their activations; c[j] = f*cp + i*g; tc[j] = tanh(c[j]);
+/// h[j * ldh] = o * tc[j]; cp is row j of `cprev` when j < `with_prev`, else zero state.
+/// `store_cache` 0 skips the gates and tanh(c) stores a backward pass would read.
+/// Returns 0 when this CPU has no AVX2 (nothing written), 1 when done.
+int lockstep_lstm_cell_forward(float *gates, float *c, float *tc, float *h, long ldh,
+                               const float *cprev, long with_prev, long rows, long hidden,
+                               int store_cache);
+
+/// 1 when lockstep_lstm_cell_forward runs on this CPU and the environment does not force
+/// the Swift loop (LOCKSTEP_CELL_PATH=swift, so tests can compare both paths end to end).
+int lockstep_lstm_cell_available(void);
+
+#endif

@@ -1,0 +1,72 @@
+import BiLSTM
+import CPortableGEMM
+import Numerics
+import XCTest
+
+/// Tier 1: the C AVX2 cell kernel is the Swift cell loop, bit for bit, on every kind of input.
+final class CellKernelTests: XCTestCase {
+    /// Pre-activations from tiny to beyond exp's clamp, the tanh polynomial's switch point,
+    /// signed zeros, subnormals and infinities, then random values at several scales.
+    func values(_ n: Int, seed: UInt64) -> [Float] {
+        let special: [Float] = [0, -0.0, 1e-30, -1e-30, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, 0.0625, -0.0625,
+                                Float(0.0625).nextDown, -Float(0.0625).nextDown, Float(0.0625).nextUp, 43.5, -43.5, 44, -44, 87, -87, 88, -88,
+                                89, -89, 1e4, -1e4, .infinity, -.infinity, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]
+        return (0..<n).map { k in
+            if k < special.count { return special[k] }
+            let scale: Float = [0.01, 0.3, 1, 4, 30, 120][k % 6]
+            let u = Philox.block(key: seed, counter: SIMD4(UInt32(k), 0, 0, 0))
+            return scale * (Philox.unit(u[0]) + Philox.unit(u[1]) + Philox.unit(u[2]) - 1.5) * 2
+        }
+    }
+
+    func same(_ a: Float, _ b: Float) -> Bool { a.bitPattern == b.bitPattern || (a.isNaN && b.isNaN) }
+
+    func testAVX2CellEqualsTheSwiftLoopBitForBit() throws {
+        try XCTSkipUnless(lockstep_lstm_cell_available() == 1, "this CPU has no AVX2 (or LOCKSTEP_CELL_PATH=swift)")
+        for H in [8, 16, 128] {
+            let rows = 7, withPrev = 4, G = 4 * H, ldh = 2 * H + 3
+            let pre = values(rows * G, seed: UInt64(H))
+            let cprev = values(withPrev * H, seed: UInt64(H) + 100)
+            var worst = 0
+            for store in [1, 0] {
+                var g = pre, c = [Float](repeating: 0, count: rows * H), tc = c, h = [Float](repeating: 0, count: rows * ldh)
+                XCTAssertEqual(lockstep_lstm_cell_forward(&g, &c, &tc, &h, ldh, cprev, withPrev, rows, H, Int32(store)), 1)
+                var rg = pre, rc = c, rtc = tc, rh = h
+                let zeros = [Float](repeating: 0, count: H)
+                for j in 0..<rows {
+                    rg.withUnsafeMutableBufferPointer { g in rc.withUnsafeMutableBufferPointer { c in rtc.withUnsafeMutableBufferPointer { tc in
+                        rh.withUnsafeMutableBufferPointer { h in
+                            let cp = j < withPrev ? cprev : zeros, off = j < withPrev ? j * H : 0
+                            cp.withUnsafeBufferPointer { cp in
+                                LSTMLayer.pointwiseForward(g.baseAddress! + j * G, c.baseAddress! + j * H, tc.baseAddress! + j * H,
+                                                           h.baseAddress! + j * ldh, cp.baseAddress! + off, H)
+                            }
+                        } } } }
+                }
+                for k in c.indices where !same(c[k], rc[k]) { worst += 1; if worst < 5 { XCTFail("H \(H): c[\(k)] \(c[k]) != \(rc[k])") } }
+                for j in 0..<rows { for u in 0..<H where !same(h[j * ldh + u], rh[j * ldh + u]) {
+                    worst += 1; if worst < 5 { XCTFail("H \(H): h[\(j), \(u)] \(h[j * ldh + u]) != \(rh[j * ldh + u])") }
+                } }
+                if store == 1 {
+                    for k in g.indices where !same(g[k], rg[k]) { worst += 1; if worst < 5 { XCTFail("H \(H): gate \(k) of input \(pre[k]): \(g[k]) != \(rg[k])") } }
+                    for k in tc.indices where !same(tc[k], rtc[k]) { worst += 1; if worst < 5 { XCTFail("H \(H): tanh(c)[\(k)] \(tc[k]) != \(rtc[k])") } }
+                }
+            }
+            XCTAssertEqual(worst, 0, "H \(H): \(worst) values differ")
+        }
+    }
+
+    /// Inference's forward (no backward caches) gives the training forward's log-probs, bit for bit.
+    func testInferenceForwardEqualsTrainingForward() {
+        let m = ModelConfig(inputSize: 5, hidden: 16, layers: 2, classes: 3)
+        let p = ParameterLayout(m).initialParameters(seed: 3)
+        let batch = PackedBatch(Fixture.examples(lengths: [9, 4, 9, 1], inputSize: 5, classes: 3), inputSize: 5)
+        let a = Engine(m), b = Engine(m)
+        let ra = a.forward(params: p, batch: batch, dropout: nil)
+        let rb = b.forward(params: p, batch: batch, dropout: nil, forBackward: false)
+        XCTAssertEqual(ra.lossSum.bitPattern, rb.lossSum.bitPattern)
+        let n = batch.rows * m.classes
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: a.logp!, count: n)).map(\.bitPattern),
+                       Array(UnsafeBufferPointer(start: b.logp!, count: n)).map(\.bitPattern))
+    }
+}
