@@ -36,7 +36,9 @@ public struct Dataset: Sendable {
     /// Reads `x` float32 `[N, Lmax, d_in]`, `lengths` int `[N]`, `y` int `[N, Lmax]` (-1 padding)
     /// from an `.npz` written by `np.savez` or `np.savez_compressed`, refusing anything malformed
     /// with the file, array and fix named.
+    /// A directory packed by `coord data pack` (or its manifest.json) reads the same data.
     public static func load(npz path: String, classes: Int? = nil, labels: Labels = .required) throws -> Dataset {
+        if DataManifest.isPacked(path) { return try PackedData.load(path, classes: classes, labels: labels) }
         guard FileManager.default.fileExists(atPath: path) else {
             throw LockstepError("\(path): cannot read the data file (missing or unreadable)",
                                 hint: labels == .required ? "pass an existing .npz with --data, or omit --data to use the built-in synthetic task"

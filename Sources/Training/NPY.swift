@@ -15,41 +15,54 @@ public struct NPYArray {
         return try parse(bytes.raw, owner: bytes, file: file, array: array)
     }
 
-    /// Parses NPY format versions 1–3 (numpy's `format.py`): magic, header dict, data.
-    static func parse(_ b: UnsafeRawBufferPointer, owner: AnyObject?, file: String, array: String) throws -> NPYArray {
-        func bad(_ why: String) -> LockstepError {
-            LockstepError("\(file): array '\(array)' is not a valid .npy member: \(why)",
-                          hint: "save arrays with numpy.savez(path, x=x, lengths=lengths, y=y)")
-        }
-        guard b.count >= 10, b[0] == 0x93, Array(b[1...5]) == Array("NUMPY".utf8) else { throw bad("missing NUMPY magic") }
-        guard b[6] != 1 || b[7] == 0 else { throw bad("unsupported format version \(b[6]).\(b[7])") }
-        let major = b[6]
-        let headerLen: Int, start: Int
-        switch major {
-        case 1: headerLen = Int(b[8]) | Int(b[9]) << 8; start = 10
+    /// What a `.npy` header says: dtype, shape, and where the data starts.
+    struct Header {
+        let descr: String
+        let shape: [Int]
+        let dataStart: Int
+        var count: Int { shape.reduce(1, *) }
+    }
+
+    static func bad(_ file: String, _ array: String, _ why: String) -> LockstepError {
+        LockstepError("\(file): array '\(array)' is not a valid .npy member: \(why)",
+                      hint: "save arrays with numpy.savez(path, x=x, lengths=lengths, y=y)")
+    }
+
+    /// Bytes of the header: 0 while `b` is too short to say (`b` holds the first 12 bytes or fewer).
+    static func headerLength(_ b: UnsafeRawBufferPointer, file: String, array: String) throws -> Int {
+        guard b.count >= 10, b[0] == 0x93, Array(b[1...5]) == Array("NUMPY".utf8) else { throw bad(file, array, "missing NUMPY magic") }
+        guard b[6] != 1 || b[7] == 0 else { throw bad(file, array, "unsupported format version \(b[6]).\(b[7])") }
+        switch b[6] {
+        case 1: return 10 + (Int(b[8]) | Int(b[9]) << 8)
         case 2, 3:
-            guard b.count >= 12 else { throw bad("truncated header") }
-            headerLen = Int(b[8]) | Int(b[9]) << 8 | Int(b[10]) << 16 | Int(b[11]) << 24; start = 12
-        default: throw bad("unsupported format version \(major)")
+            guard b.count >= 12 else { throw bad(file, array, "truncated header") }
+            return 12 + (Int(b[8]) | Int(b[9]) << 8 | Int(b[10]) << 16 | Int(b[11]) << 24)
+        default: throw bad(file, array, "unsupported format version \(b[6])")
         }
-        guard start + headerLen <= b.count else { throw bad("truncated header") }
-        let header = String(decoding: UnsafeRawBufferPointer(rebasing: b[start..<(start + headerLen)]), as: UTF8.self)
-        guard let descr = field(header, "descr").flatMap(quoted) else { throw bad("header has no 'descr'") }
-        guard let fortran = field(header, "fortran_order") else { throw bad("header has no 'fortran_order'") }
-        guard let shapeText = field(header, "shape") else { throw bad("header has no 'shape'") }
+    }
+
+    /// Parses the header of NPY format versions 1–3 (numpy's `format.py`): magic, header dict.
+    static func header(_ b: UnsafeRawBufferPointer, file: String, array: String) throws -> Header {
+        let end = try headerLength(b, file: file, array: array)
+        let start = b[6] == 1 ? 10 : 12
+        guard end <= b.count else { throw bad(file, array, "truncated header") }
+        let header = String(decoding: UnsafeRawBufferPointer(rebasing: b[start..<end]), as: UTF8.self)
+        guard let descr = field(header, "descr").flatMap(quoted) else { throw bad(file, array, "header has no 'descr'") }
+        guard let fortran = field(header, "fortran_order") else { throw bad(file, array, "header has no 'fortran_order'") }
+        guard let shapeText = field(header, "shape") else { throw bad(file, array, "header has no 'shape'") }
         var shape: [Int] = []
         let inner = shapeText.trimmingCharacters(in: CharacterSet(charactersIn: "() "))
         for part in inner.split(separator: ",") {
             let s = part.trimmingCharacters(in: .whitespaces)
             if s.isEmpty { continue }
-            guard let v = Int(s), v >= 0 else { throw bad("bad shape \(shapeText)") }
+            guard let v = Int(s), v >= 0 else { throw bad(file, array, "bad shape \(shapeText)") }
             shape.append(v)
         }
         if fortran.hasPrefix("True") {
             throw LockstepError("\(file): array '\(array)' is stored in Fortran order",
                                 hint: "save numpy.ascontiguousarray(\(array)) instead")
         }
-        guard let item = itemSize(descr) else {
+        guard itemSize(descr) != nil else {
             throw LockstepError("\(file): array '\(array)' has dtype \(descr), which Lockstep does not read",
                                 hint: "use little-endian float32 for x and integers for lengths and y")
         }
@@ -57,14 +70,20 @@ public struct NPYArray {
         var n = 1
         for d in shape {
             let (m, overflow) = n.multipliedReportingOverflow(by: d)
-            guard !overflow, m <= 1 << 40 else { throw bad("declared shape \(shape) is absurdly large") }
+            guard !overflow, m <= 1 << 40 else { throw bad(file, array, "declared shape \(shape) is absurdly large") }
             n = m
         }
-        let need = n * item
-        guard b.count - start - headerLen >= need else {
-            throw bad("declared shape \(shape) needs \(need) bytes of data but the member has \(b.count - start - headerLen) (truncated?)")
+        return Header(descr: descr, shape: shape, dataStart: end)
+    }
+
+    /// Parses a whole `.npy` member: header, then the data it declares.
+    static func parse(_ b: UnsafeRawBufferPointer, owner: AnyObject?, file: String, array: String) throws -> NPYArray {
+        let h = try header(b, file: file, array: array)
+        let need = h.count * itemSize(h.descr)!
+        guard b.count - h.dataStart >= need else {
+            throw bad(file, array, "declared shape \(h.shape) needs \(need) bytes of data but the member has \(b.count - h.dataStart) (truncated?)")
         }
-        return NPYArray(descr: descr, shape: shape, data: UnsafeRawBufferPointer(rebasing: b[(start + headerLen)..<(start + headerLen + need)]),
+        return NPYArray(descr: h.descr, shape: h.shape, data: UnsafeRawBufferPointer(rebasing: b[h.dataStart..<(h.dataStart + need)]),
                         owner: owner)
     }
 
@@ -115,7 +134,11 @@ public struct NPYArray {
 
     /// The values as Int, for any integer dtype.
     public func ints(file: String, array: String) throws -> [Int] {
-        let raw = data
+        try NPYArray.ints(data, descr: descr, count: count, file: file, array: array)
+    }
+
+    /// `count` integers of dtype `descr` from little-endian bytes.
+    static func ints(_ raw: UnsafeRawBufferPointer, descr: String, count: Int, file: String, array: String) throws -> [Int] {
         func le(_ o: Int, _ n: Int) -> UInt64 {
             var v: UInt64 = 0
             for k in 0..<n { v |= UInt64(raw[o + k]) << (8 * UInt64(k)) }

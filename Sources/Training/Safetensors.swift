@@ -145,6 +145,11 @@ public struct Safetensors {
 
 public enum AtomicFile {
     public static func write(_ bytes: [UInt8], to path: String) throws {
+        try bytes.withUnsafeBytes { try write(parts: [$0], to: path) }
+    }
+
+    /// The concatenation of `parts`, written the same way without joining them in memory.
+    public static func write(parts: [UnsafeRawBufferPointer], to path: String) throws {
         let dir = (path as NSString).deletingLastPathComponent
         let tmp = (dir.isEmpty ? "." : dir) + "/." + (path as NSString).lastPathComponent + ".tmp-\(getpid())"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
@@ -152,17 +157,19 @@ public enum AtomicFile {
             throw LockstepError("cannot write \(tmp): \(String(cString: strerror(errno)))",
                                 hint: "check that \(dir.isEmpty ? "." : dir) exists and is writable, or choose another --checkpoint-dir")
         }
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress! + off, bytes.count - off) }
-            if n <= 0 {
-                let err = String(cString: strerror(errno))
-                close(fd)
-                unlink(tmp)
-                throw LockstepError("cannot write \(path): \(err); the previous file is untouched",
-                                    hint: "free disk space or choose another --checkpoint-dir")
+        for bytes in parts where bytes.count > 0 {
+            var off = 0
+            while off < bytes.count {
+                let n = Foundation.write(fd, bytes.baseAddress! + off, bytes.count - off)
+                if n <= 0 {
+                    let err = String(cString: strerror(errno))
+                    close(fd)
+                    unlink(tmp)
+                    throw LockstepError("cannot write \(path): \(err); the previous file is untouched",
+                                        hint: "free disk space or choose another --checkpoint-dir")
+                }
+                off += n
             }
-            off += n
         }
         if fsync(fd) != 0 {
             let err = String(cString: strerror(errno))

@@ -84,8 +84,8 @@ struct ZipArchive {
                       hint: "write it with numpy.savez or numpy.savez_compressed; if it was copied, check the copy is complete")
     }
 
-    private static func u16(_ d: UnsafeRawBufferPointer, _ o: Int) -> Int { Int(d[o]) | Int(d[o + 1]) << 8 }
-    private static func u32(_ d: UnsafeRawBufferPointer, _ o: Int) -> Int { u16(d, o) | u16(d, o + 2) << 16 }
+    static func u16(_ d: UnsafeRawBufferPointer, _ o: Int) -> Int { Int(d[o]) | Int(d[o + 1]) << 8 }
+    static func u32(_ d: UnsafeRawBufferPointer, _ o: Int) -> Int { u16(d, o) | u16(d, o + 2) << 16 }
     /// 64-bit fields are read as unsigned and refused past 2^62, so no size wraps negative.
     private static func u64(_ d: UnsafeRawBufferPointer, _ o: Int) -> Int {
         let v = UInt64(u32(d, o)) | UInt64(u32(d, o + 4)) << 32
@@ -289,5 +289,98 @@ struct ZipArchive {
             }
         }
         return Array(out.prefix(produced))
+    }
+}
+
+/// One member's uncompressed bytes, front to back, as many as asked at a time: memory is
+/// the caller's buffer, not the member (the packer reads inputs larger than RAM this way).
+/// Pages of the mapped archive already read are dropped from memory as it goes, and the
+/// member's CRC-32 is checked when the last byte has been read (`finish`).
+final class ZipMemberStream {
+    let archive: ZipArchive
+    let entry: ZipArchive.Entry
+    private let start: Int
+    private var inOff = 0          // compressed bytes consumed
+    private(set) var outOff = 0    // uncompressed bytes delivered
+    private var crc: UInt = 0
+    private var stream = z_stream()
+    private var released = 0       // bytes of the map already given back
+
+    init(_ archive: ZipArchive, _ entry: ZipArchive.Entry) throws {
+        self.archive = archive
+        self.entry = entry
+        let d = archive.bytes.raw, o = entry.localHeaderOffset
+        guard o >= 0, o + 30 <= d.count, ZipArchive.u32(d, o) == 0x0403_4b50 else {
+            throw ZipArchive.corrupt(archive.path, "member \(entry.name): bad local header")
+        }
+        start = o + 30 + ZipArchive.u16(d, o + 26) + ZipArchive.u16(d, o + 28)
+        guard entry.compressedSize >= 0, entry.size >= 0, start <= d.count, entry.compressedSize <= d.count - start else {
+            throw ZipArchive.corrupt(archive.path, "member \(entry.name) runs past the end of the file (truncated?)")
+        }
+        switch entry.method {
+        case 0: break
+        case 8:
+            guard inflateInit2_(&stream, -15, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
+                throw ZipArchive.corrupt(archive.path, "zlib could not start")
+            }
+        default: throw ZipArchive.corrupt(archive.path, "member \(entry.name) uses compression method \(entry.method)")
+        }
+    }
+
+    deinit { if entry.method == 8 { inflateEnd(&stream) } }
+
+    var remaining: Int { entry.size - outOff }
+
+    /// Exactly `count` bytes into `dst`, or an error naming the member when it has fewer.
+    func read(into dst: UnsafeMutableRawPointer, count: Int) throws {
+        guard count <= remaining else {
+            throw ZipArchive.corrupt(archive.path, "member \(entry.name) ends after \(entry.size) bytes; \(outOff + count) were needed (truncated?)")
+        }
+        if count == 0 { return }
+        let src = archive.bytes.raw.baseAddress! + start
+        if entry.method == 0 {
+            dst.copyMemory(from: src + outOff, byteCount: count)
+            inOff = outOff + count
+        } else {
+            var done = 0
+            while done < count {
+                if stream.avail_in == 0 {
+                    let n = min(1 << 20, entry.compressedSize - inOff)
+                    stream.next_in = UnsafeMutablePointer(mutating: (src + inOff).assumingMemoryBound(to: UInt8.self))
+                    stream.avail_in = UInt32(n)
+                    inOff += n
+                }
+                let want = min(count - done, 1 << 30)
+                stream.next_out = (dst + done).assumingMemoryBound(to: UInt8.self)
+                stream.avail_out = UInt32(want)
+                let rc = inflate(&stream, Z_NO_FLUSH)
+                let got = want - Int(stream.avail_out)
+                done += got
+                if rc == Z_STREAM_END && done < count || rc != Z_OK && rc != Z_STREAM_END && !(rc == Z_BUF_ERROR && got > 0) {
+                    throw ZipArchive.corrupt(archive.path, "member \(entry.name): deflate data is corrupt or short")
+                }
+            }
+        }
+        crc = crc32(crc, dst.assumingMemoryBound(to: UInt8.self), UInt32(count))
+        outOff += count
+        giveBack()
+    }
+
+    /// Drops the mapped pages already consumed, so the resident set stays the caller's buffers.
+    private func giveBack() {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let base = archive.bytes.raw.baseAddress!
+        let upTo = ((start + inOff) / page) * page
+        if upTo - released >= 8 << 20 {
+            madvise(UnsafeMutableRawPointer(mutating: base + released), upTo - released, MADV_DONTNEED)
+            released = upTo
+        }
+    }
+
+    /// Reads whatever is left (without keeping it) and checks the member's CRC-32.
+    func finish() throws {
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        while remaining > 0 { let n = min(remaining, buf.count); try buf.withUnsafeMutableBytes { try read(into: $0.baseAddress!, count: n) } }
+        guard UInt32(crc) == entry.crc else { throw ZipArchive.corrupt(archive.path, "member \(entry.name): CRC mismatch (file damaged)") }
     }
 }

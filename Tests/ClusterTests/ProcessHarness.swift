@@ -32,8 +32,14 @@ final class ProcessHarness {
 
     @discardableResult
     func start(_ program: String, _ args: [String], name: String, env: [String: String] = [:]) throws -> Process {
+        try start(path: bin + "/" + program, args, name: name, env: env)
+    }
+
+    /// Any executable (e.g. /bin/sh to place a binary in a cgroup first), tracked the same way.
+    @discardableResult
+    func start(path: String, _ args: [String], name: String, env: [String: String] = [:]) throws -> Process {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin + "/" + program)
+        p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
         if !env.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 } }
         _ = FileManager.default.createFile(atPath: log(name), contents: nil)

@@ -1,0 +1,108 @@
+import BiLSTM
+import Foundation
+@testable import Training
+import XCTest
+
+/// Tier 3: `coord data pack|verify|info` with the real binary; a packed directory trains to
+/// the `.npz`'s hash locally, on workers and across a resume; an input larger than a memory
+/// limit packs inside it.
+final class PackedDataProcessTests: XCTestCase {
+    var h: ProcessHarness!
+    override func setUp() { h = ProcessHarness() }
+    override func tearDown() { h.finish(testRun) }
+
+    @discardableResult
+    func run(_ name: String, _ args: [String], expect code: Int32 = 0) throws -> String {
+        let p = try h.start("coord", args, name: name)
+        XCTAssertEqual(h.wait(p, timeout: 180), code, h.text(h.log(name)))
+        return h.text(h.out(name)) + h.text(h.log(name))
+    }
+
+    let model = ["--hidden", "16", "--batch-size", "16", "--shard-size", "4", "--dropout", "0.3", "--max-norm", "0.05", "--seed", "5", "--checkpoint-every", "4"]
+
+    func testPackedDataTrainsToTheNpzHashLocallyOnWorkersAndAcrossAResume() throws {
+        let set = SyntheticTask(sequences: 96, inputSize: 16, classes: 8, minLength: 5, maxLength: 25).generate(seed: 5)
+        let npz = h.dir + "/train.npz", packed = h.dir + "/packed"
+        try Data(set.npzBytes(deflate: true)).write(to: URL(fileURLWithPath: npz))
+        let pack = try run("pack", ["data", "pack", npz, "--out", packed, "--shard-mb", "0.005"])
+        XCTAssertTrue(pack.contains("packed 96 sequences") && pack.contains("MB/s") && pack.contains("peak RSS"), pack)
+        let m = try DataManifest.load(packed)
+        XCTAssertGreaterThan(m.shards.count, 4, "several shards")
+        XCTAssertTrue(try run("verify", ["data", "verify", packed]).contains("every SHA-256 matches"))
+        let info = try run("info", ["data", "info", packed, "--json"])
+        let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(h.text(h.out("info")).utf8)) as? [String: Any], info)
+        XCTAssertEqual(o["sequences"] as? Int, 96)
+        XCTAssertEqual(o["content_sha256"] as? String, set.hash)
+
+        let base = ["start", "--steps", "12"] + model
+        try run("npz", base + ["--local", "--data", npz, "--checkpoint-dir", h.dir + "/npz"])
+        let reference = try XCTUnwrap(h.hash("npz"))
+        try run("local", base + ["--local", "--data", packed, "--checkpoint-dir", h.dir + "/local"])
+        XCTAssertEqual(h.hash("local"), reference, "packed == .npz, --local")
+        try run("spawn2", base + ["--spawn", "2", "--data", packed, "--checkpoint-dir", h.dir + "/spawn2"])
+        XCTAssertEqual(h.hash("spawn2"), reference, "packed on 2 workers == .npz --local")
+        // The same data under another form: a run started on the .npz resumes on the directory.
+        try run("half", ["start", "--steps", "6"] + model + ["--local", "--data", npz, "--checkpoint-dir", h.dir + "/half"])
+        try run("rest", base + ["--local", "--data", packed, "--checkpoint-dir", h.dir + "/half", "--resume"])
+        XCTAssertEqual(h.hash("rest"), reference, "resumed on the packed copy")
+        // eval reads it too, to the same figures.
+        let e1 = try run("eval-npz", ["eval", "--checkpoint", h.dir + "/npz/checkpoint.safetensors", "--data", npz, "--json"])
+        let e2 = try run("eval-packed", ["eval", "--checkpoint", h.dir + "/npz/checkpoint.safetensors", "--data", packed, "--json"])
+        func figures(_ name: String) throws -> NSDictionary {
+            let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(h.text(h.out(name)).utf8)) as? [String: Any], e1 + e2)
+            return o.filter { $0.key != "data" } as NSDictionary
+        }
+        XCTAssertEqual(try figures("eval-npz"), try figures("eval-packed"), "every figure but the data's path")
+        // A corrupted shard stops the run before training, naming the file.
+        let victim = packed + "/" + m.shards[1].file
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: victim))
+        bytes[0] ^= 0x80
+        try bytes.write(to: URL(fileURLWithPath: victim))
+        let bad = try run("bad", base + ["--local", "--data", packed, "--checkpoint-dir", h.dir + "/bad"], expect: 1)
+        XCTAssertTrue(bad.contains(m.shards[1].file) && bad.contains("corrupted") && bad.contains("HINT:"), bad)
+        let verify = try run("verify-bad", ["data", "verify", packed], expect: 1)
+        XCTAssertTrue(verify.contains("BAD \(victim)") && verify.contains("1 of \(m.shards.count) shards are bad"), verify)
+    }
+
+    /// A memory cgroup (v1) of 96 MB where the machine allows one: a 200 MB input packs inside
+    /// it, while reading the same file whole (`coord start --data`) is killed there. Without
+    /// cgroups, the pack's own peak RSS is still held below half the input.
+    func testAnInputLargerThanTheMemoryLimitPacks() throws {
+        let n = 2000, lmax = 250, dIn = 100
+        var rng = SystemRandomNumberGenerator()
+        let examples = (0..<n).map { i -> Example in
+            let len = 20 + Int(rng.next() % UInt64(lmax - 19))
+            return Example(id: i, x: (0..<(len * dIn)).map { Float($0 % 97) * 0.01 }, y: (0..<len).map { Int32($0 % 5) })
+        }
+        var set = Dataset(examples: examples, inputSize: dIn, classes: 5, source: "big")
+        set.paddedLength = lmax
+        let npz = h.dir + "/big.npz"
+        try Data(set.npzBytes()).write(to: URL(fileURLWithPath: npz))
+        let inputBytes = try FileManager.default.attributesOfItem(atPath: npz)[.size] as! Int
+        XCTAssertGreaterThan(inputBytes, 190_000_000)
+        let limit = 96_000_000
+        let cgroup = "/sys/fs/cgroup/memory/lockstep-test-\(getpid())-\(UUID().uuidString.prefix(8))"
+        let contained = (try? FileManager.default.createDirectory(atPath: cgroup, withIntermediateDirectories: false)) != nil
+            && (try? "\(limit)".write(toFile: cgroup + "/memory.limit_in_bytes", atomically: false, encoding: .utf8)) != nil
+        defer { if contained { rmdir(cgroup) } }
+        func inside(_ name: String, _ args: [String]) throws -> (Int32?, String) {
+            let quoted = args.map { "'\($0)'" }.joined(separator: " ")
+            let script = contained ? "echo $$ > \(cgroup)/cgroup.procs && exec '\(h.bin)/coord' \(quoted)" : "exec '\(h.bin)/coord' \(quoted)"
+            let p = try h.start(path: "/bin/sh", ["-c", script], name: name)
+            return (h.wait(p, timeout: 300), h.text(h.out(name)) + h.text(h.log(name)))
+        }
+        let (code, out) = try inside("pack", ["data", "pack", npz, "--out", h.dir + "/packed", "--shard-mb", "16"])
+        XCTAssertEqual(code, 0, out)
+        let rss = try XCTUnwrap(out.range(of: #"peak RSS (\d+) MB"#, options: .regularExpression).map { Int(out[$0].split(separator: " ")[2])! }, out)
+        print("packing \(inputBytes / 1_000_000) MB: peak RSS \(rss) MB\(contained ? " inside a \(limit / 1_000_000) MB cgroup" : " (no cgroup here)")")
+        XCTAssertLessThan(rss * 1_000_000, inputBytes / 2, out)
+        XCTAssertEqual(try DataManifest.load(h.dir + "/packed").contentSHA256, set.hash)
+        if contained {
+            let (whole, text) = try inside("whole", ["start", "--local", "--data", npz, "--steps", "1", "--checkpoint-dir", h.dir + "/whole"])
+            XCTAssertNotEqual(whole, 0, "reading the file whole fits in the limit, so the limit proves nothing: \(text)")
+            XCTAssertTrue(text.contains("more than this process may use"), "refused with the reason, not killed: \(text)")
+        } else {
+            print("no writable memory cgroup here: the limit part was not run")
+        }
+    }
+}
