@@ -65,6 +65,8 @@ public struct CoordinatorCore {
         public var lastSeen: Double
         public var weightsStep: Int?
         public var sentSequences: Set<Int> = []
+        /// Reads the run's training sequences from its own copy of the packed data.
+        public var readsData = false
         /// Shards sent to this worker and not yet answered, in the order it computes them.
         public var assigned: [Int] = []
         public var lastProgress: Double = 0
@@ -93,6 +95,10 @@ public struct CoordinatorCore {
     private var recentShardSeconds: [Double] = []
     private var lastHeartbeat: Double = -.infinity
     private var unknownPeersWarned: Set<Peer> = []
+
+    /// The run's training data: its content hash and sequence count (ids below it are training
+    /// sequences, which a worker holding a copy with this hash reads itself).
+    public var data: (hash: String, count: Int) = ("", 0)
 
     public init(numerics: NumericsIdentity, welcome: Welcome, minWorkers: Int = 1, maxWorkers: Int = 256,
                 inFlight: Int = Timing.shardsInFlight) {
@@ -178,9 +184,19 @@ public struct CoordinatorCore {
             let reason = "the coordinator already has \(maxWorkers) workers. HINT: raise --max-workers"
             return [.send(peer, .refuse(reason)), .log("refused \(name): \(reason)")]
         }
-        workers.append(Worker(peer: peer, name: name, incarnation: h.incarnation, sharedMemory: h.sharedMemory,
-                              threads: min(max(h.threads, 1), 64), lastSeen: now))
-        out += [.send(peer, .welcome(welcome)), .log("\(name) joined (BLAS \(h.blasCore), \(workers.count) alive)")]
+        var worker = Worker(peer: peer, name: name, incarnation: h.incarnation, sharedMemory: h.sharedMemory,
+                            threads: min(max(h.threads, 1), 64), lastSeen: now)
+        var reads = ""
+        if !h.dataHash.isEmpty {
+            if h.dataHash == data.hash && !data.hash.isEmpty {
+                worker.readsData = true
+                reads = ", reads the data from its own copy"
+            } else {
+                reads = ", its data copy differs from the run's (content \(h.dataHash.prefix(12))…, the run's \(data.hash.isEmpty ? "none" : data.hash.prefix(12) + "…")): sent sequences instead"
+            }
+        }
+        workers.append(worker)
+        out += [.send(peer, .welcome(welcome)), .log("\(name) joined (BLAS \(h.blasCore)\(reads), \(workers.count) alive)")]
         if !started && workers.count >= minWorkers {
             started = true
             out.append(.log("\(workers.count) worker(s) present: training starts"))
@@ -294,7 +310,8 @@ public struct CoordinatorCore {
                 let weights = roundWeightsStep ?? step
                 let withWeights = workers[w].weightsStep != weights
                 workers[w].weightsStep = weights
-                let fresh = shards[s].sequenceIds.filter { !workers[w].sentSequences.contains($0) }
+                let reads = workers[w].readsData, training = data.count
+                let fresh = shards[s].sequenceIds.filter { !(reads && $0 < training) && !workers[w].sentSequences.contains($0) }
                 workers[w].sentSequences.formUnion(fresh)
                 out.append(.sendWork(workers[w].peer, step: step, shard: s, withWeights: withWeights, newSequences: fresh))
             }

@@ -88,6 +88,8 @@ public final class CoordinatorServer {
         core = CoordinatorCore(numerics: NumericsIdentity.current(),
                                welcome: Welcome(runId: runId, model: trainer.model, seed: trainer.run.seed, numerics: trainer.run.numerics),
                                minWorkers: minWorkers, maxWorkers: maxWorkers)
+        core.data = (trainer.data.hash, trainer.data.examples.count)
+        core.welcome.dataHash = trainer.data.hash
     }
 
     /// The per-run join key and its file, removed when the coordinator closes.

@@ -25,7 +25,7 @@ public enum Message: Equatable {
     /// 4: hello's fingerprint is a `NumericsIdentity`; refuse carries the coordinator's; work
     /// may be a validation shard (forward only, the weights of another step), and its result
     /// carries counts (gradient carriage 2).
-    public static let protocolVersion: UInt16 = 4
+    public static let protocolVersion: UInt16 = 5
     public static let magic: [UInt8] = Array("LKST".utf8)
 
     public var typeName: String {
@@ -53,9 +53,14 @@ public struct Hello: Equatable, Sendable {
     /// The worker reached the coordinator over its local socket and can exchange weights and
     /// gradients with it through shared memory.
     public var sharedMemory: Bool
-    public init(fingerprint: String, blasCore: String, threads: Int, pid: Int, incarnation: UInt64 = 0, sharedMemory: Bool = false) {
+    /// The content hash of the packed data this worker reads itself (`worker join --data-root`),
+    /// "" when it has none: the coordinator sends such a worker no training sequences when the
+    /// hash is the run's.
+    public var dataHash: String
+    public init(fingerprint: String, blasCore: String, threads: Int, pid: Int, incarnation: UInt64 = 0, sharedMemory: Bool = false,
+                dataHash: String = "") {
         self.fingerprint = fingerprint; self.blasCore = blasCore; self.threads = threads; self.pid = pid
-        self.incarnation = incarnation; self.sharedMemory = sharedMemory
+        self.incarnation = incarnation; self.sharedMemory = sharedMemory; self.dataHash = dataHash
     }
 }
 
@@ -71,10 +76,13 @@ public struct Welcome: Equatable, Sendable {
     public var maxShards: Int
     /// How the run computes products: a worker switches to it before its first shard.
     public var numerics: NumericsMode
+    /// The content hash of the run's training data: a worker reads sequences from its own
+    /// packed copy only when that copy's hash is this one.
+    public var dataHash: String
     public init(runId: UInt64, model: ModelConfig, seed: UInt64, sharedWeights: String = "", sharedToken: UInt64 = 0, maxShards: Int = 1,
-                numerics: NumericsMode = .openblas) {
+                numerics: NumericsMode = .openblas, dataHash: String = "") {
         self.runId = runId; self.model = model; self.seed = seed; self.sharedWeights = sharedWeights; self.sharedToken = sharedToken
-        self.maxShards = maxShards; self.numerics = numerics
+        self.maxShards = maxShards; self.numerics = numerics; self.dataHash = dataHash
     }
 }
 
@@ -253,12 +261,12 @@ extension Message {
         switch self {
         case .hello(let h):
             w.string(h.fingerprint); w.string(h.blasCore); w.int(h.threads); w.int(h.pid); w.u64(h.incarnation)
-            w.u8(h.sharedMemory ? 1 : 0)
+            w.u8(h.sharedMemory ? 1 : 0); w.string(h.dataHash)
         case .welcome(let m):
             w.u64(m.runId); w.u64(m.seed)
             w.int(m.model.inputSize); w.int(m.model.hidden); w.int(m.model.layers); w.int(m.model.classes)
             w.u8(m.model.bidirectional ? 1 : 0); w.u8(m.model.arch == .split ? 1 : 0); w.u32(m.model.dropout.bitPattern)
-            w.string(m.sharedWeights); w.u64(m.sharedToken); w.int(m.maxShards); w.string(m.numerics.rawValue)
+            w.string(m.sharedWeights); w.u64(m.sharedToken); w.int(m.maxShards); w.string(m.numerics.rawValue); w.string(m.dataHash)
         case .refuse(let reason, let numerics):
             w.string(String(reason.utf8.prefix(4000)) ?? ""); w.string(String(numerics.utf8.prefix(2000)) ?? "")
         case .work(let work):
@@ -345,7 +353,7 @@ extension Message {
             try expectFrames(1)
             msg = .hello(Hello(fingerprint: try r.string(max: limits.maxStringBytes), blasCore: try r.string(max: limits.maxStringBytes),
                                threads: try r.int(max: 1024), pid: try r.int(max: Int(Int32.max)), incarnation: try r.u64(),
-                               sharedMemory: try r.u8() == 1))
+                               sharedMemory: try r.u8() == 1, dataHash: try r.string(max: 64)))
         case 2:
             try expectFrames(1)
             let runId = try r.u64(), seed = try r.u64()
@@ -356,8 +364,9 @@ extension Message {
             let shared = try r.string(max: limits.maxStringBytes), token = try r.u64(), maxShards = try r.int(max: 1 << 20)
             let mode = try r.string(max: 64)
             guard let numerics = NumericsMode(rawValue: mode) else { throw WireError("welcome with numerics mode '\(mode)'") }
+            let dataHash = try r.string(max: 64)
             msg = .welcome(Welcome(runId: runId, model: model, seed: seed, sharedWeights: shared, sharedToken: token, maxShards: maxShards,
-                                   numerics: numerics))
+                                   numerics: numerics, dataHash: dataHash))
         case 3:
             try expectFrames(1)
             msg = .refuse(try r.string(max: 8192), numerics: try r.string(max: 4096))

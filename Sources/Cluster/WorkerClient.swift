@@ -27,6 +27,9 @@ public final class WorkerClient {
         public var curve: (keys: CurveKeypair, serverKey: String)? = nil
         /// The run's join key file; by default the one `JoinKey.path` names for a loopback endpoint.
         public var joinKeyPath: String? = nil
+        /// This worker's copy of the packed training data (`--data-root`): it reads the run's
+        /// sequences there instead of receiving them, when the content hash is the run's.
+        public var dataRoot: String? = nil
         public init(endpoint: String) { self.endpoint = endpoint }
     }
 
@@ -46,8 +49,11 @@ public final class WorkerClient {
     var hello: Hello {
         var h = helloBase
         h.sharedMemory = options.sharedMemory && options.endpoint.hasPrefix("ipc://") && !sharedFailed
+        h.dataHash = store?.contentHash ?? ""
         return h
     }
+    /// The packed data this worker reads itself; nil once a shard of it failed its check.
+    var store: PackedStore?
 
     /// One engine per thread (`--threads`): that many shards at once, each with single-threaded BLAS.
     var computers: ShardComputerPool?
@@ -93,6 +99,10 @@ public final class WorkerClient {
         numerics.values.merge(options.numericsOverrides) { $1 }
         helloBase = Hello(fingerprint: numerics.encoded, blasCore: BLAS.coreName,
                       threads: options.threads, pid: Int(getpid()), incarnation: UInt64.random(in: 1...UInt64.max))
+        if let root = options.dataRoot {
+            store = try PackedStore(root)
+            log("data: reading sequences from \(root) (\(store!.manifest.sequences) sequences, content \(store!.contentHash.prefix(12))…) when it is the run's")
+        }
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
         socket = try ZMQSocket(context, .dealer)  // a placeholder: connect() makes the real one
@@ -360,7 +370,20 @@ public final class WorkerClient {
                 }
             }
             for e in work.sequences { cache[e.id] = e }
-            let examples = work.sequenceIds.compactMap { cache[$0] }
+            var examples: [Example] = []
+            examples.reserveCapacity(work.sequenceIds.count)
+            for id in work.sequenceIds {
+                if let e = cache[id] { examples.append(e); continue }
+                guard let store, welcome?.dataHash == store.contentHash else { break }
+                do { examples.append(try store.example(id)) } catch {
+                    // A bad copy: the coordinator sends the sequences from now on (same result).
+                    log("\(error)\nthis worker now takes its sequences from the coordinator")
+                    self.store = nil
+                    weightsStep = nil
+                    send(.hello(hello))
+                    return nil
+                }
+            }
             guard let params = weights, weightsStep == ws, examples.count == work.sequenceIds.count else {
                 log("work for step \(work.step) does not match what this worker holds: saying hello again")
                 weightsStep = nil

@@ -352,25 +352,15 @@ public enum PackedData {
             throw LockstepError("\(dir): labels go up to class \(m.classes - 1); only \(C) classes fit", hint: hint)
         }
         try Memory.check(m.frames * (m.dIn * 4 + 4) * 2, for: "\(dir) (\(Memory.gib(m.frames * m.dIn * 4)) of x)")
+        let store = try PackedStore(dir)
         var examples: [Example] = []
         examples.reserveCapacity(m.sequences)
-        for s in m.shards {
-            if let p = check(dir, s) {
-                throw LockstepError("\(p)", hint: "copy the shard again from a good copy, or repack; `coord data verify \(dir)` checks every shard")
+        for i in 0..<m.sequences {
+            let e = try store.example(i)
+            if let bad = e.y.firstIndex(where: { $0 < -1 || Int($0) >= C }) {
+                throw LockstepError("\(dir): sequence \(i), frame \(bad) has label \(e.y[bad]); labels must be in -1...\(C - 1)", hint: "repack the data")
             }
-            let bytes = try Bytes.map(path: dir + "/" + s.file)
-            let xBase = bytes.raw.baseAddress!, yBase = xBase + s.frames * m.dIn * 4
-            var frame = 0
-            for i in s.first..<(s.first + s.sequences) {
-                let len = m.lengths[i]
-                let x = Array(UnsafeBufferPointer(start: (xBase + frame * m.dIn * 4).assumingMemoryBound(to: Float.self), count: len * m.dIn))
-                let y = Array(UnsafeBufferPointer(start: (yBase + frame * 4).assumingMemoryBound(to: Int32.self), count: len))
-                if let bad = y.firstIndex(where: { $0 < -1 || Int($0) >= C }) {
-                    throw LockstepError("\(dir)/\(s.file): sequence \(i), frame \(bad) has label \(y[bad]); labels must be in -1...\(C - 1)", hint: "repack the data")
-                }
-                examples.append(Example(id: i, x: x, y: y))
-                frame += len
-            }
+            examples.append(e)
         }
         var d = Dataset(examples: examples, inputSize: m.dIn, classes: C, source: dir)
         d.paddedLength = m.paddedLength
@@ -379,5 +369,58 @@ public enum PackedData {
                                 hint: "repack the data (the manifest does not describe these shards)")
         }
         return d
+    }
+}
+
+/// Sequences of a packed directory read on demand, in place from the mapped shards: memory is
+/// the pages in use (the OS page cache), not the data. Each shard's size and SHA-256 are
+/// checked the first time one of its sequences is read; a bad shard throws, naming the file.
+/// Thread-safe: a worker's compute threads share one store.
+public final class PackedStore: @unchecked Sendable {
+    public let dir: String
+    public let manifest: DataManifest
+    private let shardOf: [Int32]      // [sequences] its shard
+    private let frameOf: [Int]        // [sequences] its first frame within the shard
+    private var maps: [Bytes?]
+    private let lock = NSLock()
+
+    public init(_ path: String) throws {
+        dir = DataManifest.directory(path)
+        manifest = try DataManifest.load(dir)
+        var shardOf = [Int32](repeating: 0, count: manifest.sequences), frameOf = [Int](repeating: 0, count: manifest.sequences)
+        for (k, s) in manifest.shards.enumerated() {
+            var frame = 0
+            for i in s.first..<(s.first + s.sequences) { shardOf[i] = Int32(k); frameOf[i] = frame; frame += manifest.lengths[i] }
+        }
+        self.shardOf = shardOf
+        self.frameOf = frameOf
+        maps = [Bytes?](repeating: nil, count: manifest.shards.count)
+    }
+
+    /// The content hash a run compares with its own data's.
+    public var contentHash: String { manifest.contentSHA256 }
+
+    private func shard(_ k: Int) throws -> Bytes {
+        lock.lock(); defer { lock.unlock() }
+        if let m = maps[k] { return m }
+        let s = manifest.shards[k]
+        if let p = PackedData.check(dir, s) {
+            throw LockstepError("\(p)", hint: "copy the shard again from a good copy, or repack; `coord data verify \(dir)` checks every shard")
+        }
+        let m = try Bytes.map(path: dir + "/" + s.file)
+        maps[k] = m
+        return m
+    }
+
+    /// Sequence `id` (its index in the data), labels included.
+    public func example(_ id: Int) throws -> Example {
+        guard id >= 0, id < manifest.sequences else {
+            throw LockstepError("\(dir): sequence \(id) asked for, but the data has \(manifest.sequences)", hint: "this copy is not the run's data")
+        }
+        let k = Int(shardOf[id]), s = manifest.shards[k], d = manifest.dIn, len = manifest.lengths[id]
+        let base = try shard(k).raw.baseAddress!
+        let x = Array(UnsafeBufferPointer(start: (base + frameOf[id] * d * 4).assumingMemoryBound(to: Float.self), count: len * d))
+        let y = Array(UnsafeBufferPointer(start: (base + s.frames * d * 4 + frameOf[id] * 4).assumingMemoryBound(to: Int32.self), count: len))
+        return Example(id: id, x: x, y: y)
     }
 }

@@ -39,6 +39,8 @@ struct Join: ParsableCommand {
     var serverKey: String?
     @Option(help: "The run's join key file. By default a worker joining a loopback coordinator without --curve-keys reads the key that coordinator wrote for this user (see `coord start --help`); give the path when this worker's HOME or XDG_RUNTIME_DIR differs from the coordinator's.")
     var joinKey: String?
+    @Option(help: "This host's copy of the run's packed data (a directory from `coord data pack`, on a shared file system or copied here): the worker reads its sequences there instead of receiving them from the coordinator, when its content hash is the run's. Each shard's SHA-256 is checked on first use; a bad copy falls back to receiving sequences (same result).")
+    var dataRoot: String?
     @Flag(help: "Over an ipc:// endpoint, send weights and gradients over the socket instead of through shared memory (/dev/shm).")
     var noSharedMemory = false
     @Option(help: "With shared memory: busy-wait up to this many milliseconds at each step barrier for the next step's weights, so the core stays warm (an idle VM core computed the next shard 5-15% slower). 0 sleeps at once; use 0 when this host has more workers than cores.")
@@ -98,6 +100,7 @@ struct Join: ParsableCommand {
         o.sharedMemory = !noSharedMemory
         o.barrierSpin = barrierSpinMs / 1000
         o.joinKeyPath = joinKey
+        o.dataRoot = dataRoot
         do {
             if let curveKeys, let serverKey {
                 o.curve = (try CurveKeypair.read(curveKeys), try CurveKeypair.publicKey(serverKey))

@@ -46,6 +46,26 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(k.alive, 1)
     }
 
+    /// A worker whose packed copy has the run's content hash is sent no training sequence (it
+    /// reads them itself), still the validation ones; another hash, or none, gets them all.
+    func testAWorkerWithTheRunsDataIsSentNoTrainingSequences() {
+        var k = core(min: 3, inFlight: 4)
+        k.data = ("abc", 10)  // ids 0..<10 training, 10... validation
+        func join(_ p: Peer, _ hash: String, _ pid: Int) -> [Directive] {
+            k.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: 1, pid: pid, dataHash: hash)), from: p, now: 0)
+        }
+        XCTAssertTrue(join(a, "abc", 1).contains(.log("worker pid 1 (\(a)) joined (BLAS Haswell, reads the data from its own copy, 1 alive)")))
+        XCTAssertTrue(join(b, "zzz", 2).contains { if case .log(let l) = $0 { return l.contains("its data copy differs from the run's") } else { return false } })
+        _ = join(c, "", 3)
+        let w = works(k.beginStep(1, shards: [[0, 1], [2, 3], [4, 5]], now: 0))
+        XCTAssertEqual(w.count, 3)
+        for (peer, _, _, fresh) in w {
+            if peer == a { XCTAssertEqual(fresh, [], "reads its own copy") } else { XCTAssertEqual(fresh.count, 2, "\(peer) is sent its sequences") }
+        }
+        let v = works(k.beginStep(1 << 40 + 1, shards: [[10], [11], [12]], now: 0.1, evaluate: true, weightsStep: 1))
+        XCTAssertEqual(v.first { $0.0 == a }?.3.count, 1, "validation sequences are not in the training copy: sent")
+    }
+
     /// Each component that can change a bit, changed alone, is refused with its name and both values.
     func testEveryNumericsComponentThatDiffersIsRefusedByName() {
         for key in NumericsIdentity.compared(in: .openblas) {

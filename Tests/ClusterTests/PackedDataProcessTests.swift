@@ -64,6 +64,58 @@ final class PackedDataProcessTests: XCTestCase {
         XCTAssertTrue(verify.contains("BAD \(victim)") && verify.contains("1 of \(m.shards.count) shards are bad"), verify)
     }
 
+    func bytesSent(_ dir: String) -> Int {
+        h.metricsLines(dir).compactMap { l -> Int? in
+            guard let o = try? JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any], o["loss"] != nil else { return nil }
+            return o["bytes_sent"] as? Int
+        }.reduce(0, +)
+    }
+
+    /// Workers with `--data-root` read the sequences from their own copy: the coordinator sends
+    /// them none. A copy whose shards are all damaged falls back at its first read, a copy of
+    /// other data is never used; every run ends at the `--local` hash.
+    func testWorkersReadTheirOwnCopyAndABadOrForeignCopyFallsBack() throws {
+        let task = SyntheticTask(sequences: 96, inputSize: 16, classes: 8, minLength: 5, maxLength: 25)
+        let set = task.generate(seed: 5)
+        let npz = h.dir + "/train.npz"
+        try Data(set.npzBytes()).write(to: URL(fileURLWithPath: npz))
+        for copy in ["good", "bad"] { try run("pack-\(copy)", ["data", "pack", npz, "--out", h.dir + "/" + copy, "--shard-mb", "0.01"]) }
+        let bad = try DataManifest.load(h.dir + "/bad")
+        for s in bad.shards {  // every shard of this copy damaged: whichever sequence it reads first fails
+            let f = h.dir + "/bad/" + s.file
+            var b = try Data(contentsOf: URL(fileURLWithPath: f)); b[b.count - 1] ^= 1
+            try b.write(to: URL(fileURLWithPath: f))
+        }
+        let other = SyntheticTask(sequences: 96, inputSize: 16, classes: 8, minLength: 5, maxLength: 25).generate(seed: 6)
+        try Data(other.npzBytes()).write(to: URL(fileURLWithPath: h.dir + "/other.npz"))
+        try run("pack-other", ["data", "pack", h.dir + "/other.npz", "--out", h.dir + "/other"])
+        let base = ["start", "--steps", "12", "--data", h.dir + "/good"] + model
+        try run("ref", base + ["--local", "--checkpoint-dir", h.dir + "/ref"])
+        let reference = try XCTUnwrap(h.hash("ref"))
+        func cluster(_ name: String, roots: [String?]) throws -> String {
+            let c = try h.start("coord", base + ["--bind", "tcp://127.0.0.1:0", "--min-workers", "\(roots.count)", "--checkpoint-dir", h.dir + "/" + name], name: name)
+            let ep = try XCTUnwrap(h.endpoint(name))
+            let ws = try roots.enumerated().map { k, r in
+                try h.start("worker", ["join", ep] + (r.map { ["--data-root", h.dir + "/" + $0] } ?? []), name: "\(name)-w\(k)")
+            }
+            XCTAssertEqual(h.wait(c, timeout: 120), 0, h.text(h.log(name)))
+            for (k, w) in ws.enumerated() { XCTAssertEqual(h.wait(w, timeout: 20), 0, h.text(h.log("\(name)-w\(k)"))) }
+            XCTAssertEqual(h.hash(name), reference, h.text(h.log(name)))
+            return h.text(h.log(name))
+        }
+        let sent = try cluster("sent", roots: [nil, nil])
+        XCTAssertFalse(sent.contains("reads the data"), sent)
+        let own = try cluster("own", roots: ["good", "good"])
+        XCTAssertEqual(own.components(separatedBy: "reads the data from its own copy").count - 1, 2, own)
+        let dataBytes = set.frames * (16 * 4 + 4)
+        print("bytes sent over 12 steps: \(bytesSent(h.dir + "/sent")) with sequences, \(bytesSent(h.dir + "/own")) with both workers reading their copies (the data: \(dataBytes))")
+        XCTAssertLessThanOrEqual(bytesSent(h.dir + "/own") + dataBytes / 2, bytesSent(h.dir + "/sent"), "the sequences did not cross the wire")
+        let mixed = try cluster("mixed", roots: ["good", "bad", "other"])
+        XCTAssertTrue(mixed.contains("its data copy differs from the run's"), mixed)
+        let badLog = h.text(h.log("mixed-w1"))
+        XCTAssertTrue(badLog.contains("corrupted") && badLog.contains("now takes its sequences from the coordinator"), badLog)
+    }
+
     /// A memory cgroup (v1) of 96 MB where the machine allows one: a 200 MB input packs inside
     /// it, while reading the same file whole (`coord start --data`) is killed there. Without
     /// cgroups, the pack's own peak RSS is still held below half the input.

@@ -11,6 +11,8 @@ final class WireTests: XCTestCase {
     var samples: [Message] {
         [.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 2, pid: 77, incarnation: 0xfeed_0000_0001)),
          .hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 2, pid: 77, incarnation: 5, sharedMemory: true)),
+         .hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 1, pid: 78, dataHash: String(repeating: "f0", count: 32))),
+         .welcome(Welcome(runId: 4, model: ModelConfig(inputSize: 2, hidden: 4, layers: 1, classes: 3), seed: 1, dataHash: String(repeating: "0e", count: 32))),
          .welcome(Welcome(runId: 3, model: ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3, arch: .split, dropout: 0.25), seed: 11)),
          .welcome(Welcome(runId: 3, model: ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3), seed: 11,
                           sharedWeights: "/proc/12/fd/7", sharedToken: 0xdead_beef_0000_0001, maxShards: 4)),
