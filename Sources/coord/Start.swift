@@ -390,6 +390,8 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
                            "--log-format", LockstepLog.format.rawValue, "--log-level", LockstepLog.level.rawValue]
             // A worker busy-waiting at the barrier would take a core from one still computing.
             if spawn * threads > ProcessInfo.processInfo.activeProcessorCount { p.arguments! += ["--barrier-spin-ms", "0"] }
+            // Packed data on this host: the spawned workers read it themselves.
+            if DataManifest.isPacked(trainer.data.source) { p.arguments! += ["--data-root", trainer.data.source] }
             if let curve, let curveKeysPath {
                 // Local children share the coordinator's keypair; it must be on the allow-list too.
                 guard curve.allowed.contains(curve.keys.publicKey) else {
