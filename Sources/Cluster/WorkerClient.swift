@@ -74,7 +74,12 @@ public final class WorkerClient {
     var running = 0, peakRunning = 0
     /// Seconds the compute thread busy-waited at step barriers.
     var spunSeconds = 0.0
-    var notifier: ZMQSocket?
+    /// The compute threads' wake-up for the main loop (a finished shard). One socket for all of
+    /// them, used under `notifyLock`: a ZeroMQ socket must not be used by two threads at once
+    /// (two threads racing to make and use one sometimes left a send blocked for good, and the
+    /// run waiting on a worker that still sent heartbeats).
+    let notifier: ZMQSocket
+    let notifyLock = NSLock()
     var lastHeard = monotonicSeconds()
     var lastSent = 0.0
     var backoff = Timing.reconnectInitial
@@ -105,6 +110,8 @@ public final class WorkerClient {
         }
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
+        notifier = try ZMQSocket(context, .pair)
+        try notifier.connect(doneEndpoint)
         socket = try ZMQSocket(context, .dealer)  // a placeholder: connect() makes the real one
         socket = try connect()
     }
@@ -391,7 +398,6 @@ public final class WorkerClient {
                 return nil
             }
             let delay = options.delayPerShard
-            let endpoint = doneEndpoint
             // A local worker computes straight into its shared slot for this shard index.
             let slots = work.evaluate ? nil : gradients.flatMap { work.shard < $0.slots && $0.floats == params.count ? $0 : nil }
             let weightsComing = pendingWeights, weightsSource = shared
@@ -432,11 +438,9 @@ public final class WorkerClient {
                                             grad: slots == nil ? grad : FloatBuffer(count: 0), computeSeconds: seconds,
                                             sharedGradient: slots.map { SharedGradient(path: $0.path, token: $0.token) }, counts: counts))
                 lock.unlock()
-                if notifier == nil {
-                    notifier = try? ZMQSocket(context, .pair)
-                    try? notifier?.connect(endpoint)
-                }
-                notifier?.send([[1]])
+                // Never blocks: a full queue already holds a wake-up, and the main loop takes
+                // every finished shard at each one.
+                notifyLock.withLock { _ = notifier.send([[1]], dontWait: true) }
                 // Keep this core busy until the next step's weights or more work arrive: a core
                 // left idle at the barrier computes the next shard slower (Timing.barrierSpin).
                 if spin > 0, let weightsSource {
