@@ -88,7 +88,7 @@ public final class CoordinatorServer {
         core = CoordinatorCore(numerics: NumericsIdentity.current(),
                                welcome: Welcome(runId: runId, model: trainer.model, seed: trainer.run.seed, numerics: trainer.run.numerics),
                                minWorkers: minWorkers, maxWorkers: maxWorkers)
-        core.data = (trainer.data.hash, trainer.data.examples.count)
+        core.data = (trainer.data.hash, trainer.data.count)
         core.welcome.dataHash = trainer.data.hash
     }
 
@@ -408,7 +408,7 @@ public final class CoordinatorServer {
                 send([peer.id] + m.encode())
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
                 let ids = core.shards[shard].sequenceIds
-                let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: fresh.map { trainer.example(id: $0) },
+                let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: try fresh.map { try trainer.example(id: $0) },
                                 evaluate: core.evaluating, weightsStep: core.roundWeightsStep)
                 let local = sendsSharedWeights(to: peer)
                 let carriage: Message.WeightsCarriage = !withWeights ? .none : local ? .shared : .frame

@@ -186,10 +186,10 @@ extension WireLimits {
         if run.shardSize > l.maxSequences { p.append("--shard-size \(run.shardSize) exceeds the wire's \(l.maxSequences) sequences per message") }
         if model.classes > 1 << 20 { p.append("\(model.classes) classes exceed the wire's limit of \(1 << 20)") }
         if model.inputSize > 1 << 20 { p.append("d_in \(model.inputSize) exceeds the wire's limit of \(1 << 20)") }
-        let longest = data.examples.map(\.length).max() ?? 0
+        let longest = data.lengths.max() ?? 0
         if longest > l.maxSequenceLength { p.append("a sequence of \(longest) frames exceeds the wire's \(l.maxSequenceLength)") }
         // The largest shard holds at most the shard-size longest sequences.
-        let top = data.examples.map(\.length).sorted(by: >).prefix(run.shardSize)
+        let top = data.lengths.sorted(by: >).prefix(run.shardSize)
         let bytes = top.reduce(0) { $0 + 16 + $1 * (model.inputSize + 1) * 4 } + l.maxHeaderBytes
         if bytes > workerMessageBytes {
             p.append("a shard of the \(run.shardSize) longest sequences is \(bytes) bytes, over the \(workerMessageBytes)-byte message a worker accepts; HINT: lower --shard-size")

@@ -2,9 +2,15 @@ import BiLSTM
 import Foundation
 import Numerics
 
-/// Labelled sequences, all with the same input width and class count.
+/// Labelled sequences, all with the same input width and class count: in memory (`examples`),
+/// or read on demand from a packed directory (`store`; `examples` is then empty, and
+/// `example(_:)` reads one sequence, checking its shard's SHA-256 on first use).
 public struct Dataset: Sendable {
     public let examples: [Example]
+    /// The length of every sequence, in order (known without reading a packed set's bytes).
+    public let lengths: [Int]
+    /// Where a lazily read set's sequences come from.
+    public let store: PackedStore?
     public let inputSize: Int
     public let classes: Int
     /// SHA-256 of the content (shape, lengths, x and y): resume refuses different data.
@@ -16,6 +22,8 @@ public struct Dataset: Sendable {
     public init(examples: [Example], inputSize: Int, classes: Int, source: String) {
         paddedLength = examples.map(\.length).max() ?? 0
         self.examples = examples
+        lengths = examples.map(\.length)
+        store = nil
         self.inputSize = inputSize
         self.classes = classes
         self.source = source
@@ -28,7 +36,29 @@ public struct Dataset: Sendable {
         hash = h.finalize().hexString
     }
 
-    public var frames: Int { examples.reduce(0) { $0 + $1.length } }
+    /// A packed directory read on demand: nothing but its manifest is read here. The content
+    /// hash is the manifest's (each shard is checked against its own hash when first read).
+    public init(store: PackedStore) {
+        let m = store.manifest
+        examples = []
+        lengths = m.lengths
+        self.store = store
+        inputSize = m.dIn
+        classes = m.classes
+        hash = m.contentSHA256
+        source = store.dir
+        paddedLength = m.paddedLength
+    }
+
+    /// Sequences in the set.
+    public var count: Int { lengths.count }
+    public var frames: Int { lengths.reduce(0, +) }
+
+    /// Sequence `i`, from memory or read from its shard (which may fail: a damaged shard).
+    public func example(_ i: Int) throws -> Example {
+        if let store { return try store.example(i) }
+        return examples[i]
+    }
 
     /// The longest sequence, in every mode (a sequence crosses the wire whole).
     public static let maxLength = 1 << 20

@@ -118,6 +118,7 @@ public enum PackedData {
     /// one padded sequence and one shard, never a whole `x` or `y`, so inputs larger than
     /// memory pack. Two passes over `y` (labels are checked and counted before anything is
     /// written); the directory appears only when complete (written beside it, then renamed).
+    @discardableResult
     public static func pack(inputs: [String], out: String, shardBytes: Int, classes: Int? = nil,
                             progress: (Int, Int) -> Void = { _, _ in }) throws -> PackReport {
         let t0 = Date()
@@ -327,6 +328,19 @@ public enum PackedData {
         return nil
     }
 
+    /// A packed directory as a `Dataset` read on demand (`Dataset(store:)`); with `classes`
+    /// other than the manifest's (the content hash counts them) it is read whole instead.
+    public static func open(_ path: String, classes: Int?) throws -> Dataset {
+        let store = try PackedStore(path)
+        guard !store.manifest.labelled || classes == nil || classes == store.manifest.classes else {
+            return try load(path, classes: classes, labels: .required)
+        }
+        guard store.manifest.labelled else {
+            throw LockstepError("\(store.dir): the packed data has no labels (its inputs had no 'y')", hint: "pack files that have y to train on them")
+        }
+        return Dataset(store: store)
+    }
+
     /// A packed directory as a `Dataset`: every shard's hash checked before its sequences are
     /// used. The content hash is recomputed and must equal the manifest's, so the data is the
     /// `.npz`'s exactly (a run on either is the same run).
@@ -383,6 +397,8 @@ public final class PackedStore: @unchecked Sendable {
     private let frameOf: [Int]        // [sequences] its first frame within the shard
     private var maps: [Bytes?]
     private let lock = NSLock()
+    /// Shards read (and checked) so far.
+    public var shardsRead: Int { lock.withLock { maps.filter { $0 != nil }.count } }
 
     public init(_ path: String) throws {
         dir = DataManifest.directory(path)

@@ -166,7 +166,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var hash: String { SHA256.hex(Array(identity.utf8)) }
 
     /// The training data this config names (the synthetic task when none).
+    /// A packed directory is opened, not read: its sequences are read when a step needs them
+    /// (the coordinator of a cluster whose workers have their own copies reads none).
     public func loadData() throws -> Dataset {
+        if let data, DataManifest.isPacked(data) { return try PackedData.open(data, classes: classes) }
         if let data { return try Dataset.load(npz: data, classes: classes) }
         return synthetic.generate(seed: seed)
     }

@@ -266,7 +266,7 @@ public final class Trainer {
         self.data = data
         self.validation = validation
         validationShards = validation.map { EvalPlan.shards(lengths: $0.examples.map(\.length), batchSize: run.batchSize, shardSize: run.shardSize) } ?? []
-        let n = data.examples.count
+        let n = data.count
         validationExamples = (validation?.examples ?? []).enumerated().map { Example(id: n + $0.offset, x: $0.element.x, y: $0.element.y) }
         tracking = ValidationTracking(lr: Double(run.optimizer.lr))
         model = run.model(for: data)
@@ -276,7 +276,7 @@ public final class Trainer {
         try Memory.check(model.parameterCount * 4 * (4 + optimizerStateCopies(run.optimizer.kind)),
                          for: "the model (\(model.parameterCount) parameters)")
         layout = ParameterLayout(model)
-        schedule = Schedule(lengths: data.examples.map(\.length), batchSize: run.batchSize, shardSize: run.shardSize, seed: run.seed)
+        schedule = Schedule(lengths: data.lengths, batchSize: run.batchSize, shardSize: run.shardSize, seed: run.seed)
         totalSteps = run.totalSteps(batchesPerEpoch: schedule.batchesPerEpoch)
         optimizer = Optimizer(run.optimizer, count: layout.count)
         if let ck = checkpoint {
@@ -346,8 +346,8 @@ public final class Trainer {
     public var validationShardIds: [[Int]] { validationShards.map { $0.map { validationExamples[$0].id } } }
 
     /// A training or validation sequence by id.
-    public func example(id: Int) -> Example {
-        id < data.examples.count ? data.examples[id] : validationExamples[id - data.examples.count]
+    public func example(id: Int) throws -> Example {
+        id < data.count ? try data.example(id) : validationExamples[id - data.count]
     }
 
     /// Takes the sums of a validation after this step: best weights, patience, plateau rate.

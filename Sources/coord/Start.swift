@@ -250,7 +250,7 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool) throws -> (Traine
         ? config.synthetic.generate(seed: config.seed, firstId: config.synthetic.sequences, count: max(64, config.synthetic.sequences / 8))
         : nil
     let m = trainer.model
-    log("data: \(data.source), \(data.examples.count) sequences, \(data.frames) frames, d_in \(data.inputSize), \(data.classes) classes")
+    log("data: \(data.source)\(data.store == nil ? "" : " (packed, read on demand)"), \(data.count) sequences, \(data.frames) frames, d_in \(data.inputSize), \(data.classes) classes")
     if let validation {
         log("validation: \(validation.source), \(validation.examples.count) sequences, \(validation.frames) frames, "
             + (config.validEvery > 0 ? "every \(config.validEvery) steps" : "every epoch (\(trainer.schedule.batchesPerEpoch) steps)")
@@ -335,7 +335,7 @@ func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
         }
         let started = Date()
         let step = trainer.step
-        let shards = trainer.shards(forStep: step).map { $0.map { trainer.data.examples[$0] } }
+        let shards = try trainer.shards(forStep: step).map { try $0.map { try trainer.data.example($0) } }
         let done = pool.computeAll(params: trainer.params, shards: shards, step: step, gradientCount: trainer.layout.count)
         var report = try trainer.apply(parts: done.map { ($0.grad, $0.result) }, seconds: Date().timeIntervalSince(started))
         report.setShardSeconds(done.map(\.seconds))
@@ -433,6 +433,10 @@ func report(_ trainer: Trainer, heldOut: Dataset?) {
     }
     if let heldOut {
         print(String(format: "accuracy (held-out synthetic, %d sequences): %.2f%%", heldOut.examples.count, 100 * trainer.accuracy(on: heldOut)))
+    } else if let store = trainer.data.store {
+        // Packed data is read on demand: a pass over all of it here would read what workers read.
+        log("data: this process read \(store.shardsRead) of \(store.manifest.shards.count) shards of \(store.dir)"
+            + " (training accuracy not computed: `coord eval --checkpoint \(trainer.checkpointPath) --data \(store.dir)` gives it)")
     } else {
         print(String(format: "accuracy (training data): %.2f%%", 100 * trainer.accuracy(on: trainer.data)))
     }

@@ -107,9 +107,13 @@ final class PackedDataProcessTests: XCTestCase {
         XCTAssertFalse(sent.contains("reads the data"), sent)
         let own = try cluster("own", roots: ["good", "good"])
         XCTAssertEqual(own.components(separatedBy: "reads the data from its own copy").count - 1, 2, own)
+        let shards = try DataManifest.load(h.dir + "/good").shards.count
+        XCTAssertTrue(own.contains("this process read 0 of \(shards) shards"), "the coordinator read no sequence: \(own)")
+        XCTAssertTrue(sent.contains("this process read \(shards) of \(shards) shards"), "it sent every sequence once: \(sent)")
         let dataBytes = set.frames * (16 * 4 + 4)
         print("bytes sent over 12 steps: \(bytesSent(h.dir + "/sent")) with sequences, \(bytesSent(h.dir + "/own")) with both workers reading their copies (the data: \(dataBytes))")
         XCTAssertLessThanOrEqual(bytesSent(h.dir + "/own") + dataBytes / 2, bytesSent(h.dir + "/sent"), "the sequences did not cross the wire")
+        XCTAssertTrue(h.text(h.log("ref")).contains("this process read \(shards) of \(shards) shards"), "--local reads them all on demand")
         let mixed = try cluster("mixed", roots: ["good", "bad", "other"])
         XCTAssertTrue(mixed.contains("its data copy differs from the run's"), mixed)
         let badLog = h.text(h.log("mixed-w1"))
@@ -117,7 +121,8 @@ final class PackedDataProcessTests: XCTestCase {
     }
 
     /// A memory cgroup (v1) of 96 MB where the machine allows one: a 200 MB input packs inside
-    /// it, while reading the same file whole (`coord start --data`) is killed there. Without
+    /// it and trains there from the packed copy, while reading the same file whole
+    /// (`coord start --data big.npz`) is refused there. Without
     /// cgroups, the pack's own peak RSS is still held below half the input.
     func testAnInputLargerThanTheMemoryLimitPacks() throws {
         let n = 2000, lmax = 250, dIn = 100
@@ -149,6 +154,11 @@ final class PackedDataProcessTests: XCTestCase {
         print("packing \(inputBytes / 1_000_000) MB: peak RSS \(rss) MB\(contained ? " inside a \(limit / 1_000_000) MB cgroup" : " (no cgroup here)")")
         XCTAssertLessThan(rss * 1_000_000, inputBytes / 2, out)
         XCTAssertEqual(try DataManifest.load(h.dir + "/packed").contentSHA256, set.hash)
+        // Training on the packed copy reads it on demand: it fits where the file does not.
+        let (trained, log) = try inside("train", ["start", "--local", "--data", h.dir + "/packed", "--steps", "2", "--batch-size", "16",
+                                                  "--shard-size", "16", "--checkpoint-dir", h.dir + "/train"])
+        XCTAssertEqual(trained, 0, log)
+        XCTAssertTrue(log.contains("final weights sha256"), log)
         if contained {
             let (whole, text) = try inside("whole", ["start", "--local", "--data", npz, "--steps", "1", "--checkpoint-dir", h.dir + "/whole"])
             XCTAssertNotEqual(whole, 0, "reading the file whole fits in the limit, so the limit proves nothing: \(text)")
