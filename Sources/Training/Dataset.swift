@@ -38,14 +38,15 @@ public struct Dataset: Sendable {
 
     /// A packed directory read on demand: nothing but its manifest is read here. The content
     /// hash is the manifest's (each shard is checked against its own hash when first read).
-    public init(store: PackedStore) {
+    public init(store: PackedStore, classes: Int? = nil) {
         let m = store.manifest
         examples = []
         lengths = m.lengths
         self.store = store
         inputSize = m.dIn
-        classes = m.classes
-        hash = m.contentSHA256
+        self.classes = classes ?? m.classes
+        // The content hash counts the classes: with another count it is not the manifest's.
+        hash = self.classes == m.classes ? m.contentSHA256 : SHA256.hex(Array("\(m.contentSHA256) as \(self.classes) classes".utf8))
         source = store.dir
         paddedLength = m.paddedLength
     }

@@ -161,7 +161,9 @@ public enum Inference {
     /// The checkpoint (verified) and the data, refused before any work when they do not fit.
     public static func load(checkpoint: String, data: String, labels: Dataset.Labels) throws -> (Checkpoint, Dataset) {
         let ck = try Checkpoint.load(path: checkpoint)
-        let set = try Dataset.load(npz: data, classes: ck.model.classes, labels: labels)
+        // A packed directory is read batch by batch, not whole.
+        let set = DataManifest.isPacked(data) ? try PackedData.open(data, classes: ck.model.classes, labels: labels)
+                                              : try Dataset.load(npz: data, classes: ck.model.classes, labels: labels)
         guard set.inputSize == ck.model.inputSize else {
             throw LockstepError("\(data): x has d_in = \(set.inputSize) features per frame but the model in \(checkpoint) takes \(ck.model.inputSize)",
                                 hint: "use data with the model's input width (the features it was trained on)")
@@ -179,15 +181,16 @@ public enum Inference {
     /// Forward without dropout over every sequence, in batches of `batchSize` (one shard each),
     /// `threads` batches at once. `progress` gets the sequences done so far.
     public static func run(model: ModelConfig, params: FloatBuffer, data: Dataset, batchSize: Int, threads: Int,
-                           predictions: Bool = false, logprobs: Bool = false, progress: (Int) -> Void = { _ in }) -> Output {
+                           predictions: Bool = false, logprobs: Bool = false, progress: (Int) -> Void = { _ in }) throws -> Output {
         var m = model
         m.dropout = 0
         let pool = ShardComputerPool(model: m, seed: 0, count: threads)
-        let shards = EvalPlan.shards(lengths: data.examples.map(\.length), batchSize: batchSize, shardSize: batchSize)
+        let shards = EvalPlan.shards(lengths: data.lengths, batchSize: batchSize, shardSize: batchSize)
         var sums = [EvalSums?](repeating: nil, count: shards.count)
-        var preds: [[Int32]]? = predictions || logprobs ? [[Int32]](repeating: [], count: data.examples.count) : nil
-        var lps: [[Float]]? = logprobs ? [[Float]](repeating: [], count: data.examples.count) : nil
+        var preds: [[Int32]]? = predictions || logprobs ? [[Int32]](repeating: [], count: data.count) : nil
+        var lps: [[Float]]? = logprobs ? [[Float]](repeating: [], count: data.count) : nil
         let lock = NSLock()
+        var failure: Error?
         var done = 0
         // A round of `threads` batches at a time, so progress is reported between rounds.
         var first = 0
@@ -196,13 +199,19 @@ public enum Inference {
             let base = first
             pool.forEach(round.count) { k in
                 let ids = round[k]
-                let out = pool.with { $0.engine.evaluate(params: params, examples: ids.map { data.examples[$0] }, keepLogprobs: logprobs) }
+                let examples: [Example]
+                do { examples = try ids.map { try data.example($0) } } catch {
+                    lock.withLock { failure = failure ?? error }
+                    return
+                }
+                let out = pool.with { $0.engine.evaluate(params: params, examples: examples, keepLogprobs: logprobs) }
                 lock.withLock {
                     sums[base + k] = out.sums
                     if preds != nil { for (j, i) in ids.enumerated() { preds![i] = out.predictions[j] } }
                     if lps != nil { for (j, i) in ids.enumerated() { lps![i] = out.logprobs![j] } }
                 }
             }
+            if let failure { throw failure }
             first += round.count
             done += round.reduce(0) { $0 + $1.count }
             progress(done)
@@ -213,7 +222,7 @@ public enum Inference {
     /// `pred` int64 `[N, Lmax]` (-1 on padding) and, when given, `logprobs` float32 `[N, Lmax, C]`
     /// (0 on padding), as an `.npz` written atomically.
     public static func writePredictions(_ out: Output, data: Dataset, classes: Int, to path: String) throws {
-        let n = data.examples.count, lmax = data.paddedLength
+        let n = data.count, lmax = data.paddedLength
         var pred = [Int64](repeating: -1, count: n * lmax)
         for (i, p) in (out.predictions ?? []).enumerated() { for t in p.indices { pred[i * lmax + t] = Int64(p[t]) } }
         func bytes<T>(_ a: [T]) -> [UInt8] { a.withUnsafeBytes { Array($0) } }

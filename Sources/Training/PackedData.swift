@@ -335,19 +335,21 @@ public enum PackedData {
         guard !store.manifest.labelled || classes == nil || classes == store.manifest.classes else {
             return try load(path, classes: classes, labels: .required)
         }
-        guard store.manifest.labelled else {
-            throw LockstepError("\(store.dir): the packed data has no labels (its inputs had no 'y')", hint: "pack files that have y to train on them")
-        }
+        try check(store, classes: classes, labels: .required)
         return Dataset(store: store)
     }
 
-    /// A packed directory as a `Dataset`: every shard's hash checked before its sequences are
-    /// used. The content hash is recomputed and must equal the manifest's, so the data is the
-    /// `.npz`'s exactly (a run on either is the same run).
-    public static func load(_ path: String, classes: Int?, labels: Dataset.Labels) throws -> Dataset {
-        let dir = DataManifest.directory(path)
-        let m = try DataManifest.load(dir)
-        let C = classes ?? m.classes
+    /// For a trained model (`eval`, `predict`): labels as `labels` asks, at most `classes`
+    /// of them; read on demand.
+    public static func open(_ path: String, classes: Int, labels: Dataset.Labels) throws -> Dataset {
+        let store = try PackedStore(path)
+        try check(store, classes: classes, labels: labels)
+        return Dataset(store: store, classes: classes)
+    }
+
+    /// Refuses a packed set without labels where they are needed, or with more classes than fit.
+    static func check(_ store: PackedStore, classes: Int?, labels: Dataset.Labels) throws {
+        let m = store.manifest, dir = store.dir
         if !m.labelled {
             switch labels {
             case .optional: break
@@ -357,7 +359,7 @@ public enum PackedData {
                 throw LockstepError("\(dir): the packed data has no labels (its inputs had no 'y')", hint: hint)
             }
         }
-        if m.labelled && m.classes > C {
+        if let C = classes, m.labelled && m.classes > C {
             let hint: String
             switch labels {
             case .required: hint = "raise --classes to at least \(m.classes)"
@@ -365,6 +367,16 @@ public enum PackedData {
             }
             throw LockstepError("\(dir): labels go up to class \(m.classes - 1); only \(C) classes fit", hint: hint)
         }
+    }
+
+    /// A packed directory as a `Dataset`: every shard's hash checked before its sequences are
+    /// used. The content hash is recomputed and must equal the manifest's, so the data is the
+    /// `.npz`'s exactly (a run on either is the same run).
+    public static func load(_ path: String, classes: Int?, labels: Dataset.Labels) throws -> Dataset {
+        let dir = DataManifest.directory(path)
+        let m = try DataManifest.load(dir)
+        let C = classes ?? m.classes
+        try check(try PackedStore(dir), classes: C, labels: labels)
         try Memory.check(m.frames * (m.dIn * 4 + 4) * 2, for: "\(dir) (\(Memory.gib(m.frames * m.dIn * 4)) of x)")
         let store = try PackedStore(dir)
         var examples: [Example] = []

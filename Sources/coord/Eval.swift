@@ -75,9 +75,9 @@ struct Eval: ParsableCommand {
             let o = inference
             let (ck, set) = try o.load(labels: .forModel(
                 o.checkpoint, missingHint: "eval needs labels; to label unlabelled data use `coord predict --checkpoint \(o.checkpoint) --data \(o.data) --out PRED.npz`"))
-            log("eval: \(set.examples.count) sequences, \(set.frames) frames of \(o.data) on the \(ck.model.hidden)-unit \(ck.model.layers)-layer model in \(o.checkpoint)")
-            let out = Inference.run(model: ck.model, params: ck.params, data: set, batchSize: o.batchSize, threads: o.threads,
-                                    progress: o.progress(total: set.examples.count, what: "eval"))
+            log("eval: \(set.count) sequences, \(set.frames) frames of \(o.data) on the \(ck.model.hidden)-unit \(ck.model.layers)-layer model in \(o.checkpoint)")
+            let out = try Inference.run(model: ck.model, params: ck.params, data: set, batchSize: o.batchSize, threads: o.threads,
+                                    progress: o.progress(total: set.count, what: "eval"))
             guard out.sums.frames > 0 else {
                 throw LockstepError("\(o.data): no frame has a label (every y on a valid frame is -1)", hint: "eval needs labelled frames; use `coord predict` for unlabelled data")
             }
@@ -163,13 +163,13 @@ struct Predict: ParsableCommand {
             let o = inference
             let (ck, set) = try o.load(labels: .optional(o.checkpoint))
             if logprobs {
-                try Memory.check(set.examples.count * set.paddedLength * ck.model.classes * 4 * 2, for: "--logprobs of \(o.data)")
+                try Memory.check(set.count * set.paddedLength * ck.model.classes * 4 * 2, for: "--logprobs of \(o.data)")
             }
-            log("predict: \(set.examples.count) sequences, \(set.frames) frames of \(o.data)")
-            let result = Inference.run(model: ck.model, params: ck.params, data: set, batchSize: o.batchSize, threads: o.threads,
-                                       predictions: true, logprobs: logprobs, progress: o.progress(total: set.examples.count, what: "predict"))
+            log("predict: \(set.count) sequences, \(set.frames) frames of \(o.data)")
+            let result = try Inference.run(model: ck.model, params: ck.params, data: set, batchSize: o.batchSize, threads: o.threads,
+                                       predictions: true, logprobs: logprobs, progress: o.progress(total: set.count, what: "predict"))
             try Inference.writePredictions(result, data: set, classes: ck.model.classes, to: out)
-            print("wrote \(out): pred [\(set.examples.count), \(set.paddedLength)]" + (logprobs ? ", logprobs [\(set.examples.count), \(set.paddedLength), \(ck.model.classes)]" : ""))
+            print("wrote \(out): pred [\(set.count), \(set.paddedLength)]" + (logprobs ? ", logprobs [\(set.count), \(set.paddedLength), \(ck.model.classes)]" : ""))
             if result.sums.frames > 0 {
                 print(String(format: "accuracy %.4f%% (%d of %d labelled frames), loss %.6f", 100 * result.sums.accuracy,
                              result.sums.correct, result.sums.frames, result.sums.loss))

@@ -85,9 +85,9 @@ struct Bench: ParsableCommand {
                                      minLength: minLength, maxLength: maxLength)
             let set = task.generate(seed: 7)
             try AtomicFile.write(set.npzBytes(), to: path)
-            _ = Inference.run(model: trainer.model, params: trainer.params, data: set, batchSize: evalBatchSize, threads: 1)  // warm up
+            _ = try Inference.run(model: trainer.model, params: trainer.params, data: set, batchSize: evalBatchSize, threads: 1)  // warm up
             let te = Date()
-            let out = Inference.run(model: trainer.model, params: trainer.params, data: set, batchSize: evalBatchSize, threads: 1, predictions: true)
+            let out = try Inference.run(model: trainer.model, params: trainer.params, data: set, batchSize: evalBatchSize, threads: 1, predictions: true)
             let evalSeconds = Date().timeIntervalSince(te)
             evalFields = String(format: ",\"eval_frames_per_s\":%.0f,\"eval_batch\":%d,\"eval_frames\":%d", Double(set.frames) / evalSeconds, evalBatchSize, out.sums.frames)
         }

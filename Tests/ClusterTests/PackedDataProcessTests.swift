@@ -159,6 +159,11 @@ final class PackedDataProcessTests: XCTestCase {
                                                   "--shard-size", "16", "--checkpoint-dir", h.dir + "/train"])
         XCTAssertEqual(trained, 0, log)
         XCTAssertTrue(log.contains("final weights sha256"), log)
+        // So does evaluating it, batch by batch.
+        let (evaluated, text) = try inside("eval", ["eval", "--checkpoint", h.dir + "/train/checkpoint.safetensors", "--data", h.dir + "/packed",
+                                                     "--batch-size", "16", "--json"])
+        XCTAssertEqual(evaluated, 0, text)
+        XCTAssertTrue(text.contains("\"frames\":\(set.frames)"), text)
         if contained {
             let (whole, text) = try inside("whole", ["start", "--local", "--data", npz, "--steps", "1", "--checkpoint-dir", h.dir + "/whole"])
             XCTAssertNotEqual(whole, 0, "reading the file whole fits in the limit, so the limit proves nothing: \(text)")
