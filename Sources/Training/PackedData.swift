@@ -301,7 +301,7 @@ public enum PackedData {
     }
 
     /// The result of `verify`: every shard's file present, of its size, with its hash.
-    public struct Problem: Sendable, CustomStringConvertible {
+    public struct Problem: Error, Sendable, CustomStringConvertible {
         public let file: String, what: String
         public var description: String { "\(file): \(what)" }
     }
@@ -320,12 +320,18 @@ public enum PackedData {
 
     /// One shard file against its manifest entry; nil when it is good.
     static func check(_ dir: String, _ s: DataManifest.Shard) -> Problem? {
-        let path = dir + "/" + s.file
-        guard let bytes = try? Bytes.map(path: path) else { return Problem(file: path, what: "missing or unreadable") }
-        guard bytes.raw.count == s.bytes else { return Problem(file: path, what: "has \(bytes.raw.count) bytes; the manifest says \(s.bytes) (truncated or replaced)") }
-        let h = SHA256.hex(bytes.raw)
-        guard h == s.sha256 else { return Problem(file: path, what: "SHA-256 is \(h.prefix(16))…; the manifest says \(s.sha256.prefix(16))… (corrupted)") }
+        if case .failure(let p) = map(dir, s) { return p }
         return nil
+    }
+
+    /// One shard file mapped, once its size and SHA-256 are the manifest's.
+    static func map(_ dir: String, _ s: DataManifest.Shard) -> Result<Bytes, Problem> {
+        let path = dir + "/" + s.file
+        guard let bytes = try? Bytes.map(path: path) else { return .failure(Problem(file: path, what: "missing or unreadable")) }
+        guard bytes.raw.count == s.bytes else { return .failure(Problem(file: path, what: "has \(bytes.raw.count) bytes; the manifest says \(s.bytes) (truncated or replaced)")) }
+        let h = SHA256.hex(bytes.raw)
+        guard h == s.sha256 else { return .failure(Problem(file: path, what: "SHA-256 is \(h.prefix(16))…; the manifest says \(s.sha256.prefix(16))… (corrupted)")) }
+        return .success(bytes)
     }
 
     /// A packed directory as a `Dataset` read on demand (`Dataset(store:)`); with `classes`
@@ -373,12 +379,11 @@ public enum PackedData {
     /// used. The content hash is recomputed and must equal the manifest's, so the data is the
     /// `.npz`'s exactly (a run on either is the same run).
     public static func load(_ path: String, classes: Int?, labels: Dataset.Labels) throws -> Dataset {
-        let dir = DataManifest.directory(path)
-        let m = try DataManifest.load(dir)
+        let store = try PackedStore(path)
+        let m = store.manifest, dir = store.dir
         let C = classes ?? m.classes
-        try check(try PackedStore(dir), classes: C, labels: labels)
+        try check(store, classes: C, labels: labels)
         try Memory.check(m.frames * (m.dIn * 4 + 4) * 2, for: "\(dir) (\(Memory.gib(m.frames * m.dIn * 4)) of x)")
-        let store = try PackedStore(dir)
         var examples: [Example] = []
         examples.reserveCapacity(m.sequences)
         for i in 0..<m.sequences {
@@ -431,13 +436,13 @@ public final class PackedStore: @unchecked Sendable {
     private func shard(_ k: Int) throws -> Bytes {
         lock.lock(); defer { lock.unlock() }
         if let m = maps[k] { return m }
-        let s = manifest.shards[k]
-        if let p = PackedData.check(dir, s) {
+        switch PackedData.map(dir, manifest.shards[k]) {
+        case .success(let m):
+            maps[k] = m
+            return m
+        case .failure(let p):
             throw LockstepError("\(p)", hint: "copy the shard again from a good copy, or repack; `coord data verify \(dir)` checks every shard")
         }
-        let m = try Bytes.map(path: dir + "/" + s.file)
-        maps[k] = m
-        return m
     }
 
     /// Sequence `id` (its index in the data), labels included.

@@ -305,6 +305,7 @@ final class ZipMemberStream {
     private var crc: UInt = 0
     private var stream = z_stream()
     private var released = 0       // bytes of the map already given back
+    static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     init(_ archive: ZipArchive, _ entry: ZipArchive.Entry) throws {
         self.archive = archive
@@ -368,7 +369,7 @@ final class ZipMemberStream {
 
     /// Drops the mapped pages already consumed, so the resident set stays the caller's buffers.
     private func giveBack() {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let page = ZipMemberStream.pageSize
         let base = archive.bytes.raw.baseAddress!
         let upTo = ((start + inOff) / page) * page
         if upTo - released >= 8 << 20 {

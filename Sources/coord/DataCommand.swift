@@ -62,7 +62,12 @@ struct DataCommand: ParsableCommand {
 
         func run() throws {
             do {
-                let (m, problems) = try PackedData.verify(dir)
+                var last = Date()
+                let (m, problems) = try PackedData.verify(dir) { done, total in
+                    guard Date().timeIntervalSince(last) >= 1 else { return }
+                    last = Date()
+                    LockstepLog.line("verify: \(done)/\(total) shards")
+                }
                 for p in problems { print("BAD \(p)") }
                 if problems.isEmpty {
                     print("ok: \(m.shards.count) shards, \(m.sequences) sequences, \(m.frames) frames; every SHA-256 matches")
