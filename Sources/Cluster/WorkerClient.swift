@@ -105,7 +105,10 @@ public final class WorkerClient {
         helloBase = Hello(fingerprint: numerics.encoded, blasCore: BLAS.coreName,
                       threads: options.threads, pid: Int(getpid()), incarnation: UInt64.random(in: 1...UInt64.max))
         if let root = options.dataRoot {
-            store = try PackedStore(root)
+            do { store = try PackedStore(root) } catch let e as LockstepError {
+                throw LockstepError("--data-root: \(e.message)",
+                                    hint: "give the directory `coord data pack` wrote (it holds manifest.json), or leave --data-root out to receive the sequences from the coordinator")
+            }
             log("data: reading sequences from \(root) (\(store!.manifest.sequences) sequences, content \(store!.contentHash.prefix(12))…) when it is the run's")
         }
         done = try ZMQSocket(context, .pair)

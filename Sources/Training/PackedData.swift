@@ -76,6 +76,7 @@ public struct DataManifest: Codable, Equatable, Sendable {
                                 hint: "repack the data with this version's `coord data pack`, or use the Lockstep that packed it")
         }
         var problems: [String] = []
+        if m.sequences < 1 { problems.append("it holds \(m.sequences) sequences; packed data has at least 1") }
         if m.dIn < 1 || m.dIn > ModelConfig.maxInputSize { problems.append("d_in \(m.dIn) is outside 1...\(ModelConfig.maxInputSize)") }
         if m.classes < 1 || m.classes > ModelConfig.maxClasses { problems.append("classes \(m.classes) is outside 1...\(ModelConfig.maxClasses)") }
         if m.lengths.count != m.sequences { problems.append("\(m.lengths.count) lengths for \(m.sequences) sequences") }
@@ -131,6 +132,9 @@ public enum PackedData {
         var ins: [Input] = []
         var dIn = 0, maxLabel = -1, inputBytes = 0, labelled = true, lmaxAll = 0
         for path in inputs {
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw LockstepError("\(path): cannot read the input (missing or unreadable)", hint: "name existing .npz files to pack")
+            }
             let zip = try ZipArchive(bytes: try Bytes.map(path: path), path: path)
             inputBytes += zip.bytes.raw.count
             func entry(_ name: String) -> ZipArchive.Entry? { zip.entries.first { $0.name == name + ".npy" } }

@@ -103,6 +103,9 @@ final class PackedDataProcessTests: XCTestCase {
             XCTAssertEqual(h.hash(name), reference, h.text(h.log(name)))
             return h.text(h.log(name))
         }
+        let noRoot = try h.start("worker", ["join", "127.0.0.1:1", "--data-root", h.dir + "/nowhere"], name: "noroot")
+        XCTAssertEqual(h.wait(noRoot, timeout: 20), 1)
+        XCTAssertTrue(h.text(h.log("noroot")).contains("--data-root: ") && h.text(h.log("noroot")).contains("HINT: give the directory"), h.text(h.log("noroot")))
         let sent = try cluster("sent", roots: [nil, nil])
         XCTAssertFalse(sent.contains("reads the data"), sent)
         let own = try cluster("own", roots: ["good", "good"])

@@ -95,6 +95,10 @@ final class PackedDataTests: XCTestCase {
         assertThrows(try Dataset.load(npz: out), mentions: ["format version 2", "reads version 1"])
         try manifest.replacingOccurrences(of: "\"frames\":\(m.frames)", with: "\"frames\":\(m.frames + 1)").write(toFile: out + "/manifest.json", atomically: true, encoding: .utf8)
         assertThrows(try Dataset.load(npz: out), mentions: ["does not add up", "\(m.frames + 1)"])
+        try #"{"format":"lockstep-packed-data","version":1,"d_in":16,"classes":8,"labelled":true,"sequences":0,"frames":0,"padded_length":0,"content_sha256":"x","shards":[],"lengths":[]}"#
+            .write(toFile: out + "/manifest.json", atomically: true, encoding: .utf8)
+        assertThrows(try Dataset.load(npz: out), mentions: ["holds 0 sequences"])
+        assertThrows(try PackedData.open(out, classes: nil), mentions: ["holds 0 sequences"])
         try FileManager.default.removeItem(atPath: out + "/manifest.json")
         assertThrows(try Dataset.load(npz: out), mentions: ["no manifest.json", "coord data pack"])
     }
@@ -103,6 +107,7 @@ final class PackedDataTests: XCTestCase {
         let src = try npz(task(20), "t.npz")
         try PackedData.pack(inputs: [src], out: dir + "/once", shardBytes: 1000)
         assertThrows(try PackedData.pack(inputs: [src], out: dir + "/once", shardBytes: 1000), mentions: ["already exists"])
+        assertThrows(try PackedData.pack(inputs: [dir + "/none.npz"], out: dir + "/none", shardBytes: 1000), mentions: ["none.npz", "cannot read the input"])
         let wide = try npz(SyntheticTask(sequences: 5, inputSize: 12, classes: 8).generate(seed: 1), "wide.npz")
         assertThrows(try PackedData.pack(inputs: [src, wide], out: dir + "/mixed", shardBytes: 1000), mentions: ["wide.npz", "d_in = 12", "16"])
         assertThrows(try PackedData.pack(inputs: [src], out: dir + "/few", shardBytes: 1000, classes: 3), mentions: ["t.npz", "'y'", "label", "--classes"])
