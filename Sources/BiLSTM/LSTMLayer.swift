@@ -24,19 +24,47 @@ public enum LSTMLayer {
         cacheForBackward: Bool = true  // false: gates and tc are scratch (inference)
     ) {
         let N = batch.rows, G = 4 * H
-        for k in 0..<G { gates[k] = bih[k] + bhh[k] }
-        for r in 1..<max(N, 1) { (gates + r * G).update(from: gates, count: G) }
-        // The input projection of all time steps is one GEMM. (Blocks of rows projected just
-        // before use measured no faster, and OpenBLAS's rounding depends on the row count.)
-        BLAS.sgemm(transA: false, transB: true, m: N, n: G, k: inputSize,
-                   a: x, lda: ldx, b: wih, ldb: inputSize, beta: 1, c: gates, ldc: G)
+        // W_hh packed once for all steps (the same bits as sgemm, which packs it every step).
+        let packedWhh = batch.steps > 1 ? BLAS.PackedWeights(w: whh, ldw: H, n: G, k: H) : nil
+        // The input projection: with W_ih packed, in blocks of rows just ahead of the steps that
+        // read them (while they are in cache); block edges on multiples of the kernel's column
+        // panel, so every element gets the one-GEMM bits (BLAS.PackedWeights.blockedRows).
+        let packedWih = N > 2 * Self.projectionBlock ? BLAS.PackedWeights(w: wih, ldw: inputSize, n: G, k: inputSize, blockedRows: true) : nil
+        var projected = reverse ? N ..< N : 0 ..< 0
+        func project(_ rows: Range<Int>) {
+            if rows.isEmpty { return }
+            let first = rows.lowerBound
+            for k in 0..<G { gates[first * G + k] = bih[k] + bhh[k] }
+            for r in (first + 1)..<rows.upperBound { (gates + r * G).update(from: gates + first * G, count: G) }
+            if let packedWih {
+                packedWih.accumulate(m: rows.count, a: x + first * ldx, lda: ldx, c: gates + first * G, ldc: G)
+            } else {
+                BLAS.sgemm(transA: false, transB: true, m: rows.count, n: G, k: inputSize,
+                           a: x + first * ldx, lda: ldx, b: wih, ldb: inputSize, beta: 1, c: gates + first * G, ldc: G)
+            }
+        }
+        if packedWih == nil { project(0 ..< N); projected = 0 ..< N }
         for s in 0..<batch.steps {
             let t = reverse ? batch.steps - 1 - s : s
             let base = batch.offsets[t], rows = batch.batchSizes[t]
             let prev = batch.predecessors(t, reverse: reverse)
-            BLAS.sgemm(transA: false, transB: true, m: prev.count, n: G, k: H,
-                       a: h + prev.base * ldh, lda: ldh, b: whh, ldb: H,
-                       beta: 1, c: gates + base * G, ldc: G)
+            if !projected.contains(base) || (rows > 0 && !projected.contains(base + rows - 1)) {
+                let B = Self.projectionBlock, panel = BLAS.PackedWeights.panel
+                if reverse {
+                    let from = max(0, min(base, projected.lowerBound - B) / panel * panel)
+                    project(from ..< projected.lowerBound); projected = from ..< N
+                } else {
+                    let to = min(N, (max(base + rows, projected.upperBound + B) + panel - 1) / panel * panel)
+                    project(projected.upperBound ..< to); projected = 0 ..< to
+                }
+            }
+            if let packedWhh {
+                packedWhh.accumulate(m: prev.count, a: h + prev.base * ldh, lda: ldh, c: gates + base * G, ldc: G)
+            } else {
+                BLAS.sgemm(transA: false, transB: true, m: prev.count, n: G, k: H,
+                           a: h + prev.base * ldh, lda: ldh, b: whh, ldb: H,
+                           beta: 1, c: gates + base * G, ldc: G)
+            }
             if CellKernel.avx2, lockstep_lstm_cell_forward(gates + base * G, c + base * H, tc + base * H, h + base * ldh, ldh,
                                                           c + prev.base * H, prev.count, rows, H, cacheForBackward ? 1 : 0) == 1 {
                 continue
@@ -48,6 +76,9 @@ public enum LSTMLayer {
             }
         }
     }
+
+    /// Rows of the input projection done at a time: about 200 KiB of gates at 4H = 512.
+    static let projectionBlock = 96
 
     /// Whether the cell's pointwise forward runs in the C AVX2 kernel (the same bits as
     /// `pointwiseForward`, twice the lanes per instruction). `LOCKSTEP_CELL_PATH=swift`

@@ -34,6 +34,102 @@ public enum BLAS {
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
+    /// A weight matrix W [n x k] packed once for many products `C += A · Wᵀ` (a recurrence's
+    /// every time step), through OpenBLAS's own kernel and copy routines replayed in its
+    /// driver's order (CPortableGEMM/prepacked_gemm.c): the bits of `sgemm`, without packing
+    /// W again on each call. nil where that cannot be shown: another numerics mode, BLAS
+    /// threads above 1, a kernel the replay does not know, `LOCKSTEP_PREPACK=off`, or a
+    /// shape whose products differed from `cblas_sgemm`'s in the bit-for-bit check run once
+    /// per shape in this process; callers then use `sgemm`.
+    public final class PackedWeights {
+        private let packed: UnsafeMutablePointer<Float>
+        private let w: UnsafePointer<Float>, ldw: Int  // for row counts beyond the replay's panel
+        public let n: Int, k: Int
+
+        /// Rows that may be cut into blocks at multiples of `panel` and still get the bits of one
+        /// product over all rows, when built with `blockedRows` (checked like the rest).
+        public static let panel = 12
+
+        public init?(w: UnsafePointer<Float>, ldw: Int, n: Int, k: Int, blockedRows: Bool = false) {
+            guard n > 0, k > 0, BLAS.prepackEnabled, BLAS.mode == .openblas, BLAS.threads == 1,
+                  BLAS.prepackVerified(n: n, k: k, blockedRows: blockedRows) else { return nil }
+            self.n = n; self.k = k; self.w = w; self.ldw = ldw
+            packed = PackedWeights.allocate(n: n, k: k)
+            lockstep_prepack_w(w, ldw, n, k, packed)
+        }
+
+        deinit { free(packed) }
+
+        fileprivate static func allocate(n: Int, k: Int) -> UnsafeMutablePointer<Float> {
+            var raw: UnsafeMutableRawPointer? = nil
+            let status = posix_memalign(&raw, 4096, lockstep_prepack_size(n, k) * MemoryLayout<Float>.size)
+            guard status == 0, let raw else { fatalError("out of memory packing a \(n)x\(k) weight matrix") }
+            return raw.bindMemory(to: Float.self, capacity: lockstep_prepack_size(n, k))
+        }
+
+        /// Row-major C[m x n] += A[m x k] · Wᵀ.
+        @inline(__always)
+        public func accumulate(m: Int, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+            if m == 0 { return }
+            if lockstep_prepacked_gemm(m, n, k, a, lda, packed, c, ldc) == 0 {
+                BLAS.sgemm(transA: false, transB: true, m: m, n: n, k: k, a: a, lda: lda, b: w, ldb: ldw, beta: 1, c: c, ldc: ldc)
+            }
+        }
+    }
+
+    /// Whether this OpenBLAS kernel has a replay (`LOCKSTEP_PREPACK=off` says no: a benchmark hook).
+    public static let prepackSupported: Bool =
+        ProcessInfo.processInfo.environment["LOCKSTEP_PREPACK"] != "off" && lockstep_prepacked_available(coreName) == 1
+    /// A test hook: false makes every `PackedWeights` nil, so callers take `sgemm`.
+    nonisolated(unsafe) public static var prepackAllowed = true
+    private static var prepackEnabled: Bool { prepackSupported && prepackAllowed }
+    private static let prepackLock = NSLock()
+    nonisolated(unsafe) private static var prepackChecked: [Int: Bool] = [:]
+
+    /// Whether the replay gives `cblas_sgemm`'s bits for W [n x k]: every row count up to 64
+    /// (the driver cuts rows in panels of 12, then 4, then the rest) and two beyond, on
+    /// random values, compared bit for bit; with `blockedRows`, also 131 rows done in blocks
+    /// cut at multiples of `panel`, against one product. Run once per shape per process.
+    static func prepackVerified(n: Int, k: Int, blockedRows: Bool) -> Bool {
+        prepackLock.lock(); defer { prepackLock.unlock() }
+        let key = (n &* 65_536 &+ k) &* 2 &+ (blockedRows ? 1 : 0)
+        if let known = prepackChecked[key] { return known }
+        var rng = SystemRandomNumberGenerator()
+        let maxRows = 131
+        let w = (0..<(n * k)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let a = (0..<(maxRows * k)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let c0 = (0..<(maxRows * n)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let packed = PackedWeights.allocate(n: n, k: k)
+        defer { free(packed) }
+        var ok = true
+        w.withUnsafeBufferPointer { W in a.withUnsafeBufferPointer { A in
+            lockstep_prepack_w(W.baseAddress!, k, n, k, packed)
+            // Each case: the rows of one product, then the blocks the replay does them in.
+            var cases = (Array(1...64) + [100, maxRows]).map { (rows: $0, blocks: [0 ..< $0]) }
+            if blockedRows {
+                let p = PackedWeights.panel
+                cases.append((maxRows, [0 ..< p, p ..< 3 * p, 3 * p ..< 8 * p, 8 * p ..< maxRows]))
+                cases.append((8 * p + 5, [8 * p ..< 8 * p + 5, 2 * p ..< 8 * p, 0 ..< 2 * p]))
+            }
+            for (m, blocks) in cases where ok {
+                var viaBLAS = c0, viaReplay = c0
+                viaBLAS.withUnsafeMutableBufferPointer { C in
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1,
+                                A.baseAddress!, Int32(k), W.baseAddress!, Int32(k), 1, C.baseAddress!, Int32(n))
+                }
+                viaReplay.withUnsafeMutableBufferPointer { C in
+                    for b in blocks where ok {
+                        ok = lockstep_prepacked_gemm(b.count, n, k, A.baseAddress! + b.lowerBound * k, k, packed,
+                                                     C.baseAddress! + b.lowerBound * n, n) == 1
+                    }
+                }
+                ok = ok && viaBLAS.withUnsafeBytes { x in viaReplay.withUnsafeBytes { y in x.elementsEqual(y) } }
+            }
+        } }
+        prepackChecked[key] = ok
+        return ok
+    }
+
     /// This process's numerics mode: set once, before any product (a worker takes the run's from its welcome).
     nonisolated(unsafe) public static var mode = NumericsMode.openblas
 

@@ -70,3 +70,33 @@ final class CellKernelTests: XCTestCase {
                        Array(UnsafeBufferPointer(start: b.logp!, count: n)).map(\.bitPattern))
     }
 }
+
+/// Tier 2: the forward and backward with W_hh packed once and the input projection done in
+/// panel-aligned blocks (BLAS.PackedWeights) equal, bit for bit, those with one sgemm per product.
+final class PrepackedForwardTests: XCTestCase {
+    func testPrepackedBlockedForwardAndBackwardEqualPlainSgemm() throws {
+        try XCTSkipUnless(BLAS.prepackSupported, "no replay for the \(BLAS.coreName) kernel")
+        BLAS.mode = .openblas; BLAS.setThreads(1)
+        defer { BLAS.prepackAllowed = true }
+        let m = ModelConfig(inputSize: 7, hidden: 32, layers: 2, classes: 4, dropout: 0.3)
+        let layout = ParameterLayout(m)
+        let p = layout.initialParameters(seed: 5)
+        // 14 sequences, 449 rows: several projection blocks, and a tail off the panel.
+        let batch = PackedBatch(Fixture.examples(lengths: [60, 3, 47, 33, 12, 60, 1, 29, 41, 38, 5, 59, 22, 39], inputSize: 7, classes: 4), inputSize: 7)
+        XCTAssertGreaterThan(batch.rows, 2 * 96)
+        func run() -> (logp: [UInt32], grads: [UInt32], loss: UInt64) {
+            let e = Engine(m), g = FloatBuffer(count: layout.count)
+            let r = e.forwardBackward(params: p, grads: g, batch: batch, dropout: Dropout.Key(seed: 1, step: 0))
+            let logp = Array(UnsafeBufferPointer(start: e.logp!, count: batch.rows * m.classes)).map(\.bitPattern)
+            return (logp, Array(UnsafeBufferPointer(start: g.ptr, count: g.count)).map(\.bitPattern), r.lossSum.bitPattern)
+        }
+        XCTAssertNotNil(BLAS.PackedWeights(w: p.ptr, ldw: 32, n: 128, k: 32), "the replay path must be the one tested")
+        BLAS.prepackAllowed = true
+        let replayed = run()
+        BLAS.prepackAllowed = false
+        let plain = run()
+        XCTAssertEqual(replayed.loss, plain.loss)
+        XCTAssertEqual(replayed.logp, plain.logp)
+        XCTAssertEqual(replayed.grads, plain.grads)
+    }
+}
