@@ -48,10 +48,14 @@ static inline v8 det_tanh(v8 x) {
     v8 a = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)));
     v8 e = det_exp(_mm256_mul_ps(K(-2.0f), a));
     v8 big = _mm256_div_ps(_mm256_sub_ps(K(1.0f), e), _mm256_add_ps(K(1.0f), e));
-    v8 a2 = _mm256_mul_ps(a, a);
-    v8 poly = _mm256_add_ps(K(-1.0f / 3.0f), _mm256_mul_ps(a2, _mm256_sub_ps(K(2.0f / 15.0f), _mm256_mul_ps(a2, K(17.0f / 315.0f)))));
-    v8 small = _mm256_add_ps(a, _mm256_mul_ps(_mm256_mul_ps(a, a2), poly));
-    v8 m = _mm256_blendv_ps(big, small, _mm256_cmp_ps(a, K(0.0625f), _CMP_LT_OQ));
+    v8 isSmall = _mm256_cmp_ps(a, K(0.0625f), _CMP_LT_OQ);
+    v8 m = big;
+    if (_mm256_movemask_ps(isSmall)) {  // the series only where some lane needs it (the same blend)
+        v8 a2 = _mm256_mul_ps(a, a);
+        v8 poly = _mm256_add_ps(K(-1.0f / 3.0f), _mm256_mul_ps(a2, _mm256_sub_ps(K(2.0f / 15.0f), _mm256_mul_ps(a2, K(17.0f / 315.0f)))));
+        v8 small = _mm256_add_ps(a, _mm256_mul_ps(_mm256_mul_ps(a, a2), poly));
+        m = _mm256_blendv_ps(big, small, isSmall);
+    }
     v8 negm = _mm256_xor_ps(m, K(-0.0f));
     return _mm256_blendv_ps(m, negm, _mm256_cmp_ps(x, K(0.0f), _CMP_LT_OQ));
 }

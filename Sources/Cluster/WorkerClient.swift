@@ -30,6 +30,8 @@ public final class WorkerClient {
         /// This worker's copy of the packed training data (`--data-root`): it reads the run's
         /// sequences there instead of receiving them, when the content hash is the run's.
         public var dataRoot: String? = nil
+        /// The most MiB of sequences read from `dataRoot` kept in memory (`--cache-mb`).
+        public var cacheMB: Int? = nil  // nil: PackedStore.defaultCacheMB
         public init(endpoint: String) { self.endpoint = endpoint }
     }
 
@@ -105,11 +107,11 @@ public final class WorkerClient {
         helloBase = Hello(fingerprint: numerics.encoded, blasCore: BLAS.coreName,
                       threads: options.threads, pid: Int(getpid()), incarnation: UInt64.random(in: 1...UInt64.max))
         if let root = options.dataRoot {
-            do { store = try PackedStore(root) } catch let e as LockstepError {
+            do { store = try PackedStore(root, cacheMB: options.cacheMB) } catch let e as LockstepError {
                 throw LockstepError("--data-root: \(e.message)",
                                     hint: "give the directory `coord data pack` wrote (it holds manifest.json), or leave --data-root out to receive the sequences from the coordinator")
             }
-            log("data: reading sequences from \(root) (\(store!.manifest.sequences) sequences, content \(store!.contentHash.prefix(12))…) when it is the run's")
+            log("data: reading sequences from \(root) (\(store!.manifest.sequences) sequences, content \(store!.contentHash.prefix(12))…) when it is the run's; keeping up to \(store!.cacheBytes >> 20) MiB of them")
         }
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
@@ -382,6 +384,9 @@ public final class WorkerClient {
             for e in work.sequences { cache[e.id] = e }
             var examples: [Example] = []
             examples.reserveCapacity(work.sequenceIds.count)
+            // The kernel reads this shard's sequences in the background, all at once, while
+            // the compute thread is still on the shards queued before it.
+            if let store, welcome?.dataHash == store.contentHash { store.prefetch(work.sequenceIds.filter { cache[$0] == nil }) }
             for id in work.sequenceIds {
                 if let e = cache[id] { examples.append(e); continue }
                 guard let store, welcome?.dataHash == store.contentHash else { break }

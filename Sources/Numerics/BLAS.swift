@@ -94,11 +94,15 @@ public enum BLAS {
         prepackLock.lock(); defer { prepackLock.unlock() }
         let key = (n &* 65_536 &+ k) &* 2 &+ (blockedRows ? 1 : 0)
         if let known = prepackChecked[key] { return known }
-        var rng = SystemRandomNumberGenerator()
+        var state = UInt64(truncatingIfNeeded: n &* 31 &+ k) | 1
+        func next() -> Float {  // values in [-1, 1) of every magnitude the 24 bits give
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int32(truncatingIfNeeded: state >> 32)) / 2_147_483_648
+        }
         let maxRows = 131
-        let w = (0..<(n * k)).map { _ in Float.random(in: -1...1, using: &rng) }
-        let a = (0..<(maxRows * k)).map { _ in Float.random(in: -1...1, using: &rng) }
-        let c0 = (0..<(maxRows * n)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let w = (0..<(n * k)).map { _ in next() }
+        let a = (0..<(maxRows * k)).map { _ in next() }
+        let c0 = (0..<(maxRows * n)).map { _ in next() }
         let packed = PackedWeights.allocate(n: n, k: k)
         defer { free(packed) }
         var ok = true

@@ -25,13 +25,23 @@ final class Bytes {
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
             throw LockstepError("\(path): not a regular file", hint: "pass an .npz file")
         }
-        let size = Int(st.st_size)
+        return try map(fd: fd, size: Int(st.st_size), path: path)
+    }
+
+    /// Maps `size` bytes of an open file read-only (the descriptor may be closed afterwards).
+    static func map(fd: Int32, size: Int, path: String) throws -> Bytes {
         if size == 0 { return Bytes(raw: UnsafeRawBufferPointer(start: nil, count: 0), release: {}) }
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
             throw LockstepError("\(path): cannot map the file (\(String(cString: strerror(errno))))", hint: "check the file")
         }
         madvise(p, size, MADV_SEQUENTIAL)
         return Bytes(raw: UnsafeRawBufferPointer(start: p, count: size), release: { munmap(p, size) })
+    }
+
+    /// Tells the kernel this process is done with the mapped pages (they stay in the page cache).
+    func dropPages() {
+        guard let base = raw.baseAddress, raw.count > 0 else { return }
+        madvise(UnsafeMutableRawPointer(mutating: base), raw.count, MADV_DONTNEED)
     }
 
     static func allocate(_ count: Int) -> Bytes {

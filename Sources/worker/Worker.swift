@@ -41,6 +41,8 @@ struct Join: ParsableCommand {
     var joinKey: String?
     @Option(help: "This host's copy of the run's packed data (a directory from `coord data pack`, on a shared file system or copied here): the worker reads its sequences there instead of receiving them from the coordinator, when its content hash is the run's. Each shard's SHA-256 is checked on first use; a bad copy falls back to receiving sequences (same result).")
     var dataRoot: String?
+    @Option(help: "With --data-root: the most MiB of sequences this worker keeps in memory once read (least recently used dropped first); its memory is about this plus the model. Sequences are read with pread, not mapped, so no file pages are held. 0 reads every sequence from the files (the OS page cache) each time. Default: 256, or an eighth of this process's memory limit (its cgroup's) when that is less.")
+    var cacheMb: Int?
     @Flag(help: "Over an ipc:// endpoint, send weights and gradients over the socket instead of through shared memory (/dev/shm).")
     var noSharedMemory = false
     @Option(help: "With shared memory: busy-wait up to this many milliseconds at each step barrier for the next step's weights, so the core stays warm (an idle VM core computed the next shard 5-15% slower). 0 sleeps at once; use 0 when this host has more workers than cores.")
@@ -73,6 +75,7 @@ struct Join: ParsableCommand {
                 throw ValidationError("cannot read the address \(address). HINT: give HOST:PORT, e.g. 127.0.0.1:5555")
             }
         }
+        if let mb = cacheMb, mb < 0 || mb > 1 << 24 { throw ValidationError("--cache-mb must be in 0...16777216 (MiB). HINT: 256 keeps 256 MiB of sequences") }
         if (curveKeys == nil) != (serverKey == nil) { throw ValidationError("--curve-keys and --server-key go together") }
         if joinKey != nil && curveKeys != nil { throw ValidationError("--join-key and --curve-keys are two ways to authenticate: give one") }
         if Logger.Level(rawValue: logLevel) == nil {
@@ -101,6 +104,7 @@ struct Join: ParsableCommand {
         o.barrierSpin = barrierSpinMs / 1000
         o.joinKeyPath = joinKey
         o.dataRoot = dataRoot
+        o.cacheMB = cacheMb
         do {
             if let curveKeys, let serverKey {
                 o.curve = (try CurveKeypair.read(curveKeys), try CurveKeypair.publicKey(serverKey))

@@ -64,6 +64,50 @@ final class PackedDataTests: XCTestCase {
         XCTAssertEqual(ab.examples.map(\.id), Array(0..<120))
     }
 
+    func testTheStoreKeepsAtMostItsCacheAndReadsWhatItDropped() throws {
+        let d = task(2_500)
+        let out = dir + "/p"
+        let m = try PackedData.pack(inputs: [try npz(d, "t.npz")], out: out, shardBytes: 400_000).manifest
+        let total = m.frames * (m.dIn + 1) * 4
+        XCTAssertGreaterThan(total, 3 << 20, "the data must be larger than the 1 MiB cache")
+        let small = try PackedStore(out, cacheMB: 1), big = try PackedStore(out, cacheMB: 64)
+        for pass in 0..<2 {
+            for id in 0..<m.sequences {
+                XCTAssertEqual(try small.example(id), d.examples[id])
+                XCTAssertEqual(try big.example(id), d.examples[id])
+                XCTAssertLessThanOrEqual(small.cachedBytes, 1 << 20)
+            }
+            XCTAssertEqual(big.reads.files, m.sequences, "pass \(pass): the large cache read each sequence once")
+        }
+        XCTAssertEqual(big.reads.cached, m.sequences)
+        XCTAssertEqual(big.cachedBytes, total)
+        XCTAssertEqual(small.reads.files, 2 * m.sequences, "a cache smaller than the data, in order, rereads everything")
+        XCTAssertGreaterThan(small.cachedBytes, (1 << 20) - 20_000, "filled up to the bound")
+        // Least recently used goes first: the last sequence read is still there, the first is not.
+        let before = small.reads
+        _ = try small.example(m.sequences - 1)
+        _ = try small.example(0)
+        XCTAssertEqual(small.reads.cached - before.cached, 1)
+        XCTAssertEqual(small.reads.files - before.files, 1)
+        let none = try PackedStore(out, cacheMB: 0)
+        _ = try none.example(3); _ = try none.example(3)
+        XCTAssertEqual(none.reads.files, 2)
+        XCTAssertEqual(none.cachedBytes, 0)
+    }
+
+    func testAShardCutShortDuringARunIsAnErrorNamingItNotACrash() throws {
+        let src = try npz(task(120), "t.npz")
+        let out = dir + "/p"
+        let m = try PackedData.pack(inputs: [src], out: out, shardBytes: 1 << 30).manifest
+        XCTAssertEqual(m.shards.count, 1)
+        let store = try PackedStore(out, cacheMB: 0)
+        XCTAssertNoThrow(try store.example(0), "checks the shard and keeps it open")
+        // Truncated in place after its check (a copy going wrong under a running worker).
+        let victim = out + "/" + m.shards[0].file
+        XCTAssertEqual(truncate(victim, off_t(m.shards[0].bytes / 2)), 0)
+        assertThrows(try store.example(119), mentions: [m.shards[0].file, "shorter than when it was checked", "resume"])
+    }
+
     func testEveryBadCopyIsFoundAndNamedBeforeItsSequencesAreUsed() throws {
         let src = try npz(task(120), "t.npz")
         let out = dir + "/p"
