@@ -462,7 +462,13 @@ public final class WorkerClient {
             let (n, waited, seconds, spun, peak) = lock.withLock { (computed, waitedForWeights, weightsWaitSeconds, spunSeconds, peakRunning) }
             log("coordinator says stop: exiting after \(n) shard(s), up to \(peak) at once"
                 + (waited > 0 ? String(format: "; %d started before their weights were published and waited %.1f ms each on average", waited, 1000 * seconds / Double(waited)) : "")
-                + (spun > 0 ? String(format: "; busy-waited %.0f ms at step barriers", 1000 * spun) : ""))
+                + (spun > 0 ? String(format: "; busy-waited %.0f ms at step barriers", 1000 * spun) : "")
+                + (store.map { s in
+                    let r = s.reads
+                    return String(format: "; data: %d sequences read from %d shard files, %d from the cache (%.1f of %.1f MB)",
+                                  r.files, s.shardsRead, r.cached, Double(s.cachedBytes) / 1e6, Double(s.cacheBytes) / 1e6)
+                } ?? "")
+                + String(format: "; peak RSS %.0f MB", Double(Memory.peakResident) / 1e6))
             return 0
         case .reset:
             weightsStep = nil

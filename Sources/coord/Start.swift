@@ -436,6 +436,8 @@ func report(_ trainer: Trainer, heldOut: Dataset?) {
     } else if let store = trainer.data.store {
         // Packed data is read on demand: a pass over all of it here would read what workers read.
         log("data: this process read \(store.shardsRead) of \(store.manifest.shards.count) shards of \(store.dir)"
+            + " (\(store.reads.files) sequences from the files, \(store.reads.cached) from its cache)"
+            + String(format: "; peak RSS %.0f MB", Double(Memory.peakResident) / 1e6)
             + " (training accuracy not computed: `coord eval --checkpoint \(trainer.checkpointPath) --data \(store.dir)` gives it)")
     } else {
         print(String(format: "accuracy (training data): %.2f%%", 100 * trainer.accuracy(on: trainer.data)))

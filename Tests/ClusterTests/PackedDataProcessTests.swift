@@ -96,7 +96,8 @@ final class PackedDataProcessTests: XCTestCase {
             let c = try h.start("coord", base + ["--bind", "tcp://127.0.0.1:0", "--min-workers", "\(roots.count)", "--checkpoint-dir", h.dir + "/" + name], name: name)
             let ep = try XCTUnwrap(h.endpoint(name))
             let ws = try roots.enumerated().map { k, r in
-                try h.start("worker", ["join", ep] + (r.map { ["--data-root", h.dir + "/" + $0] } ?? []), name: "\(name)-w\(k)")
+                // The first worker with a copy keeps no sequences in memory, the second at most 1 MiB.
+                try h.start("worker", ["join", ep] + (r.map { ["--data-root", h.dir + "/" + $0, "--cache-mb", "\(k)"] } ?? []), name: "\(name)-w\(k)")
             }
             XCTAssertEqual(h.wait(c, timeout: 120), 0, h.text(h.log(name)))
             for (k, w) in ws.enumerated() { XCTAssertEqual(h.wait(w, timeout: 20), 0, h.text(h.log("\(name)-w\(k)"))) }
@@ -110,6 +111,14 @@ final class PackedDataProcessTests: XCTestCase {
         XCTAssertFalse(sent.contains("reads the data"), sent)
         let own = try cluster("own", roots: ["good", "good"])
         XCTAssertEqual(own.components(separatedBy: "reads the data from its own copy").count - 1, 2, own)
+        for (k, bound) in ["0.0 MB", "1.0 MB"].enumerated() {
+            let w = h.text(h.log("own-w\(k)"))
+            XCTAssertTrue(w.contains(" from the cache (") && w.contains("of \(bound))") && w.contains("peak RSS"), w)
+        }
+        XCTAssertTrue(h.text(h.log("own-w0")).contains(" 0 from the cache (0.0 of 0.0 MB)"), h.text(h.log("own-w0")))
+        let badCache = try h.start("worker", ["join", "127.0.0.1:1", "--data-root", h.dir + "/good", "--cache-mb=-1"], name: "badcache")
+        XCTAssertNotEqual(h.wait(badCache, timeout: 20), 0)
+        XCTAssertTrue(h.text(h.log("badcache")).contains("--cache-mb must be in"), h.text(h.log("badcache")))
         let shards = try DataManifest.load(h.dir + "/good").shards.count
         XCTAssertTrue(own.contains("this process read 0 of \(shards) shards"), "the coordinator read no sequence: \(own)")
         XCTAssertTrue(sent.contains("this process read \(shards) of \(shards) shards"), "it sent every sequence once: \(sent)")
