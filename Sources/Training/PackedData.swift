@@ -363,9 +363,10 @@ public enum PackedData {
     }
 
     /// For a trained model (`eval`, `predict`): labels as `labels` asks, at most `classes`
-    /// of them; read on demand, each sequence once, so nothing is cached.
-    public static func open(_ path: String, classes: Int, labels: Dataset.Labels) throws -> Dataset {
-        let store = try PackedStore(path, cacheMB: 0)
+    /// of them; read on demand. `cacheMB` 0 (eval, predict: each sequence once) caches nothing;
+    /// nil is the store's default (a validation set, read again at each validation).
+    public static func open(_ path: String, classes: Int, labels: Dataset.Labels, cacheMB: Int? = 0) throws -> Dataset {
+        let store = try PackedStore(path, cacheMB: cacheMB)
         try check(store, classes: classes, labels: labels)
         return Dataset(store: store, classes: classes)
     }

@@ -255,9 +255,6 @@ public final class Trainer {
     /// The validation set (`--valid-data`), its forward-only shards, and what validations found.
     public let validation: Dataset?
     public let validationShards: [[Int]]
-    /// The validation sequences with ids after the training set's (`data.examples.count + i`),
-    /// so a worker's cache keeps both.
-    public let validationExamples: [Example]
     public private(set) var tracking: ValidationTracking
 
     public init(run: RunConfig, data: Dataset, resumeFrom checkpoint: Checkpoint? = nil, initWeights: Checkpoint? = nil,
@@ -265,9 +262,7 @@ public final class Trainer {
         self.run = run
         self.data = data
         self.validation = validation
-        validationShards = validation.map { EvalPlan.shards(lengths: $0.examples.map(\.length), batchSize: run.batchSize, shardSize: run.shardSize) } ?? []
-        let n = data.count
-        validationExamples = (validation?.examples ?? []).enumerated().map { Example(id: n + $0.offset, x: $0.element.x, y: $0.element.y) }
+        validationShards = validation.map { EvalPlan.shards(lengths: $0.lengths, batchSize: run.batchSize, shardSize: run.shardSize) } ?? []
         tracking = ValidationTracking(lr: Double(run.optimizer.lr))
         model = run.model(for: data)
         let modelProblems = model.problems()
@@ -340,14 +335,18 @@ public final class Trainer {
     }
 
     /// The validation shards' sequences.
-    public func validationShard(_ k: Int) -> [Example] { validationShards[k].map { validationExamples[$0] } }
+    /// Validation shard `k`'s sequences (read on demand from a packed set).
+    public func validationShard(_ k: Int) throws -> [Example] { try validationShardIds[k].map { try example(id: $0) } }
 
-    /// The validation shards as sequence ids (those of `validationExamples`).
-    public var validationShardIds: [[Int]] { validationShards.map { $0.map { validationExamples[$0].id } } }
+    /// The validation shards as sequence ids: a validation sequence's id follows the training
+    /// set's (`data.count + i`), so a worker's cache keeps both.
+    public var validationShardIds: [[Int]] { validationShards.map { $0.map { data.count + $0 } } }
 
     /// A training or validation sequence by id.
     public func example(id: Int) throws -> Example {
-        id < data.count ? try data.example(id) : validationExamples[id - data.count]
+        if id < data.count { return try data.example(id) }
+        let e = try validation!.example(id - data.count)  // read on demand when packed
+        return Example(id: id, x: e.x, y: e.y)
     }
 
     /// Takes the sums of a validation after this step: best weights, patience, plateau rate.

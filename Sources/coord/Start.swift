@@ -236,7 +236,13 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool) throws -> (Traine
     var validation: Dataset? = nil
     if let v = config.validData {
         let what = "this run's model (\(data.classes) classes, from \(data.source))"
-        validation = try Dataset.load(npz: v, classes: data.classes, labels: .forModel(what, missingHint: "a validation set needs labels y"))
+        let labels = Dataset.Labels.forModel(what, missingHint: "a validation set needs labels y")
+        // A packed set is read on demand where its content hash stays the .npz's (same classes).
+        if DataManifest.isPacked(v), let m = try? DataManifest.load(DataManifest.directory(v)), m.classes == data.classes {
+            validation = try PackedData.open(v, classes: data.classes, labels: labels, cacheMB: nil)
+        } else {
+            validation = try Dataset.load(npz: v, classes: data.classes, labels: labels)
+        }
         guard validation!.inputSize == data.inputSize else {
             throw LockstepError("--valid-data \(v): x has d_in = \(validation!.inputSize) but the training data \(data.source) has \(data.inputSize)",
                                 hint: "validate on data with the same features as the training data")
@@ -252,7 +258,7 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool) throws -> (Traine
     let m = trainer.model
     log("data: \(data.source)\(data.store == nil ? "" : " (packed, read on demand)"), \(data.count) sequences, \(data.frames) frames, d_in \(data.inputSize), \(data.classes) classes")
     if let validation {
-        log("validation: \(validation.source), \(validation.examples.count) sequences, \(validation.frames) frames, "
+        log("validation: \(validation.source)\(validation.store == nil ? "" : " (packed, read on demand)"), \(validation.count) sequences, \(validation.frames) frames, "
             + (config.validEvery > 0 ? "every \(config.validEvery) steps" : "every epoch (\(trainer.schedule.batchesPerEpoch) steps)")
             + " and at the end; best by \(config.select.rawValue)" + (config.patience > 0 ? ", patience \(config.patience)" : ""))
     }
@@ -323,7 +329,13 @@ func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
     let progress = ProgressLine(total: trainer.totalSteps, from: trainer.step)
     let validator = trainer.validation.map { _ in ShardComputerPool(model: trainer.model, seed: 0, count: threads) }
     func validate() throws -> String {
-        let parts = validator!.evaluateAll(params: trainer.params, shards: trainer.validationShards.indices.map(trainer.validationShard))
+        // A few shards per thread at a time: a packed validation set is read as it is used.
+        var parts: [EvalSums] = []
+        let count = trainer.validationShards.count, chunk = 4 * threads
+        for first in stride(from: 0, to: count, by: chunk) {
+            let shards = try (first..<min(count, first + chunk)).map { try trainer.validationShard($0) }
+            parts += validator!.evaluateAll(params: trainer.params, shards: shards)
+        }
         return try trainer.finishValidation(parts, metrics: metrics, log: log).text
     }
     if trainer.validationPending { _ = try validate() }

@@ -45,6 +45,23 @@ final class PackedDataProcessTests: XCTestCase {
         try run("half", ["start", "--steps", "6"] + model + ["--local", "--data", npz, "--checkpoint-dir", h.dir + "/half"])
         try run("rest", base + ["--local", "--data", packed, "--checkpoint-dir", h.dir + "/half", "--resume"])
         XCTAssertEqual(h.hash("rest"), reference, "resumed on the packed copy")
+        // A packed validation set is read on demand, to the .npz's figures, locally and on workers.
+        let valid = SyntheticTask(sequences: 40, inputSize: 16, classes: 8, minLength: 5, maxLength: 25).generate(seed: 5, firstId: 96, count: 40)
+        try Data(valid.npzBytes()).write(to: URL(fileURLWithPath: h.dir + "/valid.npz"))
+        try run("pack-valid", ["data", "pack", h.dir + "/valid.npz", "--out", h.dir + "/vpacked", "--shard-mb", "0.005"])
+        try run("v-npz", base + ["--local", "--data", npz, "--valid-data", h.dir + "/valid.npz", "--valid-every", "4", "--checkpoint-dir", h.dir + "/v-npz"])
+        let vPacked = try run("v-packed", base + ["--spawn", "2", "--data", packed, "--valid-data", h.dir + "/vpacked", "--valid-every", "4",
+                                                  "--checkpoint-dir", h.dir + "/v-packed"])
+        XCTAssertTrue(vPacked.contains("validation: \(h.dir)/vpacked (packed, read on demand), 40 sequences"), vPacked)
+        XCTAssertEqual(h.hash("v-packed"), h.hash("v-npz"))
+        func validationFigures(_ dir: String) -> [String] {
+            h.metricsLines(dir).compactMap { l -> String? in
+                guard let o = try? JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any], o["valid_loss"] != nil else { return nil }
+                return o.filter { $0.key.hasPrefix("valid_") }.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            }
+        }
+        XCTAssertEqual(validationFigures(h.dir + "/v-npz").count, 3, "after steps 4, 8 and 12 (the end)")
+        XCTAssertEqual(validationFigures(h.dir + "/v-packed"), validationFigures(h.dir + "/v-npz"))
         // eval reads it too, to the same figures.
         let e1 = try run("eval-npz", ["eval", "--checkpoint", h.dir + "/npz/checkpoint.safetensors", "--data", npz, "--json"])
         let e2 = try run("eval-packed", ["eval", "--checkpoint", h.dir + "/npz/checkpoint.safetensors", "--data", packed, "--json"])
