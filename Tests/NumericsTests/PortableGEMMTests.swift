@@ -7,13 +7,6 @@ import XCTest
 /// 8-column and 16-column AVX2+FMA tiles), for every transpose and shape, and is within
 /// rounding of a double-precision reference.
 final class PortableGEMMTests: XCTestCase {
-    struct Rand {
-        var s: UInt64
-        mutating func next() -> Float {
-            s = s &* 6364136223846793005 &+ 1442695040888963407
-            return Float(Int64(bitPattern: s >> 11) % 2001 - 1000) / 500
-        }
-    }
 
     func paths() -> [Int32] {
         [Int32(LOCKSTEP_GEMM_SCALAR.rawValue)]

@@ -6,14 +6,6 @@ import XCTest
 /// `BLAS.sgemm`'s bits for every row count, and for rows done in blocks cut at multiples of
 /// the panel, on shapes with one and several depth and row blocks.
 final class PrepackedGEMMTests: XCTestCase {
-    struct Rand {
-        var s: UInt64
-        mutating func next() -> Float {
-            s = s &* 6364136223846793005 &+ 1442695040888963407
-            return Float(Int64(bitPattern: s >> 11) % 2001 - 1000) / 700
-        }
-    }
-
     override func setUp() { BLAS.mode = .openblas; BLAS.setThreads(1) }
 
     func testPackedWeightsGiveSgemmsBitsForEveryRowCountAndEveryPanelAlignedBlocking() throws {
