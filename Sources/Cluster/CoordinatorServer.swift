@@ -397,6 +397,18 @@ public final class CoordinatorServer {
         return !sendsSharedWeights(to: peer)
     }
 
+    /// The next step's shards, for the read-ahead hints (computed once a step).
+    var nextPlan: (step: Int, shards: [[Int]]) = (-1, [])
+
+    /// For a worker reading its own copy: the training sequences of the same shard index in the
+    /// next step's plan, which it will likely be given next (a hint; none for validation work).
+    func readAhead(for peer: Peer, step: Int, shard: Int) -> [Int] {
+        guard !core.evaluating, step + 1 < trainer.totalSteps, core.workers.contains(where: { $0.peer == peer && $0.readsData }) else { return [] }
+        if nextPlan.step != step + 1 { nextPlan = (step + 1, trainer.shards(forStep: step + 1)) }
+        guard shard < nextPlan.shards.count else { return [] }
+        return nextPlan.shards[shard].filter { $0 < trainer.data.count }
+    }
+
     func sendsSharedWeights(to peer: Peer) -> Bool {
         shared != nil && core.workers.contains { $0.peer == peer && $0.sharedMemory }
     }
@@ -409,7 +421,7 @@ public final class CoordinatorServer {
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
                 let ids = core.shards[shard].sequenceIds
                 let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: try fresh.map { try trainer.example(id: $0) },
-                                evaluate: core.evaluating, weightsStep: core.roundWeightsStep)
+                                evaluate: core.evaluating, weightsStep: core.roundWeightsStep, prefetchIds: readAhead(for: peer, step: step, shard: shard))
                 let local = sendsSharedWeights(to: peer)
                 let carriage: Message.WeightsCarriage = !withWeights ? .none : local ? .shared : .frame
                 let (header, sequences) = Message.encodeWork(work, weights: carriage)

@@ -25,7 +25,7 @@ public enum Message: Equatable {
     /// 4: hello's fingerprint is a `NumericsIdentity`; refuse carries the coordinator's; work
     /// may be a validation shard (forward only, the weights of another step), and its result
     /// carries counts (gradient carriage 2).
-    public static let protocolVersion: UInt16 = 5
+    public static let protocolVersion: UInt16 = 6
     public static let magic: [UInt8] = Array("LKST".utf8)
 
     public var typeName: String {
@@ -101,18 +101,21 @@ public struct Work: Equatable {
     /// The step whose weights to use: `step` for training; a validation round (its own `step`
     /// id) uses the weights of the step it follows.
     public var weightsStep: Int
+    /// Sequences this worker will likely be given next step (the same shard index of the
+    /// next step's plan), for a worker that reads its own copy to read ahead: a hint only.
+    public var prefetchIds: [Int]
 
     public init(step: Int, shard: Int, sequenceIds: [Int], weights: FloatBuffer?, weightsShared: Bool = false, sequences: [Example],
-                evaluate: Bool = false, weightsStep: Int? = nil) {
+                evaluate: Bool = false, weightsStep: Int? = nil, prefetchIds: [Int] = []) {
         self.step = step; self.shard = shard; self.sequenceIds = sequenceIds; self.weights = weights
         self.weightsShared = weightsShared; self.sequences = sequences
-        self.evaluate = evaluate; self.weightsStep = weightsStep ?? step
+        self.evaluate = evaluate; self.weightsStep = weightsStep ?? step; self.prefetchIds = prefetchIds
     }
 
     public static func == (a: Work, b: Work) -> Bool {
         a.step == b.step && a.shard == b.shard && a.sequenceIds == b.sequenceIds && a.sequences == b.sequences
             && a.weights?.array == b.weights?.array && a.weightsShared == b.weightsShared
-            && a.evaluate == b.evaluate && a.weightsStep == b.weightsStep
+            && a.evaluate == b.evaluate && a.weightsStep == b.weightsStep && a.prefetchIds == b.prefetchIds
     }
 }
 
@@ -301,6 +304,8 @@ extension Message {
         for id in work.sequenceIds { w.int(id) }
         w.u8(weights.rawValue)
         w.u8(work.evaluate ? 1 : 0); w.int(work.weightsStep)
+        w.u32(UInt32(work.prefetchIds.count))
+        for id in work.prefetchIds { w.int(id) }
         var s = ByteWriter()
         s.bytes.reserveCapacity(4 + work.sequences.reduce(0) { $0 + 16 + 4 * ($1.x.count + $1.length) })
         s.u32(UInt32(work.sequences.count))
@@ -380,6 +385,9 @@ extension Message {
             let evaluateCode = try r.u8()
             guard evaluateCode <= 1 else { throw WireError("work with evaluate flag \(evaluateCode)") }
             let weightsStep = try r.int()
+            let hints = Int(try r.u32())
+            guard hints <= limits.maxSequences else { throw WireError("work with \(hints) sequences to read ahead") }
+            let prefetchIds = try (0..<hints).map { _ in try r.int() }
             let hasWeights = carriage == .frame
             try expectFrames(hasWeights ? 3 : 2)
             let weights = hasWeights ? try floats(frames[1], what: "weights") : nil
@@ -399,7 +407,7 @@ extension Message {
             }
             guard s.done else { throw WireError("trailing bytes after the sequences") }
             msg = .work(Work(step: step, shard: shard, sequenceIds: ids, weights: weights, weightsShared: carriage == .shared, sequences: seqs,
-                             evaluate: evaluateCode == 1, weightsStep: weightsStep))
+                             evaluate: evaluateCode == 1, weightsStep: weightsStep, prefetchIds: prefetchIds))
         case 5:
             let step = try r.int(), shard = try r.int(max: 1 << 20), loss = try r.f64(), count = try r.int(max: 1 << 40)
             let seconds = try r.f64()

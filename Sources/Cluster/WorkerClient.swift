@@ -72,6 +72,8 @@ public final class WorkerClient {
     var computed = 0, waitedForWeights = 0, weightsWaitSeconds = 0.0
     /// Shards handed to the compute thread and not yet started: a busy-wait ends when one comes.
     var queuedShards = 0
+    /// Sequences hinted ahead by the coordinator and handed to the kernel to read (`prefetch`).
+    var readAhead = 0
     /// Shards being computed now, and the most at once (`--threads`).
     var running = 0, peakRunning = 0
     /// Seconds the compute thread busy-waited at step barriers.
@@ -399,6 +401,11 @@ public final class WorkerClient {
                     return nil
                 }
             }
+            // The kernel reads next step's likely sequences while this shard computes.
+            if let store, welcome?.dataHash == store.contentHash, !work.prefetchIds.isEmpty {
+                store.prefetch(work.prefetchIds)
+                lock.withLock { readAhead += work.prefetchIds.count }
+            }
             guard let params = weights, weightsStep == ws, examples.count == work.sequenceIds.count else {
                 log("work for step \(work.step) does not match what this worker holds: saying hello again")
                 weightsStep = nil
@@ -465,8 +472,8 @@ public final class WorkerClient {
                 + (spun > 0 ? String(format: "; busy-waited %.0f ms at step barriers", 1000 * spun) : "")
                 + (store.map { s in
                     let r = s.reads
-                    return String(format: "; data: %d sequences read from %d shard files, %d from the cache (%.1f of %.1f MB)",
-                                  r.files, s.shardsRead, r.cached, Double(s.cachedBytes) / 1e6, Double(s.cacheBytes) / 1e6)
+                    return String(format: "; data: %d sequences read from %d shard files, %d from the cache (%.1f of %.1f MB), %d hinted ahead",
+                                  r.files, s.shardsRead, r.cached, Double(s.cachedBytes) / 1e6, Double(s.cacheBytes) / 1e6, lock.withLock { readAhead })
                 } ?? "")
                 + String(format: "; peak RSS %.0f MB", Double(Memory.peakResident) / 1e6))
             return 0

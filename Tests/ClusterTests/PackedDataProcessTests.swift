@@ -133,6 +133,12 @@ final class PackedDataProcessTests: XCTestCase {
             XCTAssertTrue(w.contains(" from the cache (") && w.contains("of \(bound))") && w.contains("peak RSS"), w)
         }
         XCTAssertTrue(h.text(h.log("own-w0")).contains(" 0 from the cache (0.0 of 0.0 MB)"), h.text(h.log("own-w0")))
+        // The coordinator hinted the next step's sequences to each worker reading its copy.
+        for k in 0..<2 {
+            let w = h.text(h.log("own-w\(k)"))
+            let hinted = w.range(of: #"(\d+) hinted ahead"#, options: .regularExpression).map { Int(w[$0].split(separator: " ")[0])! }
+            XCTAssertGreaterThan(hinted ?? 0, 0, w)
+        }
         let badCache = try h.start("worker", ["join", "127.0.0.1:1", "--data-root", h.dir + "/good", "--cache-mb=-1"], name: "badcache")
         XCTAssertNotEqual(h.wait(badCache, timeout: 20), 0)
         XCTAssertTrue(h.text(h.log("badcache")).contains("--cache-mb must be in"), h.text(h.log("badcache")))

@@ -21,6 +21,7 @@ final class WireTests: XCTestCase {
          .work(Work(step: 4, shard: 2, sequenceIds: [5], weights: nil, sequences: [])),
          .work(Work(step: 4, shard: 3, sequenceIds: [9], weights: nil, weightsShared: true, sequences: examples)),
          .work(Work(step: (1 << 40) + 4, shard: 0, sequenceIds: [9], weights: nil, weightsShared: true, sequences: [], evaluate: true, weightsStep: 4)),
+         .work(Work(step: 7, shard: 1, sequenceIds: [3, 8], weights: nil, sequences: [], prefetchIds: [4, 11, 1 << 33])),
          .result(ShardResult(step: (1 << 40) + 4, shard: 0, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0), computeSeconds: 0.5,
                              counts: [2, 0, 2, 4, 1])),
          .result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]))),
@@ -50,8 +51,10 @@ final class WireTests: XCTestCase {
         let at = slow[0].count - 9  // the compute time, before the gradient's carriage byte
         var nanTime = slow; nanTime[0].replaceSubrange(at..<(at + 8), with: withUnsafeBytes(of: Double.nan.bitPattern.littleEndian, Array.init))
         var badCarriage = Message.work(Work(step: 1, shard: 0, sequenceIds: [1], weights: nil, sequences: [])).encode()
-        badCarriage[0][badCarriage[0].count - 10] = 3  // before the evaluate flag and the weights' step
-        var badEvaluate = badCarriage; badEvaluate[0][badEvaluate[0].count - 10] = 0; badEvaluate[0][badEvaluate[0].count - 9] = 7
+        badCarriage[0][badCarriage[0].count - 14] = 3  // before the evaluate flag, the weights' step and the read-ahead count
+        var badEvaluate = badCarriage; badEvaluate[0][badEvaluate[0].count - 14] = 0; badEvaluate[0][badEvaluate[0].count - 13] = 7
+        var badHints = badEvaluate; badHints[0][badHints[0].count - 13] = 0
+        badHints[0].replaceSubrange((badHints[0].count - 4)..., with: [0xFF, 0xFF, 0xFF, 0x7F])
         var badGradient = slow; badGradient[0][badGradient[0].count - 1] = 3
         // A validation result whose counts frame cannot be (correct, then pairs).
         var badCounts = slow; badCounts[0][badCounts[0].count - 1] = 2; badCounts[1] = [UInt8](repeating: 0, count: 16)
@@ -62,6 +65,7 @@ final class WireTests: XCTestCase {
             ("type", badType, "unknown message type"), ("truncated", truncated, "truncated"),
             ("params", wrongSize, "the model has 3"), ("d_in", wrongWidth, "d_in 3"),
             ("frames", good + [[], [], []], "frames"), ("carriage", badCarriage, "weights carriage 3"), ("evaluate", badEvaluate, "evaluate flag 7"),
+            ("read-ahead", badHints, "2147483647 sequences to read ahead"),
             ("gradient carriage", badGradient, "gradient carriage 3"),
             ("counts", badCounts, "validation counts frame of 16 bytes"), ("missing frame", [good[0]], "frames"),
         ]
