@@ -1,4 +1,5 @@
 import Foundation
+import Numerics
 import Training
 
 /// Timing of the failure detector, after the zguide's Paranoid Pirate: any message counts as
@@ -39,8 +40,9 @@ public struct Peer: Hashable, CustomStringConvertible, Sendable {
 public enum Directive: Equatable {
     case send(Peer, Message)
     /// Send shard `shard` of `step`, with the step's weights if `withWeights`, and the listed
-    /// sequences (those this worker has not been sent yet).
-    case sendWork(Peer, step: Int, shard: Int, withWeights: Bool, newSequences: [Int])
+    /// sequences (those this worker has not been sent yet); `block`, when the shard goes with
+    /// the others of an aligned block the worker sums before answering once.
+    case sendWork(Peer, step: Int, shard: Int, withWeights: Bool, newSequences: [Int], block: Range<Int>? = nil)
     case log(String)
     /// Every shard of the current step has a result: reduce, clip, step, then `beginStep`.
     case stepComplete
@@ -78,6 +80,10 @@ public struct CoordinatorCore {
         public var resultFrom: String?
         public var holders: [Peer] = []
         public var issuedAt: Double?
+        /// Summed into the block result held by shard `coveredBy`.
+        public var coveredBy: Int? = nil
+        /// Answered: alone, or inside a block.
+        public var done: Bool { result != nil || coveredBy != nil }
     }
 
     /// What a worker's numerics must equal, component by component.
@@ -110,9 +116,20 @@ public struct CoordinatorCore {
     }
 
     public var alive: Int { workers.count }
-    public var complete: Bool { !shards.isEmpty && shards.allSatisfy { $0.result != nil } }
-    /// Results in shard order, for the fixed reduction tree.
+    public var complete: Bool { !shards.isEmpty && shards.allSatisfy(\.done) }
+    /// Results in shard order, for the fixed reduction tree (a block's covers `span` shards).
     public var results: [ShardResult] { shards.compactMap(\.result) }
+
+    /// The block of shards a worker computing `threads` shards at once is given together, to
+    /// sum and answer once: the largest power of two up to its threads, over TCP (a local worker
+    /// writes each gradient into shared memory instead), never for validation (counts, not
+    /// gradients). Aligned blocks are subtrees of the reduction tree, so the result is the same.
+    func blockSize(_ w: Int) -> Int {
+        guard !evaluating, !workers[w].sharedMemory, workers[w].threads >= 2 else { return 1 }
+        var b = 1
+        while b * 2 <= workers[w].threads { b *= 2 }
+        return b
+    }
 
     public var stragglerAfter: Double {
         guard !recentShardSeconds.isEmpty else { return Timing.stragglerMinimum * 4 }
@@ -206,6 +223,7 @@ public struct CoordinatorCore {
 
     private mutating func onResult(_ r: ShardResult, worker w: Int, now: Double) -> [Directive] {
         let name = workers[w].name
+        if r.span != 1 { return onBlockResult(r, worker: w, now: now) }
         if r.step == step, let k = workers[w].assigned.firstIndex(of: r.shard) {
             workers[w].assigned.remove(at: k)
             recentShardSeconds.append(now - workers[w].lastProgress)
@@ -222,6 +240,9 @@ public struct CoordinatorCore {
             return [.log("malformed \(evaluating ? "validation" : "training") result for shard \(r.shard) from \(name): dropped")] + assign(now: now)
         }
         shards[r.shard].holders.removeAll { $0 == workers[w].peer }
+        if let block = shards[r.shard].coveredBy {
+            return [.log("result for step \(r.step) shard \(r.shard) from \(name): already summed in the block from shard \(block); dropped")] + assign(now: now)
+        }
         if let first = shards[r.shard].result {
             if first.sameBits(as: r) {
                 return [.log("duplicate result for step \(r.step) shard \(r.shard) from \(name) matches \(shards[r.shard].resultFrom ?? "?") bit for bit")] + assign(now: now)
@@ -232,6 +253,31 @@ public struct CoordinatorCore {
         // Non-finite results are kept: the trainer stops or skips the step, the same way on every rerun.
         shards[r.shard].result = r
         shards[r.shard].resultFrom = name
+        var out = assign(now: now)
+        if complete { out.append(.stepComplete) }
+        return out
+    }
+
+    /// One result for an aligned block of shards the worker summed in the tree's order.
+    private mutating func onBlockResult(_ r: ShardResult, worker w: Int, now: Double) -> [Directive] {
+        let name = workers[w].name, block = r.shard ..< r.shard + r.span
+        guard r.step == step, !evaluating, r.counts == nil, r.span >= 2, block.upperBound <= shards.count,
+              TreeSum.isSubtree(block.lowerBound, block.upperBound, of: shards.count) else {
+            return [.log("result for shards \(block) of step \(r.step) from \(name) is not a block of this step: dropped")] + assign(now: now)
+        }
+        workers[w].assigned.removeAll { block.contains($0) }
+        recentShardSeconds.append((now - workers[w].lastProgress) / Double(r.span))
+        if recentShardSeconds.count > 32 { recentShardSeconds.removeFirst() }
+        workers[w].lastProgress = now
+        for s in block { shards[s].holders.removeAll { $0 == workers[w].peer } }
+        if block.contains(where: { shards[$0].done }) {
+            // A straggler's copy answered a shard of it alone: keep the single results (their
+            // sum cannot be compared with the block's); the rest go back to the queue.
+            return [.log("block \(block) of step \(r.step) from \(name) overlaps shards answered alone: dropped")] + assign(now: now)
+        }
+        shards[block.lowerBound].result = r
+        shards[block.lowerBound].resultFrom = name
+        for s in block.dropFirst() { shards[s].coveredBy = block.lowerBound }
         var out = assign(now: now)
         if complete { out.append(.stepComplete) }
         return out
@@ -273,7 +319,7 @@ public struct CoordinatorCore {
         var msg = "\(workers[w].name) \(why)"
         for s in workers[w].assigned where s < shards.count {
             shards[s].holders.removeAll { $0 == workers[w].peer }
-            if shards[s].result == nil && shards[s].holders.isEmpty {
+            if !shards[s].done && shards[s].holders.isEmpty {
                 reissuedThisStep += 1
                 msg += "; its shard \(s) goes back to the queue"
             }
@@ -287,35 +333,49 @@ public struct CoordinatorCore {
         guard started, let step else { return [] }
         var out: [Directive] = []
         let deepest = max(inFlight, 1) + (workers.map(\.threads).max() ?? 1) - 1
+        // An idle worker that computes several shards at once takes the lowest free aligned block.
+        for w in workers.indices where workers[w].assigned.isEmpty && blockSize(w) > 1 {
+            let b = blockSize(w)
+            guard let start = stride(from: 0, to: shards.count, by: b).first(where: { a in
+                let end = min(a + b, shards.count)
+                return end - a >= 2 && TreeSum.isSubtree(a, end, of: shards.count) && (a..<end).allSatisfy { !shards[$0].done && shards[$0].holders.isEmpty }
+            }) else { continue }
+            let block = start ..< min(start + b, shards.count)
+            for s in block { out.append(give(s, to: w, now: now, straggler: false, block: block)) }
+        }
         for depth in 1...deepest {
             for w in workers.indices where workers[w].assigned.count < depth && depth <= max(inFlight, 1) + workers[w].threads - 1 {
-                var pick = shards.indices.first { shards[$0].result == nil && shards[$0].holders.isEmpty }
+                var pick = shards.indices.first { !shards[$0].done && shards[$0].holders.isEmpty }
                 var straggler = false
                 if pick == nil && workers[w].assigned.isEmpty {
                     pick = shards.indices.first {
-                        shards[$0].result == nil && shards[$0].holders.count == 1
+                        !shards[$0].done && shards[$0].holders.count == 1
                             && now - (shards[$0].issuedAt ?? now) > stragglerAfter
                     }
                     straggler = pick != nil
                 }
                 guard let s = pick else { continue }
-                shards[s].holders.append(workers[w].peer)
-                if shards[s].issuedAt == nil || straggler { shards[s].issuedAt = now }
                 if straggler {
                     reissuedThisStep += 1
                     out.append(.log("step \(step) shard \(s) is straggling: also issued to \(workers[w].name)"))
                 }
-                if workers[w].assigned.isEmpty { workers[w].lastProgress = now }
-                workers[w].assigned.append(s)
-                let weights = roundWeightsStep ?? step
-                let withWeights = workers[w].weightsStep != weights
-                workers[w].weightsStep = weights
-                let reads = workers[w].readsData, training = data.count
-                let fresh = shards[s].sequenceIds.filter { !(reads && $0 < training) && !workers[w].sentSequences.contains($0) }
-                workers[w].sentSequences.formUnion(fresh)
-                out.append(.sendWork(workers[w].peer, step: step, shard: s, withWeights: withWeights, newSequences: fresh))
+                out.append(give(s, to: w, now: now, straggler: straggler, block: nil))
             }
         }
         return out
+    }
+
+    private mutating func give(_ s: Int, to w: Int, now: Double, straggler: Bool, block: Range<Int>?) -> Directive {
+        shards[s].holders.append(workers[w].peer)
+        if shards[s].issuedAt == nil || straggler { shards[s].issuedAt = now }
+        if workers[w].assigned.isEmpty { workers[w].lastProgress = now }
+        workers[w].assigned.append(s)
+        let weights = roundWeightsStep ?? step!
+        let withWeights = workers[w].weightsStep != weights
+        workers[w].weightsStep = weights
+        let reads = workers[w].readsData, training = data.count
+        let fresh = shards[s].sequenceIds.filter { !(reads && $0 < training) && !workers[w].sentSequences.contains($0) }
+        workers[w].sentSequences.formUnion(fresh)
+        return .sendWork(workers[w].peer, step: step!, shard: s, withWeights: withWeights, newSequences: fresh, block: block)
     }
 }

@@ -221,6 +221,7 @@ public final class CoordinatorServer {
             }
             let coordStart = monotonicSeconds()
             let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
+            let spans = core.results.map(\.span)
             let reissued = core.reissuedThisStep, shardSeconds = core.results.map(\.computeSeconds)
             var workerSeconds: [String: Double] = [:]
             for shard in core.shards { if let r = shard.result { workerSeconds[shard.resultFrom ?? "?", default: 0] += r.computeSeconds } }
@@ -241,7 +242,7 @@ public final class CoordinatorServer {
                 }
                 try execute(now)
             }
-            var report = try t.apply(parts: parts, seconds: nextStarted - stepStarted)
+            var report = try t.apply(parts: parts, spans: spans.allSatisfy { $0 == 1 } ? nil : spans, seconds: nextStarted - stepStarted)
             report.workersAlive = core.alive
             report.reissued = reissued
             report.setShardSeconds(shardSeconds)
@@ -393,7 +394,7 @@ public final class CoordinatorServer {
     /// Work for a worker that takes the weights in a frame waits for the optimizer step: the
     /// first piece carries them, and the rest must not overtake it.
     func needsNewWeights(_ d: Directive) -> Bool {
-        guard case .sendWork(let peer, _, _, _, _) = d else { return false }
+        guard case .sendWork(let peer, _, _, _, _, _) = d else { return false }
         return !sendsSharedWeights(to: peer)
     }
 
@@ -418,10 +419,11 @@ public final class CoordinatorServer {
             switch d {
             case .send(let peer, let m):
                 send([peer.id] + m.encode())
-            case .sendWork(let peer, let step, let shard, let withWeights, let fresh):
+            case .sendWork(let peer, let step, let shard, let withWeights, let fresh, let block):
                 let ids = core.shards[shard].sequenceIds
                 let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: try fresh.map { try trainer.example(id: $0) },
-                                evaluate: core.evaluating, weightsStep: core.roundWeightsStep, prefetchIds: readAhead(for: peer, step: step, shard: shard))
+                                evaluate: core.evaluating, weightsStep: core.roundWeightsStep, prefetchIds: readAhead(for: peer, step: step, shard: shard),
+                                block: block)
                 let local = sendsSharedWeights(to: peer)
                 let carriage: Message.WeightsCarriage = !withWeights ? .none : local ? .shared : .frame
                 let (header, sequences) = Message.encodeWork(work, weights: carriage)

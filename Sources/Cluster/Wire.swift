@@ -104,18 +104,27 @@ public struct Work: Equatable {
     /// Sequences this worker will likely be given next step (the same shard index of the
     /// next step's plan), for a worker that reads its own copy to read ahead: a hint only.
     public var prefetchIds: [Int]
+    /// The aligned block of shards (a subtree of the reduction tree) this shard was given with:
+    /// the worker adds their gradients in that subtree's order and sends one result for the
+    /// block, from `blockStart`. A span of 1 is a shard alone.
+    public var blockStart: Int
+    public var blockSpan: Int
 
     public init(step: Int, shard: Int, sequenceIds: [Int], weights: FloatBuffer?, weightsShared: Bool = false, sequences: [Example],
-                evaluate: Bool = false, weightsStep: Int? = nil, prefetchIds: [Int] = []) {
+                evaluate: Bool = false, weightsStep: Int? = nil, prefetchIds: [Int] = [], block: Range<Int>? = nil) {
         self.step = step; self.shard = shard; self.sequenceIds = sequenceIds; self.weights = weights
         self.weightsShared = weightsShared; self.sequences = sequences
         self.evaluate = evaluate; self.weightsStep = weightsStep ?? step; self.prefetchIds = prefetchIds
+        blockStart = block?.lowerBound ?? shard; blockSpan = block?.count ?? 1
     }
+
+    public var block: Range<Int> { blockStart ..< blockStart + blockSpan }
 
     public static func == (a: Work, b: Work) -> Bool {
         a.step == b.step && a.shard == b.shard && a.sequenceIds == b.sequenceIds && a.sequences == b.sequences
             && a.weights?.array == b.weights?.array && a.weightsShared == b.weightsShared
             && a.evaluate == b.evaluate && a.weightsStep == b.weightsStep && a.prefetchIds == b.prefetchIds
+            && a.blockStart == b.blockStart && a.blockSpan == b.blockSpan
     }
 }
 
@@ -132,11 +141,13 @@ public struct ShardResult: Equatable {
     public var sharedGradient: SharedGradient?
     /// A validation shard's counts instead of a gradient (`EvalSums.counts`).
     public var counts: [Int]?
+    /// Shards this result sums, from `shard`: more than 1 for a block (`Work.blockSpan`).
+    public var span: Int
 
     public init(step: Int, shard: Int, lossSum: Double, frames: Int, grad: FloatBuffer, computeSeconds: Double = 0,
-                sharedGradient: SharedGradient? = nil, counts: [Int]? = nil) {
+                sharedGradient: SharedGradient? = nil, counts: [Int]? = nil, span: Int = 1) {
         self.step = step; self.shard = shard; self.lossSum = lossSum; self.frames = frames; self.grad = grad
-        self.computeSeconds = computeSeconds; self.sharedGradient = sharedGradient; self.counts = counts
+        self.computeSeconds = computeSeconds; self.sharedGradient = sharedGradient; self.counts = counts; self.span = span
     }
 
     public static func == (a: ShardResult, b: ShardResult) -> Bool {
@@ -147,7 +158,7 @@ public struct ShardResult: Equatable {
     /// Bit-for-bit equality of what a duplicate computation must reproduce.
     public func sameBits(as o: ShardResult) -> Bool {
         lossSum.bitPattern == o.lossSum.bitPattern && frames == o.frames && grad.count == o.grad.count
-            && memcmp(grad.ptr, o.grad.ptr, grad.count * 4) == 0 && counts == o.counts
+            && memcmp(grad.ptr, o.grad.ptr, grad.count * 4) == 0 && counts == o.counts && span == o.span
     }
 }
 
@@ -276,7 +287,7 @@ extension Message {
             let (header, sequences) = Message.encodeWork(work, weights: work.weights != nil ? .frame : work.weightsShared ? .shared : .none)
             return [header] + (work.weights.map { [$0.byteArray] } ?? []) + [sequences]
         case .result(let r):
-            w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames); w.f64(r.computeSeconds)
+            w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames); w.u32(UInt32(r.span)); w.f64(r.computeSeconds)
             w.u8(r.counts != nil ? 2 : r.sharedGradient == nil ? 0 : 1)
             if let counts = r.counts {
                 frames.append(counts.withUnsafeBytes { Array($0) })
@@ -304,6 +315,7 @@ extension Message {
         for id in work.sequenceIds { w.int(id) }
         w.u8(weights.rawValue)
         w.u8(work.evaluate ? 1 : 0); w.int(work.weightsStep)
+        w.int(work.blockStart); w.u32(UInt32(work.blockSpan))
         w.u32(UInt32(work.prefetchIds.count))
         for id in work.prefetchIds { w.int(id) }
         var s = ByteWriter()
@@ -385,6 +397,10 @@ extension Message {
             let evaluateCode = try r.u8()
             guard evaluateCode <= 1 else { throw WireError("work with evaluate flag \(evaluateCode)") }
             let weightsStep = try r.int()
+            let blockStart = try r.int(max: 1 << 20), blockSpan = Int(try r.u32())
+            guard blockSpan >= 1, blockSpan <= 1 << 20, blockStart <= shard, shard < blockStart + blockSpan else {
+                throw WireError("work for shard \(shard) in a block of \(blockSpan) from \(blockStart)")
+            }
             let hints = Int(try r.u32())
             guard hints <= limits.maxSequences else { throw WireError("work with \(hints) sequences to read ahead") }
             let prefetchIds = try (0..<hints).map { _ in try r.int() }
@@ -407,9 +423,12 @@ extension Message {
             }
             guard s.done else { throw WireError("trailing bytes after the sequences") }
             msg = .work(Work(step: step, shard: shard, sequenceIds: ids, weights: weights, weightsShared: carriage == .shared, sequences: seqs,
-                             evaluate: evaluateCode == 1, weightsStep: weightsStep, prefetchIds: prefetchIds))
+                             evaluate: evaluateCode == 1, weightsStep: weightsStep, prefetchIds: prefetchIds,
+                             block: blockStart ..< blockStart + blockSpan))
         case 5:
             let step = try r.int(), shard = try r.int(max: 1 << 20), loss = try r.f64(), count = try r.int(max: 1 << 40)
+            let span = Int(try r.u32())
+            guard span >= 1, span <= 1 << 20 else { throw WireError("result over \(span) shards") }
             let seconds = try r.f64()
             guard seconds.isFinite, (0...1e6).contains(seconds) else { throw WireError("result with compute time \(seconds) s") }
             let code = try r.u8()
@@ -423,14 +442,14 @@ extension Message {
                 }
                 let counts = b.withUnsafeBytes { Array($0.bindMemory(to: Int.self)) }
                 msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count, grad: FloatBuffer(count: 0),
-                                          computeSeconds: seconds, counts: counts))
+                                          computeSeconds: seconds, counts: counts, span: span))
                 break
             }
             let shared = code == 1 ? SharedGradient(path: try r.string(max: limits.maxStringBytes), token: try r.u64()) : nil
             try expectFrames(shared == nil ? 2 : 1)
             msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count,
                                       grad: shared == nil ? try floats(frames[1], what: "gradient") : FloatBuffer(count: 0),
-                                      computeSeconds: seconds, sharedGradient: shared))
+                                      computeSeconds: seconds, sharedGradient: shared, span: span))
         case 6: try expectFrames(1); msg = .heartbeat
         case 7: try expectFrames(1); msg = .stop
         case 8: try expectFrames(1); msg = .reset

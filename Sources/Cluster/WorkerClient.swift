@@ -74,6 +74,9 @@ public final class WorkerClient {
     var queuedShards = 0
     /// Sequences hinted ahead by the coordinator and handed to the kernel to read (`prefetch`).
     var readAhead = 0
+    /// Shards given in aligned blocks (`Work.block`) this step, and the results of each block
+    /// so far: a block is summed in its subtree's order and answered once. Main loop only.
+    var blockOf: [Int: Range<Int>] = [:], blockParts: [Int: [Int: ShardResult]] = [:], blockStep = -1
     /// Shards being computed now, and the most at once (`--threads`).
     var running = 0, peakRunning = 0
     /// Seconds the compute thread busy-waited at step barriers.
@@ -234,6 +237,21 @@ public final class WorkerClient {
 
     /// Works until told to stop (returns 0), refused (returns 2), or asked to pin the
     /// coordinator's kernel (returns 3, with `pinKernel`).
+    /// A finished shard that is not part of a block, or its block's sum once every shard of it
+    /// is in (added in the block's subtree order: the coordinator's tree gives the same bits);
+    /// nil while the block waits for its other shards.
+    func collectBlock(_ r: ShardResult) -> ShardResult? {
+        guard r.step == blockStep, r.counts == nil, r.sharedGradient == nil, let block = blockOf[r.shard] else { return r }
+        blockParts[block.lowerBound, default: [:]][r.shard] = r
+        guard let parts = blockParts[block.lowerBound], parts.count == block.count else { return nil }
+        blockParts[block.lowerBound] = nil
+        let ordered = block.map { parts[$0]! }
+        let grad = TreeSum.reduceInPlace(ordered.map(\.grad))
+        return ShardResult(step: r.step, shard: block.lowerBound, lossSum: TreeSum.reduce(ordered.map(\.lossSum)),
+                           frames: ordered.reduce(0) { $0 + $1.frames }, grad: grad,
+                           computeSeconds: ordered.reduce(0) { $0 + $1.computeSeconds }, span: block.count)
+    }
+
     public func run() throws -> Int32 {
         log("connecting to \(options.endpoint) (numerics \(hello.fingerprint))")
         send(.hello(hello))
@@ -244,14 +262,14 @@ public final class WorkerClient {
             if ready[1] {
                 while done.receive() != nil {}
                 lock.lock(); let out = finished; finished = []; lock.unlock()
-                for r in out {
+                for r in out.compactMap({ collectBlock($0) }) {
                     if r.sharedGradient != nil || r.counts != nil {
                         send(.result(r))
                         continue
                     }
                     // The gradient frame goes out zero-copy.
                     var frames = Message.result(ShardResult(step: r.step, shard: r.shard, lossSum: r.lossSum, frames: r.frames,
-                                                            grad: FloatBuffer(count: 0), computeSeconds: r.computeSeconds)).encode()
+                                                            grad: FloatBuffer(count: 0), computeSeconds: r.computeSeconds, span: r.span)).encode()
                     frames.removeLast()
                     if socket.send(parts: frames.map { .bytes($0) } + [.floats(r.grad)], dontWait: true) { lastSent = monotonicSeconds() }
                 }
@@ -383,6 +401,8 @@ public final class WorkerClient {
                     gradients = nil
                 }
             }
+            if work.step != blockStep { blockOf = [:]; blockParts = [:]; blockStep = work.step }
+            if work.blockSpan > 1 { blockOf[work.shard] = work.block }
             for e in work.sequences { cache[e.id] = e }
             var examples: [Example] = []
             examples.reserveCapacity(work.sequenceIds.count)

@@ -41,11 +41,17 @@ public enum TreeSum {
     /// the sum in index order while it is still in cache: a reader such as the gradient norm
     /// costs no extra pass over memory. Each node writes `left + right` into a new buffer: the
     /// same bits as `reduceInPlace`, with the parts kept for a caller that must name a bad one.
-    public static func reduce(_ parts: [FloatBuffer], eachBlock: (UnsafePointer<Float>, Int) -> Void) -> FloatBuffer {
+    ///
+    /// `spans[i]`, when given, is how many consecutive shards part i already sums (a worker's
+    /// pre-added block): each must be a subtree of the tree over all the shards (an aligned block,
+    /// `Subtrees.isSubtree`), and is taken as that node, so the sum has the bits of the tree over
+    /// the single shards.
+    public static func reduce(_ parts: [FloatBuffer], spans: [Int]? = nil, eachBlock: (UnsafePointer<Float>, Int) -> Void) -> FloatBuffer {
         precondition(!parts.isEmpty, "reduce of no parts")
         let n = parts[0].count
+        let leaves = Leaves(spans ?? Array(repeating: 1, count: parts.count))
         func go(_ lo: Int, _ hi: Int, root: Bool) -> FloatBuffer {
-            if hi - lo == 1 { return parts[lo] }
+            if let i = leaves.part(lo, hi) { return parts[i] }
             let mid = split(lo, hi)
             let a = go(lo, mid, root: false), b = go(mid, hi, root: false)
             let out = FloatBuffer(uninitializedCount: n)
@@ -55,9 +61,43 @@ public enum TreeSum {
             }
             return out
         }
-        let sum = go(0, parts.count, root: true)
+        let sum = go(0, leaves.shards, root: true)
         if parts.count == 1 { forEachBlock(n) { i, m in eachBlock(sum.ptr + i, m) } }
         return sum
+    }
+
+    /// Parts over consecutive runs of shards, found by the tree node they stand for.
+    struct Leaves {
+        private var byStart: [Int: (part: Int, end: Int)] = [:]
+        let shards: Int
+        init(_ spans: [Int]) {
+            var at = 0
+            for (i, s) in spans.enumerated() {
+                precondition(s >= 1, "a part covers at least one shard")
+                byStart[at] = (i, at + s)
+                at += s
+            }
+            shards = at
+            for (start, leaf) in byStart where leaf.end - start > 1 {
+                precondition(TreeSum.isSubtree(start, leaf.end, of: at), "shards \(start)..<\(leaf.end) are not a subtree of the tree over \(at)")
+            }
+        }
+        /// The part that is node [lo, hi), if one is.
+        func part(_ lo: Int, _ hi: Int) -> Int? {
+            guard let leaf = byStart[lo], leaf.end == hi else { return nil }
+            return leaf.part
+        }
+    }
+
+    /// Whether shards [lo, hi) are one node of the tree over `n` shards.
+    public static func isSubtree(_ lo: Int, _ hi: Int, of n: Int) -> Bool {
+        var a = 0, b = n
+        while true {
+            if a == lo && b == hi { return true }
+            if b - a <= 1 || lo < a || hi > b { return false }
+            let mid = split(a, b)
+            if hi <= mid { b = mid } else if lo >= mid { a = mid } else { return false }
+        }
     }
 
     /// Calls `body(start, count)` for consecutive blocks of `[0, n)`.
@@ -66,14 +106,16 @@ public enum TreeSum {
         while i < n { body(i, Swift.min(block, n - i)); i += block }
     }
 
-    /// The same tree over plain numbers (loss sums), in Double.
-    public static func reduce(_ xs: [Double]) -> Double {
+    /// The same tree over plain numbers (loss sums), in Double; `spans` as for the buffers.
+    public static func reduce(_ xs: [Double], spans: [Int]? = nil) -> Double {
+        if xs.isEmpty { return 0 }
+        let leaves = Leaves(spans ?? Array(repeating: 1, count: xs.count))
         func go(_ lo: Int, _ hi: Int) -> Double {
-            if hi - lo == 1 { return xs[lo] }
+            if let i = leaves.part(lo, hi) { return xs[i] }
             let mid = split(lo, hi)
             return go(lo, mid) + go(mid, hi)
         }
-        return xs.isEmpty ? 0 : go(0, xs.count)
+        return go(0, leaves.shards)
     }
 
     @inline(__always)

@@ -154,6 +154,8 @@ public struct StepReport: Sendable {
     /// Frames in the step's largest shard: with `frames / shards` it shows how evenly the step divides.
     public var maxShardFrames: Int = 0
     public var shards: Int = 0
+    /// Gradients the reduce added: `shards`, less what workers summed in blocks before sending.
+    public var gradients: Int = 0
     public var gradNorm: Float
     public var clipped: Bool
     public var seconds: Double
@@ -194,7 +196,7 @@ public struct StepReport: Sendable {
             return try MetricsJSON.line([
                 "step": .int(step), "epoch": .int(epoch), "loss": .double(loss), "frames": .int(frames), "frames_per_s": .int(Int(fps)),
                 "grad_norm": .float(gradNorm), "clipped": .bool(clipped), "workers_alive": .int(workersAlive), "shards_reissued": .int(reissued),
-                "shards": .int(shards), "max_shard_frames": .int(maxShardFrames), "seconds": .double(seconds),
+                "shards": .int(shards), "gradients": .int(gradients), "max_shard_frames": .int(maxShardFrames), "seconds": .double(seconds),
                 "coordinator_seconds": .double(coordinatorSeconds), "bytes_sent": .int(bytesSent), "bytes_received": .int(bytesReceived),
                 "shard_seconds_max": .double(shardSecondsMax), "shard_seconds_mean": .double(shardSecondsMean),
                 "skipped": .bool(skipped != nil), "lr": .float(lr),
@@ -401,29 +403,32 @@ public final class Trainer {
         return schedule.shards(of: epochCache!.batches[index])
     }
 
-    /// Adds shard results in the fixed tree, averages, clips, steps. `parts[k]` is shard k's;
+    /// Adds shard results in the fixed tree, averages, clips, steps. `parts[k]` is shard k's, or
+    /// with `spans` the sum of `spans[k]` consecutive shards (a subtree a worker pre-added);
     /// they are left unchanged.
     ///
     /// A non-finite loss or gradient stops the run (throws, naming the step and shard) or, with
     /// `--on-nonfinite skip`, skips the update: the step counts, weights and optimizer state stay.
     /// Either way the outcome is a function of the data, so every rerun does the same.
-    public func apply(parts: [(grad: FloatBuffer, result: BatchResult)], seconds: Double) throws -> StepReport {
+    public func apply(parts: [(grad: FloatBuffer, result: BatchResult)], spans: [Int]? = nil, seconds: Double) throws -> StepReport {
         let epoch = schedule.position(step: step).epoch
-        let lossSum = TreeSum.reduce(parts.map(\.result.lossSum))
+        let lossSum = TreeSum.reduce(parts.map(\.result.lossSum), spans: spans)
         let frames = parts.reduce(0) { $0 + $1.result.frames }
         // Divide by the frame count and clip inside the norm and optimizer passes, and take the
         // norm of each block of the sum as the tree's root addition finishes it: the same roundings
         // as separate passes, with one pass over the gradients instead of four on the step barrier.
         let divisor = Float(max(frames, 1))
         var norm = NormAccumulator(divisor: divisor)
-        let sum = TreeSum.reduce(parts.map(\.grad)) { norm.add($0, $1) }
+        let sum = TreeSum.reduce(parts.map(\.grad), spans: spans) { norm.add($0, $1) }
+        let shardCount = spans?.reduce(0, +) ?? parts.count
         if !lossSum.isFinite || !norm.sumOfSquares.isFinite {
             let what: String
-            if let bad = parts.firstIndex(where: { !$0.result.lossSum.isFinite || !$0.grad.allFinite }) {
-                let seqs = shards(forStep: step)[bad]
-                what = "step \(step + 1), shard \(bad) (sequences \(seqs.prefix(8).map(String.init).joined(separator: ", "))\(seqs.count > 8 ? ", …" : "")): non-finite loss or gradient"
+            if let k = parts.firstIndex(where: { !$0.result.lossSum.isFinite || !$0.grad.allFinite }) {
+                let bad = spans.map { $0.prefix(k).reduce(0, +) } ?? k, span = spans?[k] ?? 1
+                let seqs = (bad..<(bad + span)).flatMap { shards(forStep: step)[$0] }
+                what = "step \(step + 1), shard \(span == 1 ? "\(bad)" : "s \(bad)..<\(bad + span)") (sequences \(seqs.prefix(8).map(String.init).joined(separator: ", "))\(seqs.count > 8 ? ", …" : "")): non-finite loss or gradient"
             } else {
-                what = "step \(step + 1): the sum of \(parts.count) finite shard gradients overflows float32"
+                what = "step \(step + 1): the sum of \(shardCount) finite shard gradients overflows float32"
             }
             guard run.onNonfinite == .skip else {
                 throw LockstepError("run stopped at \(what); the last checkpoint is intact",
@@ -432,7 +437,8 @@ public final class Trainer {
             step += 1
             var r = StepReport(step: step, epoch: epoch, loss: .nan, frames: frames, gradNorm: .nan, clipped: false, seconds: seconds)
             r.skipped = what
-            r.shards = parts.count
+            r.shards = shardCount
+            r.gradients = parts.count
             return r
         }
         let (gradNorm, factor, clipped) = Clip.factor(norm: norm.norm, maxNorm: run.maxNorm)
@@ -445,7 +451,8 @@ public final class Trainer {
         step += 1
         var r = StepReport(step: step, epoch: epoch, loss: lossSum / Double(max(frames, 1)), frames: frames,
                            gradNorm: gradNorm, clipped: clipped, seconds: seconds)
-        r.shards = parts.count
+        r.shards = shardCount
+        r.gradients = parts.count
         r.maxShardFrames = parts.map(\.result.frames).max() ?? 0
         r.lr = lr
         return r

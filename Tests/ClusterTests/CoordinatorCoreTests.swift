@@ -29,7 +29,43 @@ final class CoordinatorCoreTests: XCTestCase {
     }
 
     func works(_ ds: [Directive]) -> [(Peer, Int, Bool, [Int])] {
-        ds.compactMap { if case let .sendWork(p, _, s, w, f) = $0 { return (p, s, w, f) } else { return nil } }
+        ds.compactMap { if case let .sendWork(p, _, s, w, f, _) = $0 { return (p, s, w, f) } else { return nil } }
+    }
+
+    /// A worker that computes 4 shards at once over TCP is given an aligned block of 4 shards
+    /// (a subtree of the reduction tree) and answers once for it; a one-thread worker gets single
+    /// shards; a shard answered inside a block is not taken again alone, and a block that
+    /// overlaps a shard answered alone is dropped, its other shards going back to the queue.
+    func testAMultiThreadWorkerIsGivenAnAlignedBlockAndAnswersItOnce() {
+        var k = core(min: 2, inFlight: 1)
+        _ = k.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: 4, pid: 1)), from: a, now: 0)
+        _ = k.onMessage(hello(pid: 2), from: b, now: 0)
+        let d = k.beginStep(1, shards: (0..<6).map { [$0] }, now: 0)
+        let blocks = d.compactMap { if case let .sendWork(p, _, s, _, _, block) = $0 { return (p, s, block) } else { return nil } }
+        XCTAssertEqual(blocks.filter { $0.0 == a }.map(\.1), [0, 1, 2, 3], "a block fills its 4 threads")
+        XCTAssertEqual(blocks.filter { $0.0 == a && $0.2 == 0..<4 }.count, 4)
+        XCTAssertEqual(blocks.filter { $0.0 == b }.map(\.1), [4])
+        XCTAssertTrue(blocks.filter { $0.0 == b }.allSatisfy { $0.2 == nil })
+        let sum = ShardResult(step: 1, shard: 0, lossSum: 4, frames: 12, grad: FloatBuffer([4, 4]), span: 4)
+        let next = k.onMessage(.result(sum), from: a, now: 1)
+        XCTAssertFalse(next.contains(.stepComplete))
+        XCTAssertEqual(k.shards.map(\.done), [true, true, true, true, false, false])
+        XCTAssertEqual(works(next).map(\.1), [5], "no free aligned block left: a single shard")
+        XCTAssertTrue(k.onMessage(result(1, 2), from: b, now: 1).contains { if case .log(let l) = $0 { return l.contains("already summed in the block from shard 0") } else { return false } })
+        _ = k.onMessage(result(1, 4), from: a, now: 2)
+        XCTAssertTrue(k.onMessage(result(1, 5), from: b, now: 2).contains(.stepComplete))
+        XCTAssertEqual(k.results.map(\.span), [4, 1, 1])
+        // A block that is not a subtree of the tree over this step's shards is refused.
+        _ = k.beginStep(2, shards: (0..<6).map { [$0] }, now: 3)
+        let odd = ShardResult(step: 2, shard: 2, lossSum: 4, frames: 12, grad: FloatBuffer([4, 4]), span: 4)
+        XCTAssertTrue(k.onMessage(.result(odd), from: a, now: 4).contains { if case .log(let l) = $0 { return l.contains("is not a block of this step") } else { return false } })
+        // Shard 1 answered alone first: the block over it is dropped and 0, 2, 3 are given again.
+        _ = k.onMessage(result(2, 1), from: a, now: 4)
+        let late = ShardResult(step: 2, shard: 0, lossSum: 4, frames: 12, grad: FloatBuffer([4, 4]), span: 4)
+        let again = k.onMessage(.result(late), from: a, now: 5)
+        XCTAssertTrue(again.contains { if case .log(let l) = $0 { return l.contains("overlaps shards answered alone") } else { return false } })
+        XCTAssertEqual(k.shards.map(\.done), [false, true, false, false, false, false])
+        XCTAssertFalse(works(again).isEmpty, "the block's other shards went back to the queue")
     }
 
     func testHelloIsWelcomedAndMismatchedNumericsAreRefusedWithTheFix() {

@@ -32,6 +32,40 @@ final class ThreadsProcessTests: XCTestCase {
         XCTAssertEqual(Set(hashes.values).count, 1, "\(hashes)")
         XCTAssertEqual(hashes.count, 6)
     }
+
+    /// A worker computing several shards at once over TCP is given aligned blocks of shards
+    /// (subtrees of the reduction tree), adds each block in the subtree's order and sends one
+    /// sum: the tree is computed on two levels, in the worker and at the coordinator, and the
+    /// coordinator takes in fewer gradients, with the `--local` hash. A worker of 8 threads
+    /// answers a step of 8 shards with one gradient (three levels of adds inside it).
+    func testWorkersSumAlignedBlocksOfShardsAndTheHashIsLocals() throws {
+        let opts = ["--synthetic-sequences", "64", "--max-length", "30", "--synthetic-input", "8", "--steps", "4", "--batch-size", "32",
+                    "--shard-size", "4", "--hidden", "16", "--dropout", "0.3", "--seed", "9"]
+        let local = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/local"] + opts, name: "local")
+        XCTAssertEqual(h.wait(local, timeout: 120), 0, h.text(h.log("local")))
+        let reference = try XCTUnwrap(h.hash("local"))
+        func cluster(_ name: String, threads: [Int]) throws -> (gradients: [Int], shards: [Int], bytesIn: Int) {
+            let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--min-workers", "\(threads.count)",
+                                          "--checkpoint-dir", h.dir + "/" + name] + opts, name: name)
+            let ep = try XCTUnwrap(h.endpoint(name))
+            let ws = try threads.enumerated().map { k, n in try h.start("worker", ["join", ep, "--threads", "\(n)"], name: "\(name)-w\(k)") }
+            XCTAssertEqual(h.wait(c, timeout: 120), 0, h.text(h.log(name)))
+            for w in ws { XCTAssertEqual(h.wait(w, timeout: 30), 0) }
+            XCTAssertEqual(h.hash(name), reference, "\(name): \(h.text(h.log(name)))")
+            let rows = h.metricsLines(h.dir + "/" + name).compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                .filter { $0["loss"] != nil }
+            return (rows.map { $0["gradients"] as! Int }, rows.map { $0["shards"] as! Int }, rows.map { $0["bytes_received"] as! Int }.reduce(0, +))
+        }
+        let singles = try cluster("singles", threads: [1, 1])
+        XCTAssertEqual(singles.gradients, singles.shards, "one gradient per shard")
+        XCTAssertEqual(singles.shards, [8, 8, 8, 8])
+        let blocks = try cluster("blocks", threads: [4, 1])
+        XCTAssertTrue(zip(blocks.gradients, blocks.shards).allSatisfy { $0 < $1 }, "a block of 4 summed in the worker every step: \(blocks)")
+        XCTAssertLessThan(blocks.bytesIn, singles.bytesIn)
+        let whole = try cluster("whole", threads: [8])
+        XCTAssertEqual(whole.gradients, [1, 1, 1, 1], "the step's 8 shards in one sum")
+        print("gradients into the coordinator per step: \(singles.gradients) with two 1-thread workers, \(blocks.gradients) with a 4-thread and a 1-thread worker, \(whole.gradients) with one 8-thread worker; bytes in \(singles.bytesIn), \(blocks.bytesIn), \(whole.bytesIn)")
+    }
 }
 
 /// Tier 3: `--numerics portable` gives one hash whatever code path its kernels take (scalar,

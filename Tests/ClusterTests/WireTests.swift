@@ -51,9 +51,13 @@ final class WireTests: XCTestCase {
         let at = slow[0].count - 9  // the compute time, before the gradient's carriage byte
         var nanTime = slow; nanTime[0].replaceSubrange(at..<(at + 8), with: withUnsafeBytes(of: Double.nan.bitPattern.littleEndian, Array.init))
         var badCarriage = Message.work(Work(step: 1, shard: 0, sequenceIds: [1], weights: nil, sequences: [])).encode()
-        badCarriage[0][badCarriage[0].count - 14] = 3  // before the evaluate flag, the weights' step and the read-ahead count
-        var badEvaluate = badCarriage; badEvaluate[0][badEvaluate[0].count - 14] = 0; badEvaluate[0][badEvaluate[0].count - 13] = 7
-        var badHints = badEvaluate; badHints[0][badHints[0].count - 13] = 0
+        // The carriage byte comes before the evaluate flag, the weights' step, the block and the read-ahead count.
+        badCarriage[0][badCarriage[0].count - 26] = 3
+        var badEvaluate = badCarriage; badEvaluate[0][badEvaluate[0].count - 26] = 0; badEvaluate[0][badEvaluate[0].count - 25] = 7
+        var badHints = badEvaluate; badHints[0][badHints[0].count - 25] = 0
+        // Shard 0 said to be in the block of 2 that starts at shard 1 (start, span, then no read-ahead).
+        var badBlock = badHints
+        badBlock[0].replaceSubrange((badBlock[0].count - 16)..., with: [1, 0, 0, 0, 0, 0, 0, 0] + [2, 0, 0, 0] + [0, 0, 0, 0])
         badHints[0].replaceSubrange((badHints[0].count - 4)..., with: [0xFF, 0xFF, 0xFF, 0x7F])
         var badGradient = slow; badGradient[0][badGradient[0].count - 1] = 3
         // A validation result whose counts frame cannot be (correct, then pairs).
@@ -66,6 +70,7 @@ final class WireTests: XCTestCase {
             ("params", wrongSize, "the model has 3"), ("d_in", wrongWidth, "d_in 3"),
             ("frames", good + [[], [], []], "frames"), ("carriage", badCarriage, "weights carriage 3"), ("evaluate", badEvaluate, "evaluate flag 7"),
             ("read-ahead", badHints, "2147483647 sequences to read ahead"),
+            ("block", badBlock, "work for shard 0 in a block of 2 from 1"),
             ("gradient carriage", badGradient, "gradient carriage 3"),
             ("counts", badCounts, "validation counts frame of 16 bytes"), ("missing frame", [good[0]], "frames"),
         ]

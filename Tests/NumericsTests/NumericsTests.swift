@@ -107,6 +107,42 @@ final class SIMDParityTests: XCTestCase {
 }
 
 final class TreeSumInPlaceTests: XCTestCase {
+    /// A worker's pre-added aligned block stands for its subtree: the tree over such blocks and
+    /// single shards gives the bits of the tree over all the single shards, for every count and
+    /// every power-of-two block size; a block that is not a subtree is not one.
+    func testPreAddedAlignedBlocksGiveTheSingleShardTreesBits() {
+        var r = Rand(s: 3)
+        for n in 2...19 {
+            let parts = (0..<n).map { _ in FloatBuffer((0..<6).map { _ in r.next() * 1e4 }) }
+            let losses = parts.map { Double($0[0]) * 1.1 }
+            let whole = TreeSum.reduce(parts), wholeLoss = TreeSum.reduce(losses)
+            for b in [2, 4, 8] where b <= n {
+                // Blocks of b from the start where the tree has them, single shards elsewhere.
+                var grads: [FloatBuffer] = [], ls: [Double] = [], spans: [Int] = []
+                var at = 0
+                while at < n {
+                    let end = min(at + b, n)
+                    if end - at >= 2, TreeSum.isSubtree(at, end, of: n) {
+                        grads.append(TreeSum.reduceInPlace(parts[at..<end].map { $0.clone() }))
+                        ls.append(TreeSum.reduce(Array(losses[at..<end])))
+                        spans.append(end - at)
+                        at = end
+                    } else {
+                        grads.append(parts[at]); ls.append(losses[at]); spans.append(1); at += 1
+                    }
+                }
+                XCTAssertTrue(spans.contains { $0 > 1 }, "n \(n), b \(b): some block is a subtree")
+                XCTAssertEqual(TreeSum.reduce(grads, spans: spans) { _, _ in }.array.map(\.bitPattern), whole.array.map(\.bitPattern), "n \(n), b \(b)")
+                XCTAssertEqual(TreeSum.reduce(ls, spans: spans).bitPattern, wholeLoss.bitPattern, "n \(n), b \(b)")
+            }
+        }
+        XCTAssertTrue(TreeSum.isSubtree(4, 6, of: 6))
+        XCTAssertTrue(TreeSum.isSubtree(4, 7, of: 7))
+        XCTAssertFalse(TreeSum.isSubtree(2, 6, of: 8), "not aligned")
+        XCTAssertFalse(TreeSum.isSubtree(3, 5, of: 8))
+        XCTAssertTrue(TreeSum.isSubtree(0, 8, of: 8))
+    }
+
     func testInPlaceReductionGivesTheSameBitsAsTheCopyingOne() {
         for n in 1...9 {
             let parts = (0..<n).map { k in FloatBuffer((0..<5).map { Float(k * 7 + $0) * 1e7 + 0.1 * Float(k) }) }
