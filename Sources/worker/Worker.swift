@@ -31,7 +31,7 @@ struct Join: ParsableCommand {
 
     @Argument(help: "Coordinator address: HOST[:PORT] (port 5555 by default), or a tcp:// or ipc:// endpoint.")
     var address: String
-    @Option(help: "Shards this worker computes at once, each on a thread of its own with single-threaded BLAS: the bits do not depend on it (default 1).")
+    @Option(help: "Shards this worker computes at once, each on a thread of its own with single-threaded BLAS: the bits do not depend on it (default 1). Over TCP a worker of 2 or more threads is given aligned blocks of shards (the largest power of two up to this), adds each block in the reduction tree's order and sends one sum, so the coordinator takes in fewer gradients: run one worker per host with --threads set to its cores.")
     var threads = 1
     @Option(help: "CURVE: this worker's keypair file (from `worker keygen`); its public key must be on the coordinator's allow-list.")
     var curveKeys: String?
