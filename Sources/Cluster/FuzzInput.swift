@@ -46,7 +46,7 @@ public enum FuzzInput {
             ("refuse", Message.refuse("no", numerics: "mode=openblas;blas=Zen").encode()),
             ("work-weights", Message.work(Work(step: 4, shard: 1, sequenceIds: [5, 9], weights: FloatBuffer([1, 2, 3]), sequences: ex)).encode()),
             ("work-shared", Message.work(Work(step: 4, shard: 0, sequenceIds: [9], weights: nil, weightsShared: true, sequences: [])).encode()),
-            ("work", Message.work(Work(step: 4, shard: 2, sequenceIds: [5], weights: nil, sequences: [], prefetchIds: [6, 7])).encode()),
+            ("work", Message.work(Work(step: 4, shard: 2, sequenceIds: [5], weights: nil, sequences: [], prefetchIds: [6, 7], block: 2..<4)).encode()),
             ("result", Message.result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]))).encode()),
             ("result-shared", Message.result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0),
                                                          sharedGradient: SharedGradient(path: "/proc/1/fd/4", token: 6))).encode()),
