@@ -39,8 +39,11 @@ final class ThreadsProcessTests: XCTestCase {
     /// coordinator takes in fewer gradients, with the `--local` hash. A worker of 8 threads
     /// answers a step of 8 shards with one gradient (three levels of adds inside it).
     func testWorkersSumAlignedBlocksOfShardsAndTheHashIsLocals() throws {
-        let opts = ["--synthetic-sequences", "64", "--max-length", "30", "--synthetic-input", "8", "--steps", "4", "--batch-size", "32",
-                    "--shard-size", "4", "--hidden", "16", "--dropout", "0.3", "--seed", "9"]
+        func options(steps: Int) -> [String] {
+            ["--synthetic-sequences", "64", "--max-length", "30", "--synthetic-input", "8", "--steps", "\(steps)", "--batch-size", "32",
+             "--shard-size", "4", "--hidden", "16", "--dropout", "0.3", "--seed", "9"]
+        }
+        let opts = options(steps: 4)
         let local = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/local"] + opts, name: "local")
         XCTAssertEqual(h.wait(local, timeout: 120), 0, h.text(h.log("local")))
         let reference = try XCTUnwrap(h.hash("local"))
@@ -64,6 +67,29 @@ final class ThreadsProcessTests: XCTestCase {
         XCTAssertLessThan(blocks.bytesIn, singles.bytesIn)
         let whole = try cluster("whole", threads: [8])
         XCTAssertEqual(whole.gradients, [1, 1, 1, 1], "the step's 8 shards in one sum")
+        // kill -9 of a worker holding a block, joiners of other widths, stragglers: the same hash.
+        let chaosOpts = options(steps: 12)
+        let reference12 = try { () throws -> String in
+            let p = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/local12"] + chaosOpts, name: "local12")
+            XCTAssertEqual(h.wait(p, timeout: 120), 0, h.text(h.log("local12")))
+            return try XCTUnwrap(h.hash("local12"))
+        }()
+        let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--min-workers", "2", "--checkpoint-dir", h.dir + "/chaos"] + chaosOpts, name: "chaos")
+        let ep = try XCTUnwrap(h.endpoint("chaos"))
+        let slow = ["--debug-delay", "0.1"]
+        let wide = try h.start("worker", ["join", ep, "--threads", "4"] + slow, name: "chaos-wide")
+        let narrow = try h.start("worker", ["join", ep] + slow, name: "chaos-narrow")
+        h.until(60) { self.h.metricsLines(self.h.dir + "/chaos").count >= 3 }
+        h.kill9(wide)
+        _ = try h.start("worker", ["join", ep, "--threads", "2"] + slow, name: "chaos-two")
+        h.until(60) { self.h.metricsLines(self.h.dir + "/chaos").count >= 7 }
+        h.kill9(narrow)
+        _ = try h.start("worker", ["join", ep, "--threads", "8"] + slow, name: "chaos-eight")
+        XCTAssertEqual(h.wait(c, timeout: 180), 0, h.text(h.log("chaos")))
+        XCTAssertEqual(h.hash("chaos"), reference12, h.text(h.log("chaos")))
+        XCTAssertTrue(h.text(h.log("chaos")).contains("closed its connection: released at once"), h.text(h.log("chaos")))
+        let rows = h.metricsLines(h.dir + "/chaos").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        XCTAssertTrue(rows.contains { ($0["gradients"] as? Int ?? 8) < ($0["shards"] as? Int ?? 8) }, "blocks were summed in the chaos run")
         print("gradients into the coordinator per step: \(singles.gradients) with two 1-thread workers, \(blocks.gradients) with a 4-thread and a 1-thread worker, \(whole.gradients) with one 8-thread worker; bytes in \(singles.bytesIn), \(blocks.bytesIn), \(whole.bytesIn)")
     }
 }
