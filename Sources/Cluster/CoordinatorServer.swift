@@ -222,7 +222,7 @@ public final class CoordinatorServer {
             let coordStart = monotonicSeconds()
             let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
             let spans = core.results.map(\.span)
-            let reissued = core.reissuedThisStep, shardSeconds = core.results.map(\.computeSeconds)
+            let reissued = core.reissuedThisStep, shardSeconds = core.results.map { $0.computeSeconds / Double($0.span) }  // a block's is its shards' total
             var workerSeconds: [String: Double] = [:]
             for shard in core.shards { if let r = shard.result { workerSeconds[shard.resultFrom ?? "?", default: 0] += r.computeSeconds } }
             let sentDuringStep = bytesSent

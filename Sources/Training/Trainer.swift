@@ -453,7 +453,9 @@ public final class Trainer {
                            gradNorm: gradNorm, clipped: clipped, seconds: seconds)
         r.shards = shardCount
         r.gradients = parts.count
-        r.maxShardFrames = parts.map(\.result.frames).max() ?? 0
+        // A block's frames are its shards' total: take each shard's from the plan instead.
+        r.maxShardFrames = spans == nil ? parts.map(\.result.frames).max() ?? 0
+            : shards(forStep: step - 1).map { $0.reduce(0) { $0 + data.lengths[$1] } }.max() ?? 0
         r.lr = lr
         return r
     }

@@ -47,7 +47,7 @@ final class ThreadsProcessTests: XCTestCase {
         let local = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/local"] + opts, name: "local")
         XCTAssertEqual(h.wait(local, timeout: 120), 0, h.text(h.log("local")))
         let reference = try XCTUnwrap(h.hash("local"))
-        func cluster(_ name: String, threads: [Int]) throws -> (gradients: [Int], shards: [Int], bytesIn: Int) {
+        func cluster(_ name: String, threads: [Int]) throws -> (gradients: [Int], shards: [Int], bytesIn: Int, largest: [Int]) {
             let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--min-workers", "\(threads.count)",
                                           "--checkpoint-dir", h.dir + "/" + name] + opts, name: name)
             let ep = try XCTUnwrap(h.endpoint(name))
@@ -57,7 +57,8 @@ final class ThreadsProcessTests: XCTestCase {
             XCTAssertEqual(h.hash(name), reference, "\(name): \(h.text(h.log(name)))")
             let rows = h.metricsLines(h.dir + "/" + name).compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
                 .filter { $0["loss"] != nil }
-            return (rows.map { $0["gradients"] as! Int }, rows.map { $0["shards"] as! Int }, rows.map { $0["bytes_received"] as! Int }.reduce(0, +))
+            return (rows.map { $0["gradients"] as! Int }, rows.map { $0["shards"] as! Int }, rows.map { $0["bytes_received"] as! Int }.reduce(0, +),
+                    rows.map { $0["max_shard_frames"] as! Int })
         }
         let singles = try cluster("singles", threads: [1, 1])
         XCTAssertEqual(singles.gradients, singles.shards, "one gradient per shard")
@@ -65,6 +66,7 @@ final class ThreadsProcessTests: XCTestCase {
         let blocks = try cluster("blocks", threads: [4, 1])
         XCTAssertTrue(zip(blocks.gradients, blocks.shards).allSatisfy { $0 < $1 }, "a block of 4 summed in the worker every step: \(blocks)")
         XCTAssertLessThan(blocks.bytesIn, singles.bytesIn)
+        XCTAssertEqual(blocks.largest, singles.largest, "the largest shard's frames, not a block's")
         let whole = try cluster("whole", threads: [8])
         XCTAssertEqual(whole.gradients, [1, 1, 1, 1], "the step's 8 shards in one sum")
         // kill -9 of a worker holding a block, joiners of other widths, stragglers: the same hash.
