@@ -40,7 +40,7 @@ public enum BLAS {
     /// W again on each call. nil where that cannot be shown: another numerics mode, BLAS
     /// threads above 1, a kernel the replay does not know, `LOCKSTEP_PREPACK=off`, or a
     /// shape whose products differed from `cblas_sgemm`'s in the bit-for-bit check run once
-    /// per shape in this process; callers then use `sgemm`.
+    /// per shape in this process, or no memory for the packed copy; callers then use `sgemm`.
     public final class PackedWeights {
         private let packed: UnsafeMutablePointer<Float>
         private let w: UnsafePointer<Float>, ldw: Int  // for row counts beyond the replay's panel
@@ -52,18 +52,20 @@ public enum BLAS {
 
         public init?(w: UnsafePointer<Float>, ldw: Int, n: Int, k: Int, blockedRows: Bool = false) {
             guard n > 0, k > 0, BLAS.prepackEnabled, BLAS.mode == .openblas, BLAS.threads == 1,
-                  BLAS.prepackVerified(n: n, k: k, blockedRows: blockedRows) else { return nil }
+                  BLAS.prepackVerified(n: n, k: k, blockedRows: blockedRows),
+                  let packed = PackedWeights.allocate(n: n, k: k) else { return nil }
             self.n = n; self.k = k; self.w = w; self.ldw = ldw
-            packed = PackedWeights.allocate(n: n, k: k)
+            self.packed = packed
             lockstep_prepack_w(w, ldw, n, k, packed)
         }
 
         deinit { free(packed) }
 
-        fileprivate static func allocate(n: Int, k: Int) -> UnsafeMutablePointer<Float> {
+        /// A 4 KiB-aligned buffer for the packed W; nil when memory is short (then `sgemm` packs as it goes).
+        fileprivate static func allocate(n: Int, k: Int) -> UnsafeMutablePointer<Float>? {
             var raw: UnsafeMutableRawPointer? = nil
             let status = posix_memalign(&raw, 4096, lockstep_prepack_size(n, k) * MemoryLayout<Float>.size)
-            guard status == 0, let raw else { fatalError("out of memory packing a \(n)x\(k) weight matrix") }
+            guard status == 0, let raw else { return nil }
             return raw.bindMemory(to: Float.self, capacity: lockstep_prepack_size(n, k))
         }
 
@@ -103,7 +105,7 @@ public enum BLAS {
         let w = (0..<(n * k)).map { _ in next() }
         let a = (0..<(maxRows * k)).map { _ in next() }
         let c0 = (0..<(maxRows * n)).map { _ in next() }
-        let packed = PackedWeights.allocate(n: n, k: k)
+        guard let packed = PackedWeights.allocate(n: n, k: k) else { return false }  // not cached: may succeed later
         defer { free(packed) }
         var ok = true
         w.withUnsafeBufferPointer { W in a.withUnsafeBufferPointer { A in

@@ -324,8 +324,11 @@ public enum PackedData {
 
     /// One shard file against its manifest entry; nil when it is good.
     static func check(_ dir: String, _ s: DataManifest.Shard) -> Problem? {
-        if case .failure(let p) = map(dir, s) { return p }
-        return nil
+        let path = dir + "/" + s.file
+        let fd = openReadOnly(path)
+        guard fd >= 0 else { return Problem(file: path, what: "missing or unreadable (\(String(cString: strerror(errno))))") }
+        defer { close(fd) }
+        return check(fd: fd, path: path, s)
     }
 
     /// An open shard file against its manifest entry (size, then SHA-256 of a transient map);
@@ -336,19 +339,8 @@ public enum PackedData {
         guard Int(st.st_size) == s.bytes else { return Problem(file: path, what: "has \(st.st_size) bytes; the manifest says \(s.bytes) (truncated or replaced)") }
         guard let bytes = try? Bytes.map(fd: fd, size: s.bytes, path: path) else { return Problem(file: path, what: "cannot be mapped to check its hash") }
         let h = SHA256.hex(bytes.raw)
-        bytes.dropPages()
         guard h == s.sha256 else { return Problem(file: path, what: "SHA-256 is \(h.prefix(16))…; the manifest says \(s.sha256.prefix(16))… (corrupted)") }
         return nil
-    }
-
-    /// One shard file mapped, once its size and SHA-256 are the manifest's.
-    static func map(_ dir: String, _ s: DataManifest.Shard) -> Result<Bytes, Problem> {
-        let path = dir + "/" + s.file
-        guard let bytes = try? Bytes.map(path: path) else { return .failure(Problem(file: path, what: "missing or unreadable")) }
-        guard bytes.raw.count == s.bytes else { return .failure(Problem(file: path, what: "has \(bytes.raw.count) bytes; the manifest says \(s.bytes) (truncated or replaced)")) }
-        let h = SHA256.hex(bytes.raw)
-        guard h == s.sha256 else { return .failure(Problem(file: path, what: "SHA-256 is \(h.prefix(16))…; the manifest says \(s.sha256.prefix(16))… (corrupted)")) }
-        return .success(bytes)
     }
 
     /// A packed directory as a `Dataset` read on demand (`Dataset(store:)`); with `classes`
@@ -585,3 +577,6 @@ struct SequenceCache {
         if tail < 0 { tail = i }
     }
 }
+
+/// `open(2)` for reading, where `PackedData.open` would shadow it.
+private func openReadOnly(_ path: String) -> Int32 { open(path, O_RDONLY | O_CLOEXEC) }

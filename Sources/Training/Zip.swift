@@ -38,12 +38,6 @@ final class Bytes {
         return Bytes(raw: UnsafeRawBufferPointer(start: p, count: size), release: { munmap(p, size) })
     }
 
-    /// Tells the kernel this process is done with the mapped pages (they stay in the page cache).
-    func dropPages() {
-        guard let base = raw.baseAddress, raw.count > 0 else { return }
-        madvise(UnsafeMutableRawPointer(mutating: base), raw.count, MADV_DONTNEED)
-    }
-
     static func allocate(_ count: Int) -> Bytes {
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 64)
         return Bytes(raw: UnsafeRawBufferPointer(start: p, count: count), release: { p.deallocate() })

@@ -60,6 +60,7 @@ final class WireTests: XCTestCase {
         badBlock[0].replaceSubrange((badBlock[0].count - 16)..., with: [1, 0, 0, 0, 0, 0, 0, 0] + [2, 0, 0, 0] + [0, 0, 0, 0])
         badHints[0].replaceSubrange((badHints[0].count - 4)..., with: [0xFF, 0xFF, 0xFF, 0x7F])
         var badGradient = slow; badGradient[0][badGradient[0].count - 1] = 3
+        var noSpan = slow; noSpan[0].replaceSubrange((at - 4)..<at, with: [0, 0, 0, 0])  // the span, before the compute time
         // A validation result whose counts frame cannot be (correct, then pairs).
         var badCounts = slow; badCounts[0][badCounts[0].count - 1] = 2; badCounts[1] = [UInt8](repeating: 0, count: 16)
         var negativeTime = slow; negativeTime[0].replaceSubrange(at..<(at + 8), with: withUnsafeBytes(of: (-1.0).bitPattern.littleEndian, Array.init))
@@ -71,7 +72,7 @@ final class WireTests: XCTestCase {
             ("frames", good + [[], [], []], "frames"), ("carriage", badCarriage, "weights carriage 3"), ("evaluate", badEvaluate, "evaluate flag 7"),
             ("read-ahead", badHints, "2147483647 sequences to read ahead"),
             ("block", badBlock, "work for shard 0 in a block of 2 from 1"),
-            ("gradient carriage", badGradient, "gradient carriage 3"),
+            ("gradient carriage", badGradient, "gradient carriage 3"), ("span", noSpan, "result over 0 shards"),
             ("counts", badCounts, "validation counts frame of 16 bytes"), ("missing frame", [good[0]], "frames"),
         ]
         for (name, frames, expect) in cases {
