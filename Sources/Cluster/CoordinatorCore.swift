@@ -75,7 +75,7 @@ public struct CoordinatorCore {
     }
 
     public struct Shard {
-        public let sequenceIds: [Int]
+        public var sequenceIds: [Int]
         public var result: ShardResult?
         public var resultFrom: String?
         public var holders: [Peer] = []
@@ -84,6 +84,13 @@ public struct CoordinatorCore {
         public var coveredBy: Int? = nil
         /// Answered: alone, or inside a block.
         public var done: Bool { result != nil || coveredBy != nil }
+        /// This core may hand it out. A relay's core holds every shard index of its round but
+        /// is offered only those its coordinator gave it (`offer`).
+        public var offered = true
+        /// The range a block holding this shard must stay inside (a relay's block or lone shard
+        /// from its coordinator, answered as one); nil: any aligned block.
+        public var bound: Range<Int>? = nil
+        var free: Bool { offered && !done && holders.isEmpty }
     }
 
     /// What a worker's numerics must equal, component by component.
@@ -116,6 +123,8 @@ public struct CoordinatorCore {
     }
 
     public var alive: Int { workers.count }
+    /// The most shards one peer is trusted to hold at once (a relay's whole group of hosts).
+    public static let maxThreads = 1024
     public var complete: Bool { !shards.isEmpty && shards.allSatisfy(\.done) }
     /// Results in shard order, for the fixed reduction tree (a block's covers `span` shards).
     public var results: [ShardResult] { shards.compactMap(\.result) }
@@ -147,14 +156,33 @@ public struct CoordinatorCore {
     /// Starts a round of shards: a training step, or (`evaluate`) a validation with the weights
     /// of step `weightsStep` under its own round id `step`, so that no result of one round is
     /// taken for the other's.
-    public mutating func beginStep(_ step: Int, shards cut: [[Int]], now: Double, evaluate: Bool = false, weightsStep: Int? = nil) -> [Directive] {
+    /// `offered` false: no shard is handed out until `offer` names it (a relay's round).
+    public mutating func beginStep(_ step: Int, shards cut: [[Int]], now: Double, evaluate: Bool = false, weightsStep: Int? = nil,
+                                   offered: Bool = true) -> [Directive] {
         self.step = step
         evaluating = evaluate
         roundWeightsStep = weightsStep ?? step
-        shards = cut.map { Shard(sequenceIds: $0) }
+        shards = cut.map { var s = Shard(sequenceIds: $0); s.offered = offered; return s }
         reissuedThisStep = 0
         for i in workers.indices { workers[i].assigned = []; workers[i].lastProgress = now }
         return assign(now: now)
+    }
+
+    /// Offers shards of the current round with their sequences, all within `bound`: a block of
+    /// workers here is never wider than it, so it is answered upstream as one sum.
+    public mutating func offer(_ offered: [(shard: Int, sequenceIds: [Int])], bound: Range<Int>, now: Double) -> [Directive] {
+        for (s, ids) in offered where s >= 0 && s < shards.count && !shards[s].offered {
+            shards[s].sequenceIds = ids
+            shards[s].offered = true
+            shards[s].bound = bound
+        }
+        return assign(now: now)
+    }
+
+    /// Whether shards `block` may go (or come back) as one block: each is offered and the block
+    /// stays within their bounds.
+    func fits(_ block: Range<Int>) -> Bool {
+        block.allSatisfy { shards[$0].offered && (shards[$0].bound.map { $0.contains(block.lowerBound) && $0.upperBound >= block.upperBound } ?? true) }
     }
 
     public mutating func onMessage(_ message: Message, from peer: Peer, now: Double) -> [Directive] {
@@ -202,7 +230,7 @@ public struct CoordinatorCore {
             return [.send(peer, .refuse(reason)), .log("refused \(name): \(reason)")]
         }
         var worker = Worker(peer: peer, name: name, incarnation: h.incarnation, sharedMemory: h.sharedMemory,
-                            threads: min(max(h.threads, 1), 64), lastSeen: now)
+                            threads: min(max(h.threads, 1), CoordinatorCore.maxThreads), lastSeen: now)
         var reads = ""
         if !h.dataHash.isEmpty {
             if h.dataHash == data.hash && !data.hash.isEmpty {
@@ -262,7 +290,7 @@ public struct CoordinatorCore {
     private mutating func onBlockResult(_ r: ShardResult, worker w: Int, now: Double) -> [Directive] {
         let name = workers[w].name, block = r.shard ..< r.shard + r.span
         guard r.step == step, !evaluating, r.counts == nil, r.span >= 2, block.upperBound <= shards.count,
-              TreeSum.isSubtree(block.lowerBound, block.upperBound, of: shards.count) else {
+              TreeSum.isSubtree(block.lowerBound, block.upperBound, of: shards.count), fits(block) else {
             return [.log("result for shards \(block) of step \(r.step) from \(name) is not a block of this step: dropped")] + assign(now: now)
         }
         workers[w].assigned.removeAll { block.contains($0) }
@@ -333,19 +361,24 @@ public struct CoordinatorCore {
         guard started, let step else { return [] }
         var out: [Directive] = []
         let deepest = max(inFlight, 1) + (workers.map(\.threads).max() ?? 1) - 1
-        // An idle worker that computes several shards at once takes the lowest free aligned block.
+        // An idle worker that computes several shards at once takes the lowest free aligned
+        // block of its width, or else of the widest width that is free.
         for w in workers.indices where workers[w].assigned.isEmpty && blockSize(w) > 1 {
-            let b = blockSize(w)
-            guard let start = stride(from: 0, to: shards.count, by: b).first(where: { a in
-                let end = min(a + b, shards.count)
-                return end - a >= 2 && TreeSum.isSubtree(a, end, of: shards.count) && (a..<end).allSatisfy { !shards[$0].done && shards[$0].holders.isEmpty }
-            }) else { continue }
-            let block = start ..< min(start + b, shards.count)
+            var b = blockSize(w), found: Range<Int>? = nil
+            while b >= 2 && found == nil {
+                for a in stride(from: 0, to: shards.count, by: b) {
+                    let block = a ..< min(a + b, shards.count)
+                    if block.count >= 2 && TreeSum.isSubtree(block.lowerBound, block.upperBound, of: shards.count)
+                        && block.allSatisfy({ shards[$0].free }) && fits(block) { found = block; break }
+                }
+                b /= 2
+            }
+            guard let block = found else { continue }
             for s in block { out.append(give(s, to: w, now: now, straggler: false, block: block)) }
         }
         for depth in 1...deepest {
             for w in workers.indices where workers[w].assigned.count < depth && depth <= max(inFlight, 1) + workers[w].threads - 1 {
-                var pick = shards.indices.first { !shards[$0].done && shards[$0].holders.isEmpty }
+                var pick = shards.indices.first { shards[$0].free }
                 var straggler = false
                 if pick == nil && workers[w].assigned.isEmpty {
                     pick = shards.indices.first {

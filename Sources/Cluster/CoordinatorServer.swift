@@ -9,79 +9,25 @@ import Training
 /// step's shards are all in, reduces in the fixed tree, clips, steps and checkpoints.
 public final class CoordinatorServer {
     public let trainer: Trainer
-    let socket: ZMQSocket
+    /// The socket workers join, its authentication and its decoding.
+    let router: RouterShell
     var core: CoordinatorCore
     var limits = WireLimits()
-    public private(set) var endpoint: String
-    public private(set) var rejected = 0
+    public var endpoint: String { router.endpoint }
+    public var rejected: Int { router.rejected }
     var stepDone = false
-    /// Malformed messages are logged at most once per peer per window, and only so many lines per
-    /// window in all: a flood of garbage cannot flood the log.
-    var rejectionLog = RateLimitedLog(window: 10, linesPerWindow: 20)
-    var bytesSent = 0
-    var bytesReceived = 0
     let log: (String) -> Void
 
-    var zap: ZAPHandler?
-    var monitor: HandshakeMonitor?
-    /// Failed handshakes repeat on every reconnect of a misconfigured worker: one line per peer
-    /// host and reason per window, with a count.
-    var handshakeFailures: [String: Int] = [:]
-    var handshakeLoggedAt: [String: Double] = [:]
-    static let handshakeLogWindow = 10.0  // seconds
-    static let handshakeHostsTracked = 1024
-
-    /// With `curve` (the coordinator's keypair and the allowed worker keys) every worker must
-    /// complete a CURVE handshake with an allow-listed key before any message reaches the core.
-    /// Without it, a loopback `bind` gets a per-run `JoinKey` (unless `authenticate` is false:
-    /// `--insecure`), so only this user's processes can join.
-    /// `bind` nil: no TCP endpoint (a `--spawn` run listens on its local socket alone, `bindLocal`).
+    /// `curve`, `authenticate`, `bind` and `bindWait` as for `RouterShell` (a `--spawn` run
+    /// binds no TCP endpoint and listens on its local socket alone, `bindLocal`).
     public init(trainer: Trainer, context: ZMQContext, bind: String?, minWorkers: Int, maxWorkers: Int,
                 curve: (keys: CurveKeypair, allowed: [String])? = nil, authenticate: Bool = true, bindWait: Double = 0,
                 log: @escaping (String) -> Void) throws {
         self.trainer = trainer
         self.log = log
-        socket = try ZMQSocket(context, .router)
-        var join: JoinKey? = nil
-        if let curve {
-            zap = try ZAPHandler(context: context, allowed: curve.allowed, log: log)
-            socket.curveServer(curve.keys)
-        } else if authenticate, let bind, JoinKey.loopback(bind) != nil {
-            let (server, key) = try JoinKey.generate()
-            zap = try ZAPHandler(context: context, allowed: [key.worker.publicKey], log: log)
-            socket.curveServer(server)
-            join = key
-        }
-        // Handshake failures (wrong server key, no key) never reach ZAP, and closed connections
-        // (dead workers) never reach the core: watch for both.
-        monitor = try HandshakeMonitor(context: context, watching: socket)
         // Bound memory whatever peers send: the largest legal message is a gradient.
-        socket.setInt64(ZMQ_MAXMSGSIZE, Int64(trainer.layout.count * 4 + (1 << 16)))
-        socket.setInt(ZMQ_SNDHWM, 64)
-        socket.setInt(ZMQ_RCVHWM, 256)
-        // A resumed run may find its port still held by the coordinator it replaces (a preempted
-        // job writing its last checkpoint): it waits for it, bounded.
-        let deadline = monotonicSeconds() + bindWait
-        var said = false
-        while let bind {
-            do { try socket.bind(bind); break } catch {
-                let inUse = zmq_errno() == EADDRINUSE
-                if inUse && monotonicSeconds() < deadline {
-                    if !said { said = true; log("\(bind) is in use: waiting up to \(Int(bindWait)) s for it to be released") }
-                    Thread.sleep(forTimeInterval: 0.2)
-                    continue
-                }
-                throw LockstepError("\(error)" + (said ? " (waited \(Int(bindWait)) s)" : ""),
-                                    hint: "choose a free port with --bind tcp://127.0.0.1:PORT, or stop whatever holds it")
-            }
-        }
-        endpoint = bind == nil ? "" : socket.lastEndpoint
-        if let join, let path = JoinKey.path(endpoint: endpoint) {
-            JoinKey.removeStale()
-            try join.write(to: path, endpoint: endpoint)
-            joinKey = (join, path)
-            log("workers of this user join with the run's key in \(path) (read by `worker join` itself); other users' processes are refused")
-        }
+        router = try RouterShell(context: context, bind: bind, maxMessageBytes: trainer.layout.count * 4 + (1 << 16), curve: curve,
+                                 authenticate: authenticate, bindWait: bindWait, log: log)
         limits.parameterCount = trainer.layout.count
         limits.inputSize = trainer.model.inputSize
         let runId = UInt64(strtoull(String(trainer.run.hash.prefix(16)), nil, 16))
@@ -90,27 +36,18 @@ public final class CoordinatorServer {
                                minWorkers: minWorkers, maxWorkers: maxWorkers)
         core.data = (trainer.data.hash, trainer.data.count)
         core.welcome.dataHash = trainer.data.hash
+        core.welcome.dataCount = trainer.data.count
     }
 
     /// The per-run join key and its file, removed when the coordinator closes.
-    public private(set) var joinKey: (key: JoinKey, path: String)?
-    var localJoinKeyPath: String?
-    /// Which connection (descriptor) each worker's messages last came on.
-    var peerByDescriptor: [Int32: Peer] = [:]
+    public var joinKey: (key: JoinKey, path: String)? { router.joinKey }
 
     deinit { close() }
 
     /// Removes what this coordinator left in the file system: its join key and local socket.
     public func close() {
-        // Monitor events are sent blocking from libzmq's I/O thread: stop them before their reader.
-        if monitor != nil { zmq_socket_monitor(socket.raw, nil, 0) }
-        monitor?.stop()
+        router.close()
         if let localSocketPath { unlink(localSocketPath); self.localSocketPath = nil }
-        if let joinKey {
-            joinKey.key.remove(from: joinKey.path)
-            if let localJoinKeyPath { joinKey.key.remove(from: localJoinKeyPath) }
-            self.joinKey = nil
-        }
     }
 
     var localSocketPath: String?
@@ -125,15 +62,8 @@ public final class CoordinatorServer {
     public func bindLocal() throws -> String {
         CoordinatorServer.removeStaleSockets(in: NSTemporaryDirectory())
         let path = (NSTemporaryDirectory() as NSString).appendingPathComponent(CoordinatorServer.socketName(pid: getpid()))
-        try socket.bind("ipc://" + path)
-        chmod(path, 0o600)
+        try router.bindLocal(path)
         localSocketPath = path
-        if endpoint.isEmpty { endpoint = "ipc://" + path }
-        // The local socket shares the TCP endpoint's CURVE: its workers need the join key too.
-        if let joinKey, let keyPath = JoinKey.path(endpoint: "ipc://" + path) {
-            try joinKey.key.write(to: keyPath, endpoint: "ipc://" + path)
-            localJoinKeyPath = keyPath
-        }
         do {
             let w = try SharedSlots(creating: SharedSlots.weightsMagic, slots: SharedSlots.weightSlots, floats: trainer.layout.count, what: "weights")
             shared = w
@@ -194,15 +124,13 @@ public final class CoordinatorServer {
         }
         while !t.done || core.evaluating {
             if Interrupt.requested { try interrupted(); return }
-            let ready = ZMQSocket.poll([socket] + [zap?.socket].compactMap { $0 }, timeout: 0.05)
-            if zap != nil && ready[1] { zap!.serve() }
-            logHandshakeFailures()
-            try releaseClosedConnections()
-            if ready[0] {
+            let ready = router.poll(timeout: 0.05)
+            for peer in router.closedPeers() { try execute(core.onDisconnect(peer, now: monotonicSeconds())) }
+            if ready {
                 var drained = 0
-                while drained < 1000, let frames = socket.receiveFrames() {
+                while drained < 1000, let (peer, message) = router.receive(limits: limits) {
                     drained += 1
-                    try handle(frames)
+                    if let message { try handle(message, from: peer) }
                 }
             }
             try execute(core.onTick(now: monotonicSeconds()))
@@ -225,8 +153,8 @@ public final class CoordinatorServer {
             let reissued = core.reissuedThisStep, shardSeconds = core.results.map { $0.computeSeconds / Double($0.span) }  // a block's is its shards' total
             var workerSeconds: [String: Double] = [:]
             for shard in core.shards { if let r = shard.result { workerSeconds[shard.resultFrom ?? "?", default: 0] += r.computeSeconds } }
-            let sentDuringStep = bytesSent
-            bytesSent = 0
+            let sentDuringStep = router.bytesSent
+            router.bytesSent = 0
             // A step's time runs from just before its work goes out, so it holds every shard's compute.
             let nextStarted = monotonicSeconds()
             // The next step's work goes out before the optimizer runs: workers reading the weights
@@ -253,10 +181,10 @@ public final class CoordinatorServer {
             }
             report.coordinatorSeconds = monotonicSeconds() - coordStart
             report.seconds = nextStarted - stepStarted
-            report.bytesSent = sentDuringStep + bytesSent
-            report.bytesReceived = bytesReceived
-            bytesSent = 0
-            bytesReceived = 0
+            report.bytesSent = sentDuringStep + router.bytesSent
+            report.bytesReceived = router.bytesReceived
+            router.bytesSent = 0
+            router.bytesReceived = 0
             stepStarted = nextStarted
             try metrics.write(report)
             progress?.update(step: report.step, loss: report.loss, framesPerSecond: Double(report.frames) / max(report.seconds, 1e-9),
@@ -285,33 +213,6 @@ public final class CoordinatorServer {
                                    evaluate: true, weightsStep: trainer.step))
     }
 
-    /// Releases at once the workers whose connections closed.
-    func releaseClosedConnections() throws {
-        guard let monitor else { return }
-        for fd in monitor.drainClosed() {
-            guard let peer = peerByDescriptor.removeValue(forKey: fd) else { continue }
-            try execute(core.onDisconnect(peer, now: monotonicSeconds()))
-        }
-    }
-
-    func logHandshakeFailures() {
-        guard let monitor else { return }
-        let now = monotonicSeconds()
-        for f in monitor.drain() {
-            var host = f.peer.host
-            // Bounded whatever the number of source addresses: beyond the cap, hosts share one count.
-            if handshakeFailures.count >= CoordinatorServer.handshakeHostsTracked && handshakeFailures[host + " " + f.reason] == nil {
-                host = "other hosts"
-            }
-            let key = host + " " + f.reason
-            handshakeFailures[key, default: 0] += 1
-            guard now - handshakeLoggedAt[key, default: -.infinity] >= CoordinatorServer.handshakeLogWindow else { continue }
-            handshakeLoggedAt[key] = now
-            log("refused a connection from \(f.peer.description): CURVE handshake failed: \(f.reason); "
-                + "\(handshakeFailures[key]!) such failure(s) from \(host) so far")
-        }
-    }
-
     /// Ctrl-C or SIGTERM: the checkpoint is written and the workers are left as they are. They
     /// take the silence for a crash and keep reconnecting, so a coordinator restarted with
     /// `--resume` on the same address gets them back without anyone restarting them.
@@ -326,44 +227,14 @@ public final class CoordinatorServer {
     /// Tells every worker to stop (also on a fatal error).
     public func stopWorkers() { try? sendStops() }
 
-    /// How long closing the socket may wait for queued `stop`s to go out (milliseconds).
-    static let stopLingerMilliseconds: Int32 = 2000
-    /// How long the coordinator keeps reading after the `stop`s before it closes (seconds).
-    static let stopGraceSeconds = 0.5
+    /// Tells every worker to stop, and gives the `stop`s time to arrive.
+    func sendStops() throws { router.sendStops(core.finish()) }
 
-    /// Tells every worker to stop, and gives the `stop`s time to arrive. Closing at once lost
-    /// one in about fifteen over TCP (measured with 4 workers): sockets drop unsent messages
-    /// (linger 0), and closing with unread input resets the connection, which can discard a
-    /// `stop` the worker has not read yet. So: linger, and drain the socket for a moment.
-    func sendStops() throws {
-        socket.setInt(ZMQ_LINGER, CoordinatorServer.stopLingerMilliseconds)
-        try execute(core.finish())
-        guard core.alive > 0 else { return }
-        let until = monotonicSeconds() + CoordinatorServer.stopGraceSeconds
-        while case let left = until - monotonicSeconds(), left > 0 {
-            if ZMQSocket.poll([socket], timeout: left)[0] { while socket.receiveFrames() != nil {} }
-        }
-    }
-
-    func handle(_ frames: [Frame]) throws {
-        bytesReceived += frames.reduce(0) { $0 + $1.count }
-        guard frames.count >= 2 else { rejected += 1; log("rejected a message with no body"); return }
-        let peer = Peer(frames[0].bytes)
-        let fd = socket.lastSourceDescriptor
-        if fd >= 0 { peerByDescriptor[fd] = peer }
-        var message: Message
-        do {
-            message = try Message.decode(Array(frames[1...]), limits: limits)
-            if case .result(var r) = message, let g = r.sharedGradient, r.step == core.step {
-                r.grad = try sharedGradient(g, step: r.step, shard: r.shard)
-                message = .result(r)
-            }
-        } catch {
-            rejected += 1
-            if let line = rejectionLog.line(key: peer.description, now: monotonicSeconds(), what: "rejected a message from \(peer): \(error)") {
-                log(line)
-            }
-            return
+    func handle(_ decoded: Message, from peer: Peer) throws {
+        var message = decoded
+        if case .result(var r) = message, let g = r.sharedGradient, r.step == core.step {
+            do { r.grad = try sharedGradient(g, step: r.step, shard: r.shard) } catch { router.reject(peer, error); return }
+            message = .result(r)
         }
         try execute(core.onMessage(message, from: peer, now: monotonicSeconds()))
     }
@@ -385,10 +256,6 @@ public final class CoordinatorServer {
             throw WireError("result for step \(step) shard \(shard) names a shared gradient slot that does not hold it")
         }
         return slots.view(shard)
-    }
-
-    func send(_ frames: [[UInt8]]) {
-        if socket.send(frames, dontWait: true) { bytesSent += frames.reduce(0) { $0 + $1.count } }
     }
 
     /// Work for a worker that takes the weights in a frame waits for the optimizer step: the
@@ -418,22 +285,17 @@ public final class CoordinatorServer {
         for d in directives {
             switch d {
             case .send(let peer, let m):
-                send([peer.id] + m.encode())
+                router.send([peer.id] + m.encode())
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh, let block):
                 let ids = core.shards[shard].sequenceIds
                 let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: try fresh.map { try trainer.example(id: $0) },
                                 evaluate: core.evaluating, weightsStep: core.roundWeightsStep, prefetchIds: readAhead(for: peer, step: step, shard: shard),
-                                block: block)
+                                block: block, shardCount: core.shards.count)
                 let local = sendsSharedWeights(to: peer)
                 let carriage: Message.WeightsCarriage = !withWeights ? .none : local ? .shared : .frame
                 let (header, sequences) = Message.encodeWork(work, weights: carriage)
-                var parts: [ZMQSocket.Part] = [.bytes(peer.id), .bytes(header)]
                 // Sent without a copy: the trainer writes each step's weights to a fresh buffer.
-                if carriage == .frame { parts.append(.floats(trainer.params)) }
-                parts.append(.bytes(sequences))
-                if socket.send(parts: parts, dontWait: true) {
-                    bytesSent += peer.id.count + header.count + sequences.count + (carriage == .frame ? trainer.params.count * 4 : 0)
-                }
+                router.sendWork(to: peer, header: header, weights: carriage == .frame ? trainer.params : nil, sequences: sequences)
             case .log(let s): log(s)
             case .stepComplete: stepDone = true
             case .fatal(let s): throw LockstepError("run stopped at step \(trainer.step + 1): \(s)")

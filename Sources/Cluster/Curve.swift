@@ -125,7 +125,7 @@ public struct JoinKey: Equatable, Sendable {
     }
 
     /// The loopback host and port of a `tcp://` endpoint, or nil for any other endpoint.
-    static func loopback(_ endpoint: String) -> (host: String, port: String)? {
+    public static func loopback(_ endpoint: String) -> (host: String, port: String)? {
         guard endpoint.hasPrefix("tcp://"), let colon = endpoint.lastIndex(of: ":") else { return nil }
         var host = String(endpoint[endpoint.index(endpoint.startIndex, offsetBy: 6)..<colon])
         let port = String(endpoint[endpoint.index(after: colon)...])

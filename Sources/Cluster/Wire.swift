@@ -25,7 +25,9 @@ public enum Message: Equatable {
     /// 4: hello's fingerprint is a `NumericsIdentity`; refuse carries the coordinator's; work
     /// may be a validation shard (forward only, the weights of another step), and its result
     /// carries counts (gradient carriage 2).
-    public static let protocolVersion: UInt16 = 6
+    /// 7: work carries its round's shard count (a relay places its block in the tree over them);
+    /// welcome carries the training sequence count (ids below it are a data copy's).
+    public static let protocolVersion: UInt16 = 7
     public static let magic: [UInt8] = Array("LKST".utf8)
 
     public var typeName: String {
@@ -79,10 +81,12 @@ public struct Welcome: Equatable, Sendable {
     /// The content hash of the run's training data: a worker reads sequences from its own
     /// packed copy only when that copy's hash is this one.
     public var dataHash: String
+    /// The run's training sequences: ids below this are the data copy's (a relay passes it on).
+    public var dataCount: Int
     public init(runId: UInt64, model: ModelConfig, seed: UInt64, sharedWeights: String = "", sharedToken: UInt64 = 0, maxShards: Int = 1,
-                numerics: NumericsMode = .openblas, dataHash: String = "") {
+                numerics: NumericsMode = .openblas, dataHash: String = "", dataCount: Int = 0) {
         self.runId = runId; self.model = model; self.seed = seed; self.sharedWeights = sharedWeights; self.sharedToken = sharedToken
-        self.maxShards = maxShards; self.numerics = numerics; self.dataHash = dataHash
+        self.maxShards = maxShards; self.numerics = numerics; self.dataHash = dataHash; self.dataCount = dataCount
     }
 }
 
@@ -109,13 +113,17 @@ public struct Work: Equatable {
     /// block, from `blockStart`. A span of 1 is a shard alone.
     public var blockStart: Int
     public var blockSpan: Int
+    /// Shards in this round: the reduction tree is over them (a relay hands out sub-blocks of
+    /// its block, which must be subtrees of that tree).
+    public var shardCount: Int
 
     public init(step: Int, shard: Int, sequenceIds: [Int], weights: FloatBuffer?, weightsShared: Bool = false, sequences: [Example],
-                evaluate: Bool = false, weightsStep: Int? = nil, prefetchIds: [Int] = [], block: Range<Int>? = nil) {
+                evaluate: Bool = false, weightsStep: Int? = nil, prefetchIds: [Int] = [], block: Range<Int>? = nil, shardCount: Int? = nil) {
         self.step = step; self.shard = shard; self.sequenceIds = sequenceIds; self.weights = weights
         self.weightsShared = weightsShared; self.sequences = sequences
         self.evaluate = evaluate; self.weightsStep = weightsStep ?? step; self.prefetchIds = prefetchIds
         blockStart = block?.lowerBound ?? shard; blockSpan = block?.count ?? 1
+        self.shardCount = shardCount ?? max(shard + 1, blockStart + blockSpan)
     }
 
     public var block: Range<Int> { blockStart ..< blockStart + blockSpan }
@@ -124,7 +132,7 @@ public struct Work: Equatable {
         a.step == b.step && a.shard == b.shard && a.sequenceIds == b.sequenceIds && a.sequences == b.sequences
             && a.weights?.array == b.weights?.array && a.weightsShared == b.weightsShared
             && a.evaluate == b.evaluate && a.weightsStep == b.weightsStep && a.prefetchIds == b.prefetchIds
-            && a.blockStart == b.blockStart && a.blockSpan == b.blockSpan
+            && a.blockStart == b.blockStart && a.blockSpan == b.blockSpan && a.shardCount == b.shardCount
     }
 }
 
@@ -281,6 +289,7 @@ extension Message {
             w.int(m.model.inputSize); w.int(m.model.hidden); w.int(m.model.layers); w.int(m.model.classes)
             w.u8(m.model.bidirectional ? 1 : 0); w.u8(m.model.arch == .split ? 1 : 0); w.u32(m.model.dropout.bitPattern)
             w.string(m.sharedWeights); w.u64(m.sharedToken); w.int(m.maxShards); w.string(m.numerics.rawValue); w.string(m.dataHash)
+            w.int(m.dataCount)
         case .refuse(let reason, let numerics):
             w.string(String(reason.utf8.prefix(4000)) ?? ""); w.string(String(numerics.utf8.prefix(2000)) ?? "")
         case .work(let work):
@@ -315,7 +324,7 @@ extension Message {
         for id in work.sequenceIds { w.int(id) }
         w.u8(weights.rawValue)
         w.u8(work.evaluate ? 1 : 0); w.int(work.weightsStep)
-        w.int(work.blockStart); w.u32(UInt32(work.blockSpan))
+        w.int(work.blockStart); w.u32(UInt32(work.blockSpan)); w.u32(UInt32(work.shardCount))
         w.u32(UInt32(work.prefetchIds.count))
         for id in work.prefetchIds { w.int(id) }
         var s = ByteWriter()
@@ -381,9 +390,9 @@ extension Message {
             let shared = try r.string(max: limits.maxStringBytes), token = try r.u64(), maxShards = try r.int(max: 1 << 20)
             let mode = try r.string(max: 64)
             guard let numerics = NumericsMode(rawValue: mode) else { throw WireError("welcome with numerics mode '\(mode)'") }
-            let dataHash = try r.string(max: 64)
+            let dataHash = try r.string(max: 64), dataCount = try r.int(max: 1 << 40)
             msg = .welcome(Welcome(runId: runId, model: model, seed: seed, sharedWeights: shared, sharedToken: token, maxShards: maxShards,
-                                   numerics: numerics, dataHash: dataHash))
+                                   numerics: numerics, dataHash: dataHash, dataCount: dataCount))
         case 3:
             try expectFrames(1)
             msg = .refuse(try r.string(max: 8192), numerics: try r.string(max: 4096))
@@ -397,9 +406,13 @@ extension Message {
             let evaluateCode = try r.u8()
             guard evaluateCode <= 1 else { throw WireError("work with evaluate flag \(evaluateCode)") }
             let weightsStep = try r.int()
-            let blockStart = try r.int(max: 1 << 20), blockSpan = Int(try r.u32())
+            let blockStart = try r.int(max: 1 << 20), blockSpan = Int(try r.u32()), shardCount = Int(try r.u32())
             guard blockSpan >= 1, blockSpan <= 1 << 20, blockStart <= shard, shard < blockStart + blockSpan else {
                 throw WireError("work for shard \(shard) in a block of \(blockSpan) from \(blockStart)")
+            }
+            guard shardCount <= 1 << 20, blockStart + blockSpan <= shardCount,
+                  blockSpan == 1 || TreeSum.isSubtree(blockStart, blockStart + blockSpan, of: shardCount) else {
+                throw WireError("work for shards \(blockStart)..<\(blockStart + blockSpan) of a round of \(shardCount): not a block of its tree")
             }
             let hints = Int(try r.u32())
             guard hints <= limits.maxSequences else { throw WireError("work with \(hints) sequences to read ahead") }
@@ -424,7 +437,7 @@ extension Message {
             guard s.done else { throw WireError("trailing bytes after the sequences") }
             msg = .work(Work(step: step, shard: shard, sequenceIds: ids, weights: weights, weightsShared: carriage == .shared, sequences: seqs,
                              evaluate: evaluateCode == 1, weightsStep: weightsStep, prefetchIds: prefetchIds,
-                             block: blockStart ..< blockStart + blockSpan))
+                             block: blockStart ..< blockStart + blockSpan, shardCount: shardCount))
         case 5:
             let step = try r.int(), shard = try r.int(max: 1 << 20), loss = try r.f64(), count = try r.int(max: 1 << 40)
             let span = Int(try r.u32())

@@ -32,6 +32,9 @@ public final class WorkerClient {
         public var dataRoot: String? = nil
         /// The most MiB of sequences read from `dataRoot` kept in memory (`--cache-mb`).
         public var cacheMB: Int? = nil  // nil: PackedStore.defaultCacheMB
+        /// Relay instead of compute (`worker relay`): pass the work on to the workers that join
+        /// here and send up one sum per block (`RelayServer`).
+        public var relay: RelayServer.Options? = nil
         public init(endpoint: String) { self.endpoint = endpoint }
     }
 
@@ -50,12 +53,14 @@ public final class WorkerClient {
     var gradients: SharedSlots?
     var hello: Hello {
         var h = helloBase
-        h.sharedMemory = options.sharedMemory && options.endpoint.hasPrefix("ipc://") && !sharedFailed
+        h.sharedMemory = options.sharedMemory && options.endpoint.hasPrefix("ipc://") && !sharedFailed && options.relay == nil
         h.dataHash = store?.contentHash ?? ""
         return h
     }
     /// The packed data this worker reads itself; nil once a shard of it failed its check.
     var store: PackedStore?
+    /// Below this process, when it relays: made at the first welcome.
+    var relay: RelayServer?
 
     /// One engine per thread (`--threads`): that many shards at once, each with single-threaded BLAS.
     var computers: ShardComputerPool?
@@ -106,7 +111,7 @@ public final class WorkerClient {
         // Parallelism is by shard, never inside a product: OpenBLAS with more than one thread
         // takes other code paths, which change bits (DESIGN.md §3.5).
         BLAS.setThreads(options.blasThreads ?? 1)
-        queue = ComputeThreads(count: options.threads)
+        queue = ComputeThreads(count: options.relay == nil ? options.threads : 1)  // a relay computes nothing
         var numerics = NumericsIdentity.current()
         numerics.values.merge(options.numericsOverrides) { $1 }
         helloBase = Hello(fingerprint: numerics.encoded, blasCore: BLAS.coreName,
@@ -257,23 +262,16 @@ public final class WorkerClient {
         send(.hello(hello))
         while true {
             if let parent = options.parentPid, getppid() != parent { log("parent process is gone: exiting"); return 0 }
-            let ready = ZMQSocket.poll([socket, done] + [monitor].compactMap { $0 }, timeout: Timing.heartbeatInterval / 2)
-            if ready.count > 2 && ready[2], let code = try onMonitorEvents() { return code }
+            let own = [socket, done] + [monitor].compactMap { $0 }
+            // A relay answers as soon as its workers do: it waits less between looks.
+            let ready = ZMQSocket.poll(own + (relay?.sockets ?? []), timeout: Timing.heartbeatInterval / (relay == nil ? 2 : 10))
+            if own.count > 2 && ready[2], let code = try onMonitorEvents() { return code }
             if ready[1] {
                 while done.receive() != nil {}
                 lock.lock(); let out = finished; finished = []; lock.unlock()
-                for r in out.compactMap({ collectBlock($0) }) {
-                    if r.sharedGradient != nil || r.counts != nil {
-                        send(.result(r))
-                        continue
-                    }
-                    // The gradient frame goes out zero-copy.
-                    var frames = Message.result(ShardResult(step: r.step, shard: r.shard, lossSum: r.lossSum, frames: r.frames,
-                                                            grad: FloatBuffer(count: 0), computeSeconds: r.computeSeconds, span: r.span)).encode()
-                    frames.removeLast()
-                    if socket.send(parts: frames.map { .bytes($0) } + [.floats(r.grad)], dontWait: true) { lastSent = monotonicSeconds() }
-                }
+                for r in out.compactMap({ collectBlock($0) }) { sendResult(r) }
             }
+            if let relay { for r in try relay.serve(ready[own.count...]) { sendResult(r) } }
             if ready[0] {
                 while let frames = socket.receiveFrames() {
                     lastHeard = monotonicSeconds()
@@ -300,7 +298,7 @@ public final class WorkerClient {
                     why = "the coordinator at \(options.endpoint) is gone" + (connected ? " silent" : " (its connection closed)")
                 }
                 log(String(format: "%@ for %.1fs: reconnecting in %.2fs", why, now - lastHeard, backoff))
-                Thread.sleep(forTimeInterval: backoff)
+                try pause(backoff)
                 backoff = min(backoff * 2, Timing.reconnectMaximum)
                 socket = try connect()
                 lastHeard = monotonicSeconds()
@@ -309,6 +307,28 @@ public final class WorkerClient {
                 shared = nil  // a coordinator that comes back maps new memory; this ends any wait on the old
                 send(.hello(hello))
             }
+        }
+    }
+
+    /// A result to the coordinator; a gradient frame goes out zero-copy.
+    func sendResult(_ r: ShardResult) {
+        if r.sharedGradient != nil || r.counts != nil {
+            send(.result(r))
+            return
+        }
+        var frames = Message.result(ShardResult(step: r.step, shard: r.shard, lossSum: r.lossSum, frames: r.frames,
+                                                grad: FloatBuffer(count: 0), computeSeconds: r.computeSeconds, span: r.span)).encode()
+        frames.removeLast()
+        if socket.send(parts: frames.map { .bytes($0) } + [.floats(r.grad)], dontWait: true) { lastSent = monotonicSeconds() }
+    }
+
+    /// Waits `seconds` before reconnecting; a relay keeps serving its workers meanwhile (their
+    /// answers wait in it until the coordinator asks again), so they do not take it for dead.
+    func pause(_ seconds: Double) throws {
+        guard let relay else { Thread.sleep(forTimeInterval: seconds); return }
+        let until = monotonicSeconds() + seconds
+        while case let left = until - monotonicSeconds(), left > 0 {
+            _ = try relay.serve(ZMQSocket.poll(relay.sockets, timeout: min(left, 0.05))[...])
         }
     }
 
@@ -356,6 +376,18 @@ public final class WorkerClient {
         case .welcome(let w):
             if BLAS.mode != w.numerics { log("computing with the run's numerics: \(w.numerics.rawValue)") }
             BLAS.mode = w.numerics
+            if let r = options.relay {
+                welcome = w
+                limits.parameterCount = ParameterLayout(w.model).count
+                limits.inputSize = w.model.inputSize
+                backoff = Timing.reconnectInitial
+                log("relaying run \(String(w.runId, radix: 16)): \(w.model.arch.rawValue) H=\(w.model.hidden) layers=\(w.model.layers)")
+                let numerics = NumericsIdentity(encoded: hello.fingerprint)
+                if let relay { relay.onWelcome(w, numerics: numerics) } else {
+                    relay = try RelayServer(r, context: context, welcome: w, numerics: numerics, store: store, log: log)
+                }
+                return nil
+            }
             if welcome?.model != w.model || welcome?.seed != w.seed {
                 computers = ShardComputerPool(model: w.model, seed: w.seed, count: options.threads)
                 cache = [:]
@@ -379,6 +411,10 @@ public final class WorkerClient {
             log("refused by the coordinator: \(reason)")
             return 2
         case .work(let work):
+            if let relay {
+                for r in try relay.onWork(work) { sendResult(r) }
+                return nil
+            }
             guard let computers else { send(.hello(hello)); return nil }
             // A validation round uses the weights of the step it follows (`weightsStep`).
             let ws = work.weightsStep
@@ -486,6 +522,11 @@ public final class WorkerClient {
         case .heartbeat:
             break
         case .stop:
+            if let relay {
+                relay.stop()
+                log("coordinator says stop: the relay's workers are told to stop; exiting; peak RSS \(Memory.peakResident >> 20) MiB")
+                return 0
+            }
             let (n, waited, seconds, spun, peak) = lock.withLock { (computed, waitedForWeights, weightsWaitSeconds, spunSeconds, peakRunning) }
             log("coordinator says stop: exiting after \(n) shard(s), up to \(peak) at once"
                 + (waited > 0 ? String(format: "; %d started before their weights were published and waited %.1f ms each on average", waited, 1000 * seconds / Double(waited)) : "")

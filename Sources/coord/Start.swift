@@ -108,7 +108,7 @@ struct Start: ParsableCommand {
             return p
         }
         if let bind = s.bind {
-            if let why = bindProblem(bind) { p.append(why) } else {
+            if let why = RouterShell.bindProblem(bind) { p.append(why) } else {
                 let host = bind.dropFirst(6).split(separator: ":", omittingEmptySubsequences: false)[0]
                 let loopback = host == "localhost" || host.hasPrefix("127.") || host == "[::1]"
                 if !loopback && !s.insecure && s.curveKeys == nil {
@@ -124,21 +124,6 @@ struct Start: ParsableCommand {
     }
 
     /// Why `bind` is not a usable tcp://HOST:PORT endpoint, if it is not.
-    static func bindProblem(_ bind: String) -> String? {
-        guard bind.hasPrefix("tcp://") else { return "--bind must be a tcp:// endpoint, e.g. tcp://127.0.0.1:5555 (got \(bind))" }
-        let rest = bind.dropFirst(6)
-        guard let colon = rest.lastIndex(of: ":") else {
-            return "--bind \(bind) has no port. HINT: add one, e.g. \(bind):5555, or :0 for a free port"
-        }
-        let host = rest[..<colon], port = rest[rest.index(after: colon)...]
-        if host.isEmpty { return "--bind \(bind) has no host. HINT: tcp://127.0.0.1\(rest) for this machine only, or tcp://0.0.0.0\(rest) for every interface" }
-        if port.isEmpty { return "--bind \(bind) has no port. HINT: add one, e.g. \(bind)5555, or \(bind)0 for a free port" }
-        if port != "*", !(Int(port).map { (0...65535).contains($0) } ?? false) {
-            return "--bind \(bind): port '\(port)' is not a number in 0...65535"
-        }
-        return nil
-    }
-
     func validate() throws {
         let c: RunConfig, s: Settings
         do { (c, s) = try resolve() } catch { throw ValidationError("\(error)") }

@@ -11,7 +11,7 @@ struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker",
         abstract: "Lockstep worker: computes shard gradients for a coordinator.",
-        subcommands: [Join.self, WorkerKeygen.self])
+        subcommands: [Join.self, Relay.self, WorkerKeygen.self])
 }
 
 struct Join: ParsableCommand {
@@ -29,10 +29,46 @@ struct Join: ParsableCommand {
         Exit codes: 0 stopped by the coordinator, 2 refused (numerics, or its key), 1 error.
         """)
 
-    @Argument(help: "Coordinator address: HOST[:PORT] (port 5555 by default), or a tcp:// or ipc:// endpoint.")
-    var address: String
+    @OptionGroup var up: Upstream
     @Option(help: "Shards this worker computes at once, each on a thread of its own with single-threaded BLAS: the bits do not depend on it (default 1). Over TCP a worker of 2 or more threads is given aligned blocks of shards (the largest power of two up to this), adds each block in the reduction tree's order and sends one sum, so the coordinator takes in fewer gradients: run one worker per host with --threads set to its cores.")
     var threads = 1
+    @Flag(help: "Over an ipc:// endpoint, send weights and gradients over the socket instead of through shared memory (/dev/shm).")
+    var noSharedMemory = false
+    @Option(help: "With shared memory: busy-wait up to this many milliseconds at each step barrier for the next step's weights, so the core stays warm (an idle VM core computed the next shard 5-15% slower). 0 sleeps at once; use 0 when this host has more workers than cores.")
+    var barrierSpinMs: Double = 1000 * Timing.barrierSpin
+    @Option(help: .hidden) var debugNumerics: [String] = []
+    @Option(help: .hidden) var debugCpuFlags: String?
+    @Option(help: .hidden) var debugBlasThreads: Int?
+    @Option(help: .hidden) var debugDelay: Double = 0
+    @Option(help: .hidden) var debugPoisonGradient: Float?
+
+    func validate() throws {
+        if !(1...256).contains(threads) { throw ValidationError("--threads must be in 1...256") }
+        if !(barrierSpinMs >= 0 && barrierSpinMs <= 1000) { throw ValidationError("--barrier-spin-ms must be in 0...1000 (got \(barrierSpinMs))") }
+    }
+
+    func run() throws {
+        var o = up.options(role: "worker")
+        o.threads = threads
+        for kv in debugNumerics {
+            let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
+            if p.count == 2 { o.numericsOverrides[p[0]] = p[1] }
+        }
+        o.cpuFlags = debugCpuFlags.map { Set($0.split(separator: " ").map(String.init)) }
+        o.blasThreads = debugBlasThreads
+        o.delayPerShard = debugDelay
+        o.poisonGradient = debugPoisonGradient
+        o.sharedMemory = !noSharedMemory
+        o.barrierSpin = barrierSpinMs / 1000
+        up.work(o) { try $0.curve = up.curve() }
+    }
+}
+
+/// What `worker join` and `worker relay` share: the coordinator above, how to prove this
+/// process to it, the data copy, and the logs.
+struct Upstream: ParsableArguments {
+    @Argument(help: "Coordinator address: HOST[:PORT] (port 5555 by default), or a tcp:// or ipc:// endpoint.")
+    var address: String
     @Option(help: "CURVE: this worker's keypair file (from `worker keygen`); its public key must be on the coordinator's allow-list.")
     var curveKeys: String?
     @Option(help: "CURVE: the coordinator's public key: 40-character Z85, or the path of its .pub file.")
@@ -43,10 +79,6 @@ struct Join: ParsableCommand {
     var dataRoot: String?
     @Option(help: "With --data-root: the most MiB of sequences this worker keeps in memory once read (least recently used dropped first); its memory is about this plus the model. Sequences are read with pread, not mapped, so no file pages are held. 0 reads every sequence from the files (the OS page cache) each time. Default: 256, or an eighth of this process's memory limit (its cgroup's) when that is less.")
     var cacheMb: Int?
-    @Flag(help: "Over an ipc:// endpoint, send weights and gradients over the socket instead of through shared memory (/dev/shm).")
-    var noSharedMemory = false
-    @Option(help: "With shared memory: busy-wait up to this many milliseconds at each step barrier for the next step's weights, so the core stays warm (an idle VM core computed the next shard 5-15% slower). 0 sleeps at once; use 0 when this host has more workers than cores.")
-    var barrierSpinMs: Double = 1000 * Timing.barrierSpin
     @Option(help: "Least level of the lines logged: trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: String = "info"
     @Option(help: "text (for people) or json (one object a line: ts, level, role, pid, worker id, message, hint on errors) (default text).")
@@ -54,11 +86,6 @@ struct Join: ParsableCommand {
     @Option(help: .hidden) var parentPid: Int32?
     @Flag(help: "Do not restart pinned to the coordinator's BLAS kernel when only the kernel differs: be refused instead.")
     var noPin = false
-    @Option(help: .hidden) var debugNumerics: [String] = []
-    @Option(help: .hidden) var debugCpuFlags: String?
-    @Option(help: .hidden) var debugBlasThreads: Int?
-    @Option(help: .hidden) var debugDelay: Double = 0
-    @Option(help: .hidden) var debugPoisonGradient: Float?
 
     var endpoint: String {
         if address.hasPrefix("tcp://") || address.hasPrefix("ipc://") { return address }
@@ -66,7 +93,6 @@ struct Join: ParsableCommand {
     }
 
     func validate() throws {
-        if !(1...256).contains(threads) { throw ValidationError("--threads must be in 1...256") }
         if endpoint.hasPrefix("ipc://") {
             guard endpoint.count > 6 else { throw ValidationError("ipc:// needs a socket path, e.g. ipc:///tmp/lockstep.sock") }
         } else {
@@ -82,33 +108,34 @@ struct Join: ParsableCommand {
             throw ValidationError("--log-level must be one of \(Logger.Level.names.joined(separator: ", ")) (got \(logLevel))")
         }
         if LogFormat(rawValue: logFormat) == nil { throw ValidationError("--log-format must be text or json (got \(logFormat))") }
-        if !(barrierSpinMs >= 0 && barrierSpinMs <= 1000) { throw ValidationError("--barrier-spin-ms must be in 0...1000 (got \(barrierSpinMs))") }
     }
 
-    func run() throws {
+
+    /// The client's options from these; logging set up for `role`.
+    func options(role: String) -> WorkerClient.Options {
         keepLargeAllocationsInTheHeap()
-        LockstepLog.setup(role: "worker", level: Logger.Level(rawValue: logLevel) ?? .info, format: LogFormat(rawValue: logFormat) ?? .text)
+        LockstepLog.setup(role: role, level: Logger.Level(rawValue: logLevel) ?? .info, format: LogFormat(rawValue: logFormat) ?? .text)
         var o = WorkerClient.Options(endpoint: endpoint)
-        o.threads = threads
         o.parentPid = parentPid
         o.pin = !noPin
-        for kv in debugNumerics {
-            let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
-            if p.count == 2 { o.numericsOverrides[p[0]] = p[1] }
-        }
-        o.cpuFlags = debugCpuFlags.map { Set($0.split(separator: " ").map(String.init)) }
-        o.blasThreads = debugBlasThreads
-        o.delayPerShard = debugDelay
-        o.poisonGradient = debugPoisonGradient
-        o.sharedMemory = !noSharedMemory
-        o.barrierSpin = barrierSpinMs / 1000
         o.joinKeyPath = joinKey
         o.dataRoot = dataRoot
         o.cacheMB = cacheMb
+        return o
+    }
+
+    /// The CURVE keys toward the coordinator, when given.
+    func curve() throws -> (keys: CurveKeypair, serverKey: String)? {
+        guard let curveKeys, let serverKey else { return nil }
+        return (try CurveKeypair.read(curveKeys), try CurveKeypair.publicKey(serverKey))
+    }
+
+    /// Runs the client until the coordinator says stop; exits with its code (re-executing
+    /// pinned to the coordinator's BLAS kernel when asked). `prepare` may throw a user error.
+    func work(_ options: WorkerClient.Options, prepare: (inout WorkerClient.Options) throws -> Void) -> Never {
+        var o = options
         do {
-            if let curveKeys, let serverKey {
-                o.curve = (try CurveKeypair.read(curveKeys), try CurveKeypair.publicKey(serverKey))
-            }
+            try prepare(&o)
             let client = try WorkerClient(o, log: { LockstepLog.line($0) })
             let id = String(client.incarnation, radix: 16)
             LockstepLog.context = { ["worker": "\(id)"] }
@@ -118,6 +145,67 @@ struct Join: ParsableCommand {
         } catch {
             LockstepLog.error(error)
             Foundation.exit(1)
+        }
+    }
+}
+
+struct Relay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Join a coordinator as one wide worker and pass its work on to the workers that join here: the level of the reduction tree between hosts.",
+        discussion: """
+        The coordinator gives a relay aligned blocks of shards (subtrees of the fixed reduction \
+        tree, the largest power of two up to --threads) as it does a worker of that many threads. \
+        The relay hands them out to its own workers (`worker join` this relay's address; they may \
+        take sub-blocks), adds what they send back in the subtree's own order, and sends one sum \
+        up per block: the coordinator takes in one gradient per relay block instead of one per \
+        shard, and the result has the bits of `coord start --local`. Relays nest (a relay may \
+        join a relay). Workers joining a loopback --bind read this relay's join key by themselves; \
+        beyond loopback use CURVE (--allow, with --listen-keys or --curve-keys as this relay's \
+        server keypair: workers join with --server-key RELAY.pub) or --insecure. A relay keeps the sequences the \
+        coordinator sends it, to pass on to workers without a copy of the data (--data-root \
+        lets it read its own copy instead). \
+        Exit codes: 0 stopped by the coordinator, 2 refused, 1 error.
+        """)
+
+    @OptionGroup var up: Upstream
+    @Option(help: "Where this relay's workers join: tcp://HOST:PORT (tcp://127.0.0.1:0 picks a free port; the address is logged as 'relay listening on').")
+    var bind: String
+    @Option(help: "Shards this relay's workers compute at once, in all (the sum of their --threads): the coordinator gives it blocks of the largest power of two up to this. The bits do not depend on it.")
+    var threads = 16
+    @Option(help: "CURVE below: allow-list of the public keys of the workers that may join this relay (one 40-character Z85 key per line). Needs --listen-keys or --curve-keys.")
+    var allow: String?
+    @Option(help: "CURVE below: this relay's server keypair (from `worker keygen`; its workers join with --server-key of its .pub). Default: --curve-keys, the keypair it shows the coordinator.")
+    var listenKeys: String?
+    @Flag(help: "Accept workers at a --bind beyond loopback without authentication (a network you trust); a loopback --bind then takes no join key either.")
+    var insecure = false
+    @Option(help: "The most workers that may join this relay.")
+    var maxWorkers = 256
+
+    func validate() throws {
+        if !(2...CoordinatorCore.maxThreads).contains(threads) { throw ValidationError("--threads must be in 2...\(CoordinatorCore.maxThreads): a relay of one shard at once sums nothing") }
+        if let why = RouterShell.bindProblem(bind) { throw ValidationError(why) }
+        if JoinKey.loopback(bind) == nil && !insecure && allow == nil {
+            throw ValidationError("binding \(bind) exposes the relay beyond this machine without authentication. HINT: use CURVE (--curve-keys with --allow), bind tcp://127.0.0.1:PORT, or pass --insecure on a network you trust")
+        }
+        if allow != nil && (listenKeys ?? up.curveKeys) == nil {
+            throw ValidationError("--allow needs this relay's server keypair. HINT: --listen-keys relay.key (from `worker keygen --out relay`), or --curve-keys")
+        }
+        if listenKeys != nil && allow == nil { throw ValidationError("--listen-keys needs --allow: the workers' public keys this relay admits") }
+        if !(1...4096).contains(maxWorkers) { throw ValidationError("--max-workers must be in 1...4096") }
+    }
+
+    func run() throws {
+        var o = up.options(role: "relay")
+        o.threads = threads
+        var r = RelayServer.Options(bind: bind)
+        r.authenticate = !insecure
+        r.maxWorkers = maxWorkers
+        up.work(o) { o in
+            o.curve = try up.curve()
+            if let allow, let keys = listenKeys ?? up.curveKeys {
+                r.curve = (try CurveKeypair.read(keys), try CurveKeypair.allowList(allow))
+            }
+            o.relay = r
         }
     }
 }

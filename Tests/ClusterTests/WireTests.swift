@@ -22,6 +22,8 @@ final class WireTests: XCTestCase {
          .work(Work(step: 4, shard: 3, sequenceIds: [9], weights: nil, weightsShared: true, sequences: examples)),
          .work(Work(step: (1 << 40) + 4, shard: 0, sequenceIds: [9], weights: nil, weightsShared: true, sequences: [], evaluate: true, weightsStep: 4)),
          .work(Work(step: 7, shard: 1, sequenceIds: [3, 8], weights: nil, sequences: [], prefetchIds: [4, 11, 1 << 33])),
+         .work(Work(step: 7, shard: 5, sequenceIds: [3], weights: nil, sequences: [], block: 4..<6, shardCount: 7)),
+         .welcome(Welcome(runId: 4, model: ModelConfig(inputSize: 2, hidden: 4, layers: 1, classes: 3), seed: 1, dataHash: "ab", dataCount: 1 << 33)),
          .result(ShardResult(step: (1 << 40) + 4, shard: 0, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0), computeSeconds: 0.5,
                              counts: [2, 0, 2, 4, 1])),
          .result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]))),
@@ -51,13 +53,20 @@ final class WireTests: XCTestCase {
         let at = slow[0].count - 9  // the compute time, before the gradient's carriage byte
         var nanTime = slow; nanTime[0].replaceSubrange(at..<(at + 8), with: withUnsafeBytes(of: Double.nan.bitPattern.littleEndian, Array.init))
         var badCarriage = Message.work(Work(step: 1, shard: 0, sequenceIds: [1], weights: nil, sequences: [])).encode()
-        // The carriage byte comes before the evaluate flag, the weights' step, the block and the read-ahead count.
-        badCarriage[0][badCarriage[0].count - 26] = 3
-        var badEvaluate = badCarriage; badEvaluate[0][badEvaluate[0].count - 26] = 0; badEvaluate[0][badEvaluate[0].count - 25] = 7
-        var badHints = badEvaluate; badHints[0][badHints[0].count - 25] = 0
-        // Shard 0 said to be in the block of 2 that starts at shard 1 (start, span, then no read-ahead).
-        var badBlock = badHints
-        badBlock[0].replaceSubrange((badBlock[0].count - 16)..., with: [1, 0, 0, 0, 0, 0, 0, 0] + [2, 0, 0, 0] + [0, 0, 0, 0])
+        // The carriage byte comes before the evaluate flag, the weights' step, the block, the
+        // round's shard count and the read-ahead count.
+        badCarriage[0][badCarriage[0].count - 30] = 3
+        var badEvaluate = badCarriage; badEvaluate[0][badEvaluate[0].count - 30] = 0; badEvaluate[0][badEvaluate[0].count - 29] = 7
+        var badHints = badEvaluate; badHints[0][badHints[0].count - 29] = 0
+        // Shard 0 said to be in the block of 2 that starts at shard 1 (start, span, shard count, then no read-ahead).
+        func block(_ start: UInt8, _ span: UInt8, of count: UInt8) -> [[UInt8]] {
+            var b = badHints
+            b[0].replaceSubrange((b[0].count - 20)..., with: [start, 0, 0, 0, 0, 0, 0, 0] + [span, 0, 0, 0] + [count, 0, 0, 0] + [0, 0, 0, 0])
+            return b
+        }
+        let badBlock = block(1, 2, of: 4)
+        // Shards 0..<3 of a round of 4 are not a node of its tree; nor is a block wider than the round.
+        let notSubtree = block(0, 3, of: 4), pastRound = block(0, 2, of: 1)
         badHints[0].replaceSubrange((badHints[0].count - 4)..., with: [0xFF, 0xFF, 0xFF, 0x7F])
         var badGradient = slow; badGradient[0][badGradient[0].count - 1] = 3
         var noSpan = slow; noSpan[0].replaceSubrange((at - 4)..<at, with: [0, 0, 0, 0])  // the span, before the compute time
@@ -72,6 +81,8 @@ final class WireTests: XCTestCase {
             ("frames", good + [[], [], []], "frames"), ("carriage", badCarriage, "weights carriage 3"), ("evaluate", badEvaluate, "evaluate flag 7"),
             ("read-ahead", badHints, "2147483647 sequences to read ahead"),
             ("block", badBlock, "work for shard 0 in a block of 2 from 1"),
+            ("not a subtree", notSubtree, "shards 0..<3 of a round of 4: not a block of its tree"),
+            ("past the round", pastRound, "shards 0..<2 of a round of 1: not a block"),
             ("gradient carriage", badGradient, "gradient carriage 3"), ("span", noSpan, "result over 0 shards"),
             ("counts", badCounts, "validation counts frame of 16 bytes"), ("missing frame", [good[0]], "frames"),
         ]
