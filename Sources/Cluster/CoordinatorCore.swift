@@ -1,3 +1,4 @@
+import BiLSTM
 import Foundation
 import Numerics
 import Training
@@ -177,6 +178,13 @@ public struct CoordinatorCore {
             shards[s].bound = bound
         }
         return assign(now: now)
+    }
+
+    /// The work message for shard `shard` of the current round (a `.sendWork`'s), with the
+    /// sequences the worker lacks and its read-ahead hints.
+    public func work(shard: Int, block: Range<Int>?, sequences: [Example], prefetchIds: [Int]) -> Work {
+        Work(step: step ?? 0, shard: shard, sequenceIds: shards[shard].sequenceIds, weights: nil, sequences: sequences, evaluate: evaluating,
+             weightsStep: roundWeightsStep, prefetchIds: prefetchIds, block: block, shardCount: shards.count)
     }
 
     /// Whether shards `block` may go (or come back) as one block: each is offered and the block

@@ -285,17 +285,14 @@ public final class CoordinatorServer {
         for d in directives {
             switch d {
             case .send(let peer, let m):
-                router.send([peer.id] + m.encode())
+                router.send(m, to: peer)
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh, let block):
-                let ids = core.shards[shard].sequenceIds
-                let work = Work(step: step, shard: shard, sequenceIds: ids, weights: nil, sequences: try fresh.map { try trainer.example(id: $0) },
-                                evaluate: core.evaluating, weightsStep: core.roundWeightsStep, prefetchIds: readAhead(for: peer, step: step, shard: shard),
-                                block: block, shardCount: core.shards.count)
+                let work = core.work(shard: shard, block: block, sequences: try fresh.map { try trainer.example(id: $0) },
+                                     prefetchIds: readAhead(for: peer, step: step, shard: shard))
                 let local = sendsSharedWeights(to: peer)
                 let carriage: Message.WeightsCarriage = !withWeights ? .none : local ? .shared : .frame
-                let (header, sequences) = Message.encodeWork(work, weights: carriage)
-                // Sent without a copy: the trainer writes each step's weights to a fresh buffer.
-                router.sendWork(to: peer, header: header, weights: carriage == .frame ? trainer.params : nil, sequences: sequences)
+                // The trainer writes each step's weights to a fresh buffer.
+                router.send(work, to: peer, carriage: carriage, weights: trainer.params)
             case .log(let s): log(s)
             case .stepComplete: stepDone = true
             case .fatal(let s): throw LockstepError("run stopped at step \(trainer.step + 1): \(s)")

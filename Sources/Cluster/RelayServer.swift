@@ -121,7 +121,7 @@ public final class RelayServer {
         for d in directives {
             switch d {
             case .send(let peer, let m):
-                router.send([peer.id] + m.encode())
+                router.send(m, to: peer)
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh, let block):
                 guard let core else { return }
                 let down = core.down
@@ -136,11 +136,8 @@ public final class RelayServer {
                     }
                 }
                 let reads = down.workers.contains { $0.peer == peer && $0.readsData }
-                let work = Work(step: step, shard: shard, sequenceIds: down.shards[shard].sequenceIds, weights: nil, sequences: sequences,
-                                evaluate: down.evaluating, weightsStep: down.roundWeightsStep, prefetchIds: reads ? hints[shard] ?? [] : [],
-                                block: block, shardCount: down.shards.count)
-                let (header, body) = Message.encodeWork(work, weights: withWeights ? .frame : .none)
-                router.sendWork(to: peer, header: header, weights: withWeights ? weights : nil, sequences: body)
+                let work = down.work(shard: shard, block: block, sequences: sequences, prefetchIds: reads ? hints[shard] ?? [] : [])
+                router.send(work, to: peer, carriage: withWeights ? .frame : .none, weights: weights)
             case .log(let s): log(s)
             case .stepComplete: break
             case .fatal(let s):

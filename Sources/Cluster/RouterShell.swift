@@ -155,13 +155,19 @@ public final class RouterShell {
         if socket.send(frames, dontWait: true) { bytesSent += frames.reduce(0) { $0 + $1.count } }
     }
 
-    /// Work to `peer`: its header, the weights (without a copy) when given, and its sequences.
-    func sendWork(to peer: Peer, header: [UInt8], weights: FloatBuffer?, sequences: [UInt8]) {
+    /// `m` to `peer`.
+    func send(_ m: Message, to peer: Peer) { send([peer.id] + m.encode()) }
+
+    /// `work` to `peer`, its weights carried as `carriage` says: a frame of `weights`, sent
+    /// without a copy (the step's buffer is never written again), or none, or shared memory.
+    func send(_ work: Work, to peer: Peer, carriage: Message.WeightsCarriage, weights: FloatBuffer) {
+        let (header, sequences) = Message.encodeWork(work, weights: carriage)
+        let frame = carriage == .frame ? weights : nil
         var parts: [ZMQSocket.Part] = [.bytes(peer.id), .bytes(header)]
-        if let weights { parts.append(.floats(weights)) }
+        if let frame { parts.append(.floats(frame)) }
         parts.append(.bytes(sequences))
         if socket.send(parts: parts, dontWait: true) {
-            bytesSent += peer.id.count + header.count + sequences.count + (weights?.count ?? 0) * 4
+            bytesSent += peer.id.count + header.count + sequences.count + (frame?.count ?? 0) * 4
         }
     }
 
@@ -176,7 +182,7 @@ public final class RouterShell {
     /// not read yet. So: linger, and drain the socket for a moment.
     func sendStops(_ stops: [Directive]) {
         socket.setInt(ZMQ_LINGER, RouterShell.stopLingerMilliseconds)
-        for case .send(let peer, let m) in stops { send([peer.id] + m.encode()) }
+        for case .send(let peer, let m) in stops { send(m, to: peer) }
         guard !stops.isEmpty else { return }
         let until = monotonicSeconds() + RouterShell.stopGraceSeconds
         while case let left = until - monotonicSeconds(), left > 0 {
