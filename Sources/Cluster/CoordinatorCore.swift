@@ -141,6 +141,25 @@ public struct CoordinatorCore {
         return b
     }
 
+    /// Shards worker `w` may hold at once: `inFlight` more than it computes at once (a second
+    /// block waits until it has room: a queued block would starve narrower workers).
+    func capacity(_ w: Int) -> Int { max(inFlight, 1) + workers[w].threads - 1 }
+
+    /// The lowest free aligned block of `width` shards (a subtree, at least 2, within its
+    /// shards' bounds), or else of the widest width below that is free.
+    func freeBlock(upTo width: Int) -> Range<Int>? {
+        var b = width
+        while b >= 2 {
+            for a in stride(from: 0, to: shards.count, by: b) {
+                let block = a ..< min(a + b, shards.count)
+                if block.count >= 2 && TreeSum.isSubtree(block.lowerBound, block.upperBound, of: shards.count)
+                    && block.allSatisfy({ shards[$0].free }) && fits(block) { return block }
+            }
+            b /= 2
+        }
+        return nil
+    }
+
     public var stragglerAfter: Double {
         guard !recentShardSeconds.isEmpty else { return Timing.stragglerMinimum * 4 }
         let typical = recentShardSeconds.sorted()[recentShardSeconds.count / 2]
@@ -369,23 +388,25 @@ public struct CoordinatorCore {
         guard started, let step else { return [] }
         var out: [Directive] = []
         let deepest = max(inFlight, 1) + (workers.map(\.threads).max() ?? 1) - 1
-        // An idle worker that computes several shards at once takes the lowest free aligned
-        // block of its width, or else of the widest width that is free.
-        for w in workers.indices where workers[w].assigned.isEmpty && blockSize(w) > 1 {
-            var b = blockSize(w), found: Range<Int>? = nil
-            while b >= 2 && found == nil {
-                for a in stride(from: 0, to: shards.count, by: b) {
-                    let block = a ..< min(a + b, shards.count)
-                    if block.count >= 2 && TreeSum.isSubtree(block.lowerBound, block.upperBound, of: shards.count)
-                        && block.allSatisfy({ shards[$0].free }) && fits(block) { found = block; break }
-                }
-                b /= 2
+        // A worker that computes several shards at once takes whole aligned blocks, one per
+        // worker per pass, while it has room for one: of its width, or else the widest free.
+        var gave = true
+        while gave {
+            gave = false
+            for w in workers.indices where blockSize(w) > 1 {
+                var width = blockSize(w)
+                while width > capacity(w) - workers[w].assigned.count { width /= 2 }
+                guard width >= 2, let block = freeBlock(upTo: width) else { continue }
+                for s in block { out.append(give(s, to: w, now: now, straggler: false, block: block)) }
+                gave = true
             }
-            guard let block = found else { continue }
-            for s in block { out.append(give(s, to: w, now: now, straggler: false, block: block)) }
         }
+        // It takes single shards only when no block is left for it to take once it has room.
+        let widest = workers.indices.map { blockSize($0) }.max() ?? 1
+        let blockLeft = widest > 1 && freeBlock(upTo: widest) != nil
         for depth in 1...deepest {
-            for w in workers.indices where workers[w].assigned.count < depth && depth <= max(inFlight, 1) + workers[w].threads - 1 {
+            for w in workers.indices where workers[w].assigned.count < depth && depth <= capacity(w)
+                && !(blockLeft && blockSize(w) > 1) {
                 var pick = shards.indices.first { shards[$0].free }
                 var straggler = false
                 if pick == nil && workers[w].assigned.isEmpty {

@@ -68,6 +68,29 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertFalse(works(again).isEmpty, "the block's other shards went back to the queue")
     }
 
+    /// A worker given blocks (a wide host, or a relay) takes a block when it has room for one
+    /// and no single shards while a block is left for it: alone with 8 shards, a 4-thread worker
+    /// answers a step with two sums, not one sum and four singles.
+    func testAWideWorkerWaitsForABlockRatherThanTakingSingles() {
+        var k = core(min: 1, inFlight: 2)
+        _ = k.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: 4, pid: 1)), from: a, now: 0)
+        let first = k.beginStep(1, shards: (0..<8).map { [$0] }, now: 0)
+        let given = first.compactMap { if case let .sendWork(_, _, s, _, _, block) = $0 { return (s, block) } else { return nil } }
+        XCTAssertEqual(given.map(\.0), [0, 1, 2, 3], "room for one more shard, but a block is left: no single")
+        let sum = { (start: Int) in ShardResult(step: 1, shard: start, lossSum: 4, frames: 12, grad: FloatBuffer([4, 4]), span: 4) }
+        let next = k.onMessage(.result(sum(0)), from: a, now: 1)
+        let second = next.compactMap { if case let .sendWork(_, _, s, _, _, block) = $0 { return (s, block) } else { return nil } }
+        XCTAssertEqual(second.map(\.0), [4, 5, 6, 7])
+        XCTAssertTrue(second.allSatisfy { $0.1 == 4..<8 })
+        XCTAssertTrue(k.onMessage(.result(sum(4)), from: a, now: 2).contains(.stepComplete))
+        XCTAssertEqual(k.results.map(\.span), [4, 4])
+        // A narrow worker still takes single shards, from a block no wide worker has taken.
+        _ = k.onMessage(hello(pid: 2), from: b, now: 3)
+        let both = k.beginStep(2, shards: (0..<6).map { [$0] }, now: 3).compactMap { if case let .sendWork(p, _, s, _, _, _) = $0 { return (p, s) } else { return nil } }
+        XCTAssertEqual(both.filter { $0.0 == a }.map(\.1), [0, 1, 2, 3])
+        XCTAssertEqual(both.filter { $0.0 == b }.map(\.1), [4, 5])
+    }
+
     func testHelloIsWelcomedAndMismatchedNumericsAreRefusedWithTheFix() {
         var k = core()
         let ok = k.onMessage(hello(), from: a, now: 0)
