@@ -299,6 +299,10 @@ public struct CoordinatorCore {
             return [.log("result for step \(r.step) shard \(r.shard) from \(name): already summed in the block from shard \(block); dropped")] + assign(now: now)
         }
         if let first = shards[r.shard].result {
+            if first.span != r.span {
+                // A straggler's copy of a block's first shard: the block's sum already holds it.
+                return [.log("result for step \(r.step) shard \(r.shard) from \(name): already summed in the block from shard \(r.shard); dropped")] + assign(now: now)
+            }
             if first.sameBits(as: r) {
                 return [.log("duplicate result for step \(r.step) shard \(r.shard) from \(name) matches \(shards[r.shard].resultFrom ?? "?") bit for bit")] + assign(now: now)
             }

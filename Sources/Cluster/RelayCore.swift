@@ -26,9 +26,17 @@ public struct RelayCore {
     /// and not yet answered (by first shard), the answers sent (sent again if asked again),
     /// and the shards of blocks still arriving (a block is offered whole, so it can go whole).
     public private(set) var step: Int? = nil
-    var items: [Int: Range<Int>] = [:]
+    var items: [Int: Item] = [:]
     var answered: [Int: ShardResult] = [:]
     var arriving: [Int: [(shard: Int, sequenceIds: [Int])]] = [:]
+    /// Rounds restarted because the coordinator asked for shards in another shape.
+    public private(set) var restarts = 0
+
+    /// A block or lone shard the coordinator gave, with its shards' sequences.
+    struct Item {
+        let range: Range<Int>
+        let parts: [(shard: Int, sequenceIds: [Int])]
+    }
 
     public init(numerics: NumericsIdentity, welcome: Welcome, maxWorkers: Int) {
         var w = welcome
@@ -56,18 +64,33 @@ public struct RelayCore {
             out.up.append(done)  // asked again (its answer was lost, or this relay said hello again)
             return out
         }
-        if items[block.lowerBound] != nil || down.shards[w.shard].offered { return out }
-        if block.count == 1 {
-            items[w.shard] = block
-            out.down += down.offer([(w.shard, w.sequenceIds)], bound: block, now: now)
-            return out
-        }
+        if items[block.lowerBound]?.range == block { return out }  // in progress
         var parts = arriving[block.lowerBound, default: []]
         if !parts.contains(where: { $0.shard == w.shard }) { parts.append((w.shard, w.sequenceIds)) }
         if parts.count < block.count { arriving[block.lowerBound] = parts; return out }
         arriving[block.lowerBound] = nil
-        items[block.lowerBound] = block
-        out.down += down.offer(parts, bound: block, now: now)
+        // The coordinator gives only shards no one holds: earlier requests over these shards
+        // (a block it dropped because a straggler's copy answered one of its shards alone, or
+        // their answer in another shape) are void. The relay's workers may have summed them in
+        // blocks that cannot be split, so the round restarts with what is still asked.
+        let void = items.filter { $0.value.range.overlaps(block) }.map(\.key)
+            + answered.filter { ($0.key ..< $0.key + $0.value.span).overlaps(block) }.map(\.key)
+        let restarting = !void.isEmpty || block.contains(where: { down.shards[$0].offered })
+        for k in void { items[k] = nil; answered[k] = nil }
+        items[block.lowerBound] = Item(range: block, parts: parts)
+        out.down += restarting ? restart(now: now) : down.offer(parts, bound: block, now: now)
+        return out
+    }
+
+    /// Starts the round over with the requests still pending (their shards computed again).
+    mutating func restart(now: Double) -> [Directive] {
+        restarts += 1
+        var out = down.beginStep(step!, shards: Array(repeating: [], count: down.shards.count), now: now, evaluate: down.evaluating,
+                                 weightsStep: down.roundWeightsStep, offered: false)
+        out.append(.log("step \(step!): the coordinator asked again for shards in another shape; this relay's round starts over with its \(items.count) pending request(s)"))
+        for item in items.values.sorted(by: { $0.range.lowerBound < $1.range.lowerBound }) {
+            out += down.offer(item.parts, bound: item.range, now: now)
+        }
         return out
     }
 
@@ -84,7 +107,8 @@ public struct RelayCore {
     /// The answers now complete: each given block or lone shard all of whose shards are in.
     mutating func collect(_ directives: [Directive]) -> Output {
         var out = Output(down: directives.filter { $0 != .stepComplete })
-        for (start, block) in items.sorted(by: { $0.key < $1.key }) where block.allSatisfy({ down.shards[$0].done }) {
+        for (start, item) in items.sorted(by: { $0.key < $1.key }) where item.range.allSatisfy({ down.shards[$0].done }) {
+            let block = item.range
             let parts = block.compactMap { down.shards[$0].result }
             items[start] = nil
             let answer: ShardResult

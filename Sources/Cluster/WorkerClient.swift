@@ -438,7 +438,8 @@ public final class WorkerClient {
                 }
             }
             if work.step != blockStep { blockOf = [:]; blockParts = [:]; blockStep = work.step }
-            if work.blockSpan > 1 { blockOf[work.shard] = work.block }
+            // A shard given again in another shape (its block was dropped) is summed in the new one.
+            blockOf[work.shard] = work.blockSpan > 1 ? work.block : nil
             for e in work.sequences { cache[e.id] = e }
             var examples: [Example] = []
             examples.reserveCapacity(work.sequenceIds.count)

@@ -52,6 +52,10 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(k.shards.map(\.done), [true, true, true, true, false, false])
         XCTAssertEqual(works(next).map(\.1), [5], "no free aligned block left: a single shard")
         XCTAssertTrue(k.onMessage(result(1, 2), from: b, now: 1).contains { if case .log(let l) = $0 { return l.contains("already summed in the block from shard 0") } else { return false } })
+        // The block's first shard too (a straggler's copy): dropped, not taken for other bits.
+        let first = k.onMessage(result(1, 0), from: b, now: 1)
+        XCTAssertTrue(first.contains { if case .log(let l) = $0 { return l.contains("already summed in the block from shard 0") } else { return false } }, "\(first)")
+        XCTAssertFalse(first.contains { if case .fatal = $0 { return true } else { return false } })
         _ = k.onMessage(result(1, 4), from: a, now: 2)
         XCTAssertTrue(k.onMessage(result(1, 5), from: b, now: 2).contains(.stepComplete))
         XCTAssertEqual(k.results.map(\.span), [4, 1, 1])

@@ -188,6 +188,45 @@ final class RelayCoreTests: XCTestCase {
         XCTAssertEqual(fresh.down.count, 1)
     }
 
+    /// The coordinator drops a relay's block when a straggler's copy answered one of its shards
+    /// alone, and may then ask the relay for the block's other shards in another shape: the
+    /// relay starts its round over (its workers summed sub-blocks that cannot be split) and
+    /// answers each request with the right bits; a pending request elsewhere is answered too.
+    func testAShardAskedAgainInAnotherShapeIsAnsweredAfterARestart() {
+        var relay = RelayCore(numerics: CoordinatorCoreTests.numerics, welcome: welcome, maxWorkers: 4)
+        let w = Peer([9])
+        _ = relay.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: 2, pid: 9)), from: w, now: 0)
+        func work(_ s: Int, block: Range<Int>? = nil) -> Work {
+            Work(step: 5, shard: s, sequenceIds: [s], weights: nil, sequences: [], block: block, shardCount: 8)
+        }
+        func given(_ out: RelayCore.Output) -> [(Int, Range<Int>?)] {
+            out.down.compactMap { if case let .sendWork(_, _, s, _, _, block) = $0 { return (s, block) } else { return nil } }
+        }
+        let g = { (s: Int) in RelayCoreTests.gradient(step: 5, shard: s) }
+        func answer(_ block: Range<Int>) -> RelayCore.Output {
+            let grad = block.count == 1 ? g(block.lowerBound) : TreeSum.reduceInPlace(block.map { g($0).clone() })
+            return relay.onMessage(.result(ShardResult(step: 5, shard: block.lowerBound, lossSum: 1, frames: block.count, grad: grad, span: block.count)),
+                                   from: w, now: 1)
+        }
+        for s in 0..<4 { _ = relay.onWork(work(s, block: 0..<4), now: 0) }
+        XCTAssertEqual(given(answer(0..<2)).map(\.1), [2..<4, 2..<4], "the second sub-block once the first is in")
+        let up = answer(2..<4).up
+        XCTAssertEqual(up.map(\.span), [4])
+        // Dropped above; shard 1 asked alone, and shard 6 given before it is still pending.
+        XCTAssertEqual(given(relay.onWork(work(6), now: 2)).map(\.0), [6])
+        let again = relay.onWork(work(1), now: 2)
+        XCTAssertEqual(relay.restarts, 1)
+        XCTAssertEqual(Set(given(again).map(\.0)), [1, 6], "both pending requests are given out again")
+        XCTAssertTrue(given(again).allSatisfy { $0.1 == nil })
+        XCTAssertEqual(answer(1..<2).up.map(\.shard), [1])
+        let six = answer(6..<7).up
+        XCTAssertEqual(six.map(\.shard), [6])
+        XCTAssertEqual(RelayCoreTests.differing(six[0].grad, g(6)), 0)
+        // The old block's answer is void: asked again for it, the relay computes it again.
+        for s in 0..<4 { _ = relay.onWork(work(s, block: 0..<4), now: 3) }
+        XCTAssertEqual(relay.restarts, 2)
+    }
+
     /// A worker behind a relay that dies: its shards go to the relay's other worker, and the
     /// sum is still the tree's.
     func testAWorkerDyingBehindARelayChangesNoBit() {
