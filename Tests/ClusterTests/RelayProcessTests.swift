@@ -97,6 +97,29 @@ final class RelayProcessTests: XCTestCase {
         XCTAssertTrue(h.text(h.log("chaos")).contains("closed its connection: released at once"), h.text(h.log("chaos")))
     }
 
+    /// The coordinator killed with `kill -9` and started again with `--resume` on its address:
+    /// the relay reconnects by itself (with the new run's join key), keeps its workers, and the
+    /// run ends at the `--local` hash.
+    func testACoordinatorKilledAndResumedGetsItsRelayBack() throws {
+        let steps = 12
+        let reference = try local(steps)
+        let opts = options(steps: steps) + ["--checkpoint-every", "2"]
+        let dir = h.dir + "/resumed"
+        let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--checkpoint-dir", dir] + opts, name: "first")
+        let ep = try XCTUnwrap(h.endpoint("first"))
+        let (r, rep) = try relay("r", to: ep, threads: 4)
+        let ws = try (0..<2).map { try h.start("worker", ["join", rep, "--threads", "2", "--debug-delay", "0.1"], name: "w\($0)") }
+        h.until(60) { self.h.metricsLines(dir).count >= 5 }
+        h.kill9(c)
+        let again = try h.start("coord", ["start", "--checkpoint-dir", dir, "--resume", "--bind", ep] + opts, name: "second")
+        XCTAssertEqual(h.wait(again, timeout: 120), 0, h.text(h.log("second")))
+        XCTAssertEqual(h.hash("second"), reference, h.text(h.log("second")) + h.text(h.log("r")))
+        XCTAssertEqual(h.wait(r, timeout: 30), 0, h.text(h.log("r")))
+        for w in ws { XCTAssertEqual(h.wait(w, timeout: 30), 0) }
+        XCTAssertTrue(h.text(h.log("r")).contains("join key has changed"), h.text(h.log("r")))
+        XCTAssertEqual(h.metricsLines(dir).filter { $0.contains("\"loss\"") }.count, steps, "each step once")
+    }
+
     /// CURVE below a relay: only a worker whose key is on the relay's allow-list joins it (one
     /// with its own unlisted key, and one with none, exit 2 with the reason and never get the
     /// model); the coordinator above admits the relay by the run's join key; the result is `--local`'s.
