@@ -29,6 +29,24 @@ final class RelayCoreTests: XCTestCase {
         a.count != b.count ? max(a.count, b.count) : zip(a.array, b.array).filter { $0.bitPattern != $1.bitPattern }.count
     }
 
+    /// A relay of step 5 (8 shards) with one worker of `threads` joined as peer 9.
+    func relayWithOneWorker(threads: Int) -> (RelayCore, Peer) {
+        var relay = RelayCore(numerics: CoordinatorCoreTests.numerics, welcome: welcome, maxWorkers: 4)
+        let w = Peer([9])
+        _ = relay.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: threads, pid: 9)), from: w, now: 0)
+        return (relay, w)
+    }
+
+    /// Step 5's shard `s` (of 8) from the coordinator, alone or in `block`.
+    func work(_ s: Int, block: Range<Int>? = nil) -> Work {
+        Work(step: 5, shard: s, sequenceIds: [s], weights: nil, sequences: [], block: block, shardCount: 8)
+    }
+
+    /// The shards (and blocks) a relay gave its workers.
+    func given(_ out: RelayCore.Output) -> [(Int, Range<Int>?)] {
+        out.down.compactMap { if case let .sendWork(_, _, s, _, _, block) = $0 { return (s, block) } else { return nil } }
+    }
+
     /// One process of the tree: a relay (its core) or a worker of `threads`, with its parent.
     final class Node {
         let name: String
@@ -154,25 +172,17 @@ final class RelayCoreTests: XCTestCase {
     /// A relay's lone shards are never handed out as one block (each is answered alone above);
     /// its block goes whole to a worker wide enough; work asked again is answered again.
     func testLoneShardsStayAloneAndARepeatIsAnsweredAgain() {
-        var relay = RelayCore(numerics: CoordinatorCoreTests.numerics, welcome: welcome, maxWorkers: 4)
-        let w = Peer([9])
-        _ = relay.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: 4, pid: 9)), from: w, now: 0)
-        func work(_ s: Int, block: Range<Int>? = nil) -> Work {
-            Work(step: 5, shard: s, sequenceIds: [s], weights: nil, sequences: [], block: block, shardCount: 8)
-        }
-        let a = relay.onWork(work(4), now: 1), b = relay.onWork(work(5), now: 1)
-        let given = (a.down + b.down).compactMap { if case let .sendWork(_, _, s, _, _, block) = $0 { return (s, block) } else { return nil } }
-        XCTAssertEqual(given.map(\.0), [4, 5])
-        XCTAssertTrue(given.allSatisfy { $0.1 == nil }, "two lone shards are not one block: \(given)")
+        var (relay, w) = relayWithOneWorker(threads: 4)
+        let lone = given(relay.onWork(work(4), now: 1)) + given(relay.onWork(work(5), now: 1))
+        XCTAssertEqual(lone.map(\.0), [4, 5])
+        XCTAssertTrue(lone.allSatisfy { $0.1 == nil }, "two lone shards are not one block: \(lone)")
         let g = { (s: Int) in ShardResult(step: 5, shard: s, lossSum: 1, frames: 1, grad: RelayCoreTests.gradient(step: 5, shard: s)) }
         XCTAssertEqual(relay.onMessage(.result(g(4)), from: w, now: 2).up, [g(4)])
         XCTAssertEqual(relay.onMessage(.result(g(5)), from: w, now: 2).up, [g(5)])
         // A block of 2 arrives shard by shard: nothing goes out before the whole block is here,
         // then the idle 4-thread worker takes it whole.
         XCTAssertTrue(relay.onWork(work(0, block: 0..<2), now: 2).down.isEmpty)
-        let blocks = relay.onWork(work(1, block: 0..<2), now: 2).down.compactMap {
-            if case let .sendWork(_, _, s, _, _, block) = $0 { return (s, block) } else { return nil }
-        }
+        let blocks = given(relay.onWork(work(1, block: 0..<2), now: 2))
         XCTAssertEqual(blocks.map(\.0), [0, 1])
         XCTAssertTrue(blocks.allSatisfy { $0.1 == 0..<2 }, "\(blocks)")
         // A block result over a lone shard's bound is refused.
@@ -193,15 +203,7 @@ final class RelayCoreTests: XCTestCase {
     /// relay starts its round over (its workers summed sub-blocks that cannot be split) and
     /// answers each request with the right bits; a pending request elsewhere is answered too.
     func testAShardAskedAgainInAnotherShapeIsAnsweredAfterARestart() {
-        var relay = RelayCore(numerics: CoordinatorCoreTests.numerics, welcome: welcome, maxWorkers: 4)
-        let w = Peer([9])
-        _ = relay.onMessage(.hello(Hello(fingerprint: fp, blasCore: "Haswell", threads: 2, pid: 9)), from: w, now: 0)
-        func work(_ s: Int, block: Range<Int>? = nil) -> Work {
-            Work(step: 5, shard: s, sequenceIds: [s], weights: nil, sequences: [], block: block, shardCount: 8)
-        }
-        func given(_ out: RelayCore.Output) -> [(Int, Range<Int>?)] {
-            out.down.compactMap { if case let .sendWork(_, _, s, _, _, block) = $0 { return (s, block) } else { return nil } }
-        }
+        var (relay, w) = relayWithOneWorker(threads: 2)
         let g = { (s: Int) in RelayCoreTests.gradient(step: 5, shard: s) }
         func answer(_ block: Range<Int>) -> RelayCore.Output {
             let grad = block.count == 1 ? g(block.lowerBound) : TreeSum.reduceInPlace(block.map { g($0).clone() })
