@@ -209,7 +209,7 @@ public struct CoordinatorCore {
     /// Whether shards `block` may go (or come back) as one block: each is offered and the block
     /// stays within their bounds.
     func fits(_ block: Range<Int>) -> Bool {
-        block.allSatisfy { shards[$0].offered && (shards[$0].bound.map { $0.contains(block.lowerBound) && $0.upperBound >= block.upperBound } ?? true) }
+        block.allSatisfy { shards[$0].offered && (shards[$0].bound.map { $0.lowerBound <= block.lowerBound && block.upperBound <= $0.upperBound } ?? true) }
     }
 
     public mutating func onMessage(_ message: Message, from peer: Peer, now: Double) -> [Directive] {
@@ -392,6 +392,8 @@ public struct CoordinatorCore {
         guard started, let step else { return [] }
         var out: [Directive] = []
         let deepest = max(inFlight, 1) + (workers.map(\.threads).max() ?? 1) - 1
+        // Most calls come when every shard is already out: nothing to look for.
+        guard shards.contains(where: \.free) || workers.contains(where: { $0.assigned.isEmpty }) else { return [] }
         // A worker that computes several shards at once takes whole aligned blocks, one per
         // worker per pass, while it has room for one: of its width, or else the widest free.
         var gave = true

@@ -21,7 +21,7 @@ public final class RelayServer {
 
     let router: RouterShell
     let options: Options
-    var core: RelayCore?
+    var core: RelayCore
     var limits = WireLimits()
     let log: (String) -> Void
     /// The current round's weights, the step they are, and the sequences the coordinator sent
@@ -34,7 +34,7 @@ public final class RelayServer {
     /// This relay's own copy of the data, when it has one that is the run's.
     var store: PackedStore?
     /// Results taken from workers and sums sent up, for the stop line.
-    var resultsIn = 0, sumsUp = 0, bytesIn = 0
+    var resultsIn = 0, sumsUp = 0
 
     public var endpoint: String { router.endpoint }
     public var rejected: Int { router.rejected }
@@ -48,8 +48,11 @@ public final class RelayServer {
         self.store = store
         router = try RouterShell(context: context, bind: options.bind, maxMessageBytes: ParameterLayout(welcome.model).count * 4 + (1 << 16),
                                  curve: options.curve, authenticate: options.authenticate, bindWait: 0, log: log)
+        core = RelayCore(numerics: numerics, welcome: welcome, maxWorkers: options.maxWorkers)
+        limits.parameterCount = ParameterLayout(welcome.model).count
+        limits.inputSize = welcome.model.inputSize
         log("relay listening on \(router.endpoint); its workers join there")
-        onWelcome(welcome, numerics: numerics)
+        dropStore(unlessItHolds: welcome)
     }
 
     deinit { router.close() }
@@ -57,24 +60,28 @@ public final class RelayServer {
     /// The coordinator welcomed this relay: a new run (or model) starts a new core, whose
     /// workers say hello again when it does not know them.
     func onWelcome(_ w: Welcome, numerics: NumericsIdentity) {
+        let was = core.down.welcome
+        guard was.runId != w.runId || was.model != w.model || was.seed != w.seed else { return }
         limits.parameterCount = ParameterLayout(w.model).count
         limits.inputSize = w.model.inputSize
-        if core?.down.welcome.runId != w.runId || core?.down.welcome.model != w.model || core?.down.welcome.seed != w.seed {
-            core = RelayCore(numerics: numerics, welcome: w, maxWorkers: options.maxWorkers)
-            cache = [:]; weights = nil; weightsStep = nil
-            if let store, store.contentHash != w.dataHash { self.store = nil; log("this relay's data copy is not the run's: its workers are sent the sequences") }
-        }
+        core = RelayCore(numerics: numerics, welcome: w, maxWorkers: options.maxWorkers)
+        cache = [:]; weights = nil; weightsStep = nil
+        dropStore(unlessItHolds: w)
+    }
+
+    /// A data copy that is not this run's is never read.
+    func dropStore(unlessItHolds w: Welcome) {
+        guard let store, store.contentHash != w.dataHash else { return }
+        self.store = nil
+        log("this relay's data copy is not the run's: its workers are sent the sequences")
     }
 
     /// Work from the coordinator. Returns answers to send up at once (work asked again).
     func onWork(_ w: Work) throws -> [ShardResult] {
-        guard core != nil else { return [] }
         if let ws = w.weights { weights = ws; weightsStep = w.weightsStep }
         for e in w.sequences { cache[e.id] = e }
         if !w.prefetchIds.isEmpty { hints[w.shard] = w.prefetchIds }
-        let out = core!.onWork(w, now: monotonicSeconds())
-        try execute(out.down)
-        return out.up
+        return try apply(core.onWork(w, now: monotonicSeconds()))
     }
 
     /// Sockets to poll with the relay's upstream ones.
@@ -83,23 +90,21 @@ public final class RelayServer {
     /// Serves what `ready` (a poll of `sockets`) says waits, and the timers. Returns the sums
     /// to send up.
     func serve(_ ready: ArraySlice<Bool>) throws -> [ShardResult] {
-        guard core != nil else { return [] }
         var up: [ShardResult] = []
-        for peer in router.closedPeers() { up += try apply(self.core!.onDisconnect(peer, now: monotonicSeconds())) }
+        for peer in router.closedPeers() { up += try apply(core.onDisconnect(peer, now: monotonicSeconds())) }
         if router.ready(ready) {
             var drained = 0
             while drained < 1000, let (peer, message) = router.receive(limits: limits) {
                 drained += 1
-                guard var message else { continue }
+                guard let message else { continue }
                 if case .result(let r) = message {
                     if r.sharedGradient != nil { router.reject(peer, WireError("result in shared memory: a relay has none")); continue }
                     resultsIn += 1
-                    message = .result(r)
                 }
-                up += try apply(self.core!.onMessage(message, from: peer, now: monotonicSeconds()))
+                up += try apply(core.onMessage(message, from: peer, now: monotonicSeconds()))
             }
         }
-        up += try apply(self.core!.onTick(now: monotonicSeconds()))
+        up += try apply(core.onTick(now: monotonicSeconds()))
         sumsUp += up.count
         return up
     }
@@ -111,7 +116,7 @@ public final class RelayServer {
 
     /// Stops the workers below (the coordinator said stop) and gives the stops time to arrive.
     func stop() {
-        router.sendStops(core?.finish() ?? [])
+        router.sendStops(core.finish())
         log("relay: \(resultsIn) result(s) taken from its workers, \(sumsUp) sum(s) sent up; \(router.bytesReceived) bytes in, \(router.bytesSent) bytes out"
             + (router.rejected > 0 ? "; \(router.rejected) malformed message(s) rejected" : ""))
         router.close()
@@ -123,7 +128,6 @@ public final class RelayServer {
             case .send(let peer, let m):
                 router.send(m, to: peer)
             case .sendWork(let peer, let step, let shard, let withWeights, let fresh, let block):
-                guard let core else { return }
                 let down = core.down
                 guard let weights, weightsStep == down.roundWeightsStep else {
                     log("no weights for step \(down.roundWeightsStep ?? -1) to send with shard \(shard): its worker will time out and the shard go to another")

@@ -376,19 +376,7 @@ public final class WorkerClient {
         case .welcome(let w):
             if BLAS.mode != w.numerics { log("computing with the run's numerics: \(w.numerics.rawValue)") }
             BLAS.mode = w.numerics
-            if let r = options.relay {
-                welcome = w
-                limits.parameterCount = ParameterLayout(w.model).count
-                limits.inputSize = w.model.inputSize
-                backoff = Timing.reconnectInitial
-                log("relaying run \(String(w.runId, radix: 16)): \(w.model.arch.rawValue) H=\(w.model.hidden) layers=\(w.model.layers)")
-                let numerics = NumericsIdentity(encoded: hello.fingerprint)
-                if let relay { relay.onWelcome(w, numerics: numerics) } else {
-                    relay = try RelayServer(r, context: context, welcome: w, numerics: numerics, store: store, log: log)
-                }
-                return nil
-            }
-            if welcome?.model != w.model || welcome?.seed != w.seed {
+            if options.relay == nil && (welcome?.model != w.model || welcome?.seed != w.seed) {
                 computers = ShardComputerPool(model: w.model, seed: w.seed, count: options.threads)
                 cache = [:]
             }
@@ -399,8 +387,17 @@ public final class WorkerClient {
             limits.parameterCount = ParameterLayout(w.model).count
             limits.inputSize = w.model.inputSize
             backoff = Timing.reconnectInitial
-            log("joined run \(String(w.runId, radix: 16)): \(w.model.arch.rawValue) H=\(w.model.hidden) layers=\(w.model.layers)")
-            openShared(w)
+            let run = "run \(String(w.runId, radix: 16)): \(w.model.arch.rawValue) H=\(w.model.hidden) layers=\(w.model.layers)"
+            guard let r = options.relay else {
+                log("joined " + run)
+                openShared(w)
+                return nil
+            }
+            log("relaying " + run)
+            let numerics = NumericsIdentity(encoded: hello.fingerprint)
+            if let relay { relay.onWelcome(w, numerics: numerics) } else {
+                relay = try RelayServer(r, context: context, welcome: w, numerics: numerics, store: store, log: log)
+            }
         case .refuse(let reason, let numerics):
             if !numerics.isEmpty, let kernel = pinnable(NumericsIdentity(encoded: numerics)) {
                 log("the coordinator computes with OpenBLAS's \(kernel) kernel, this worker with \(BLAS.coreName): "
