@@ -1,6 +1,8 @@
 import BiLSTM
-import Foundation
 import CZlib
+import FileIO
+import Formats
+import Foundation
 import Numerics
 
 /// A checkpoint: weights under the seed's PyTorch names, optimizer state under

@@ -1,4 +1,7 @@
 import BiLSTM
+import Datasets
+import FileIO
+import Formats
 import Foundation
 import Numerics
 

@@ -1,4 +1,6 @@
 import BiLSTM
+import Datasets
+import Formats
 import Numerics
 
 /// What `coord grad` writes: one forward/backward of `params` on a whole dataset as one batch.

@@ -1,3 +1,4 @@
+import Formats
 import Foundation
 
 /// One owner per run directory: an exclusive `flock` on `DIR/.lock`, held for the life of the

@@ -1,6 +1,7 @@
 import BiLSTM
-import Numerics
+import Formats
 import Foundation
+import Numerics
 
 /// `--config FILE.toml`: the long options of `coord start` as keys (kebab-case), a
 /// `[synthetic]` table for the built-in task. Training keys fill a `RunConfig`; the command's

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import LockstepLog
 import Logging
-import Training
+import Observe
 import Training
 
 @main

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Datasets
+import Formats
 import Foundation
 import LockstepLog
 import Training

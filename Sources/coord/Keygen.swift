@@ -1,6 +1,6 @@
 import ArgumentParser
-import Cluster
 import Foundation
+import Transport
 
 struct Keygen: ParsableCommand {
     static let configuration = CommandConfiguration(

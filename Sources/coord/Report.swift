@@ -1,5 +1,8 @@
 import ArgumentParser
+import FileIO
+import Formats
 import Foundation
+import Observe
 import Training
 
 struct Report: ParsableCommand {

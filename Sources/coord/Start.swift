@@ -1,10 +1,15 @@
 import ArgumentParser
-import Foundation
 import BiLSTM
-import Cluster
-import Numerics
-import Training
+import ClusterProtocol
+import Datasets
+import FileIO
+import Formats
+import Foundation
 import LockstepLog
+import Numerics
+import Observe
+import Training
+import Transport
 
 struct Start: ParsableCommand {
     static let configuration = CommandConfiguration(

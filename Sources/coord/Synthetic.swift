@@ -1,4 +1,6 @@
 import ArgumentParser
+import Datasets
+import FileIO
 import Foundation
 import Training
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BiLSTM
+import Formats
 import Foundation
 import Numerics
 import Training

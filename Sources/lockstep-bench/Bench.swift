@@ -1,5 +1,7 @@
 import ArgumentParser
 import BiLSTM
+import Datasets
+import FileIO
 import Foundation
 import Numerics
 import Training

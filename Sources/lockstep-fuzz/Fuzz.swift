@@ -1,7 +1,5 @@
-import BiLSTM
-import Cluster
 import Foundation
-import Numerics
+import FuzzTargets
 
 /// The target chosen by `LOCKSTEP_FUZZ_TARGET` (default: the wire decoder).
 let fuzzTarget: FuzzTarget = {

@@ -1,10 +1,12 @@
 import ArgumentParser
-import Cluster
+import ClusterProtocol
+import Formats
 import Foundation
 import LockstepLog
 import Logging
 import Numerics
 import Training
+import Transport
 
 @main
 struct WorkerCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 import BiLSTM
 import CPortableGEMM
 import Numerics
+import Training
 import XCTest
 
 /// Tier 1: the C AVX2 cell kernel is the Swift cell loop, bit for bit, on every kind of input.

@@ -1,4 +1,6 @@
 import BiLSTM
+import Datasets
+import Formats
 import Foundation
 import Numerics
 import Training

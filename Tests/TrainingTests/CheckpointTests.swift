@@ -1,4 +1,6 @@
 import BiLSTM
+@testable import Datasets
+@testable import Formats
 import Foundation
 import Glibc
 import Numerics
