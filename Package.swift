@@ -65,7 +65,7 @@ let package = Package(
         ]),
 
         // Every parser of untrusted bytes as a fuzz target (lockstep-fuzz runs them; tests replay the corpus).
-        .target(name: "FuzzTargets", dependencies: ["ClusterProtocol", "Training", "Datasets", "Formats", "BiLSTM", "Numerics"]),
+        .target(name: "FuzzTargets", dependencies: ["ClusterProtocol", "Training", "Datasets", "FileIO", "Formats", "BiLSTM", "Numerics"]),
         // The log handler coord and worker share.
         .target(name: "LockstepLog", dependencies: [.product(name: "Logging", package: "swift-log")]),
 
@@ -88,6 +88,7 @@ let package = Package(
         .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
         .testTarget(name: "BiLSTMTests", dependencies: ["BiLSTM", "Training", "Datasets", "Formats", "Numerics", "CPortableGEMM"], resources: [.copy("Fixtures")]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
+        .testTarget(name: "FileIOTests", dependencies: ["FileIO", "Formats"]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Training", "FileIO", "Formats", "BiLSTM", "Numerics"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Datasets", "FileIO", "Formats", "BiLSTM", "Numerics"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ObserveTests", dependencies: ["Observe", "Training", "Formats"]),

@@ -264,7 +264,7 @@ public struct CoordinatorCore {
                 worker.readsData = true
                 reads = ", reads the data from its own copy"
             } else {
-                reads = ", its data copy differs from the run's (content \(h.dataHash.prefix(12))…, the run's \(data.hash.isEmpty ? "none" : data.hash.prefix(12) + "…")): sent sequences instead"
+                reads = ", its data copy differs from the run's (identity \(h.dataHash.prefix(12))…, the run's \(data.hash.isEmpty ? "none" : data.hash.prefix(12) + "…")): sent sequences instead"
             }
         }
         workers.append(worker)

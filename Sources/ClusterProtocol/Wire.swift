@@ -194,6 +194,8 @@ public struct WireLimits: Sendable {
     /// Float count of weights and gradients, when known (the coordinator's and a welcomed worker's).
     public var parameterCount: Int? = nil
     public var inputSize: Int? = nil
+    /// The model's classes, when known (a welcomed worker's): a label outside -1..<classes is refused.
+    public var classes: Int? = nil
     public init() {}
 }
 
@@ -433,6 +435,13 @@ extension Message {
                 var x = [Float](repeating: 0, count: len * width), y = [Int32](repeating: 0, count: len)
                 x.withUnsafeMutableBytes { $0.copyBytes(from: xb) }
                 y.withUnsafeMutableBytes { $0.copyBytes(from: yb) }
+                // A sequence reaches the engine only whole and sane: finite inputs, labels of the model.
+                if let t = y.firstIndex(where: { v in v < -1 || (limits.classes.map { Int(v) >= $0 } ?? false) }) {
+                    throw WireError("sequence \(id), frame \(t) has label \(y[t]); the model takes -1...\((limits.classes ?? 0) - 1)")
+                }
+                if let k = x.firstIndex(where: { !$0.isFinite }) {
+                    throw WireError("sequence \(id), frame \(k / max(width, 1)) has a non-finite input (\(x[k]))")
+                }
                 seqs.append(Example(id: id, x: x, y: y))
             }
             guard s.done else { throw WireError("trailing bytes after the sequences") }

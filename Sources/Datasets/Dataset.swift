@@ -14,8 +14,14 @@ public struct Dataset: Sendable {
     public let store: PackedStore?
     public let inputSize: Int
     public let classes: Int
-    /// SHA-256 of the content (shape, lengths, x and y): resume refuses different data.
+    /// What a run records of its data, and resume compares: the content hash for data read
+    /// whole (computed from its bytes); the manifest's identity for a packed set read on demand
+    /// (every field of its manifest and its shards' hashes: an edit anywhere changes it).
     public let hash: String
+    /// SHA-256 of the content (shape, lengths, x and y), the same for an `.npz` and its packed
+    /// copy. Computed for data read whole; for a packed set read on demand, the manifest's claim
+    /// (`PackedStore.computeContentHash` checks it).
+    public let contentHash: String
     public let source: String
     /// Lmax of the file's arrays (at least the longest sequence): `predict` writes its output as wide.
     public var paddedLength: Int
@@ -35,6 +41,7 @@ public struct Dataset: Sendable {
             e.y.withUnsafeBytes { h.update($0) }
         }
         hash = h.finalize().hexString
+        contentHash = hash
     }
 
     /// A packed directory read on demand: nothing but its manifest is read here. The content
@@ -47,7 +54,10 @@ public struct Dataset: Sendable {
         inputSize = m.dIn
         self.classes = classes ?? m.classes
         // The content hash counts the classes: with another count it is not the manifest's.
-        hash = self.classes == m.classes ? m.contentSHA256 : SHA256.hex(Array("\(m.contentSHA256) as \(self.classes) classes".utf8))
+        let C = classes ?? m.classes
+        func counted(_ h: String) -> String { C == m.classes ? h : SHA256.hex(Array("\(h) as \(C) classes".utf8)) }
+        contentHash = counted(m.contentSHA256)
+        hash = counted(m.identity)
         source = store.dir
         paddedLength = m.paddedLength
     }
@@ -243,7 +253,9 @@ public struct SyntheticTask: Equatable, Codable, Sendable {
         if inputSize > ModelConfig.maxInputSize { p.append("synthetic input size must be at most \(ModelConfig.maxInputSize) (got \(inputSize))") }
         if maxLength > Dataset.maxLength { p.append("synthetic max-length must be at most \(Dataset.maxLength) (got \(maxLength))") }
         if sequences >= 1 && inputSize >= 1 && maxLength >= 1 && sequences <= 1 << 30 && maxLength <= Dataset.maxLength && inputSize <= ModelConfig.maxInputSize {
-            let bytes = sequences * maxLength * (inputSize + 1) * 4
+            let (perSequence, o1) = maxLength.multipliedReportingOverflow(by: (inputSize + 1) * 4)
+            let (product, o2) = sequences.multipliedReportingOverflow(by: perSequence)
+            let bytes = o1 || o2 ? Int.max : product
             if bytes > Memory.limit { p.append("the synthetic task would need up to \(Memory.gib(bytes)) of memory, more than this process may use (\(Memory.gib(Memory.limit))): lower --synthetic-sequences or --max-length") }
         } else if sequences > 1 << 30 { p.append("synthetic sequences must be at most \(1 << 30) (got \(sequences))") }
         return p

@@ -2,6 +2,7 @@ import BiLSTM
 import FileIO
 import Formats
 import Foundation
+import Numerics
 
 extension DataManifest {
     public static func path(_ dir: String) -> String { dir + "/manifest.json" }
@@ -19,15 +20,28 @@ extension DataManifest {
     }
 
     /// What the model and the data layer accept.
-    public static let limits = Limits(maxInputSize: ModelConfig.maxInputSize, maxClasses: ModelConfig.maxClasses, maxLength: Dataset.maxLength)
+    public static let limits = Limits(maxInputSize: ModelConfig.maxInputSize, maxClasses: ModelConfig.maxClasses, maxLength: Dataset.maxLength, maxSequences: Int(Int32.max))
 
     /// Reads and checks `DIR/manifest.json`.
     public static func load(_ dir: String) throws -> DataManifest {
         let p = path(dir)
-        guard let data = FileManager.default.contents(atPath: p) else {
+        guard FileManager.default.fileExists(atPath: p) else {
             throw LockstepError("\(dir): no manifest.json (not a packed data directory, or an unfinished pack)",
                                 hint: "pack an .npz with `coord data pack IN.npz --out \(dir)`, or pass the .npz itself")
         }
-        return try decode([UInt8](data), path: p, limits: limits)
+        // 2^31 sequences' lengths and the shards, at most: a larger file is no manifest of ours.
+        let data = try SafeFile.read(p, what: "the manifest", maxBytes: 1 << 35)
+        try Memory.check(data.count * 4, for: "\(p)")
+        return try decode(data, path: p, limits: limits)
+    }
+
+    /// The data's identity: SHA-256 of the canonical manifest (every field, the shard files'
+    /// hashes included), so an edit anywhere changes it. A run on packed data records it, and a
+    /// worker's copy must have it to be read.
+    public var identity: String {
+        var h = SHA256()
+        h.update(Array("lockstep-data-identity-v1\n".utf8))
+        h.update((try? encoded()) ?? [])
+        return h.finalize().hexString
     }
 }

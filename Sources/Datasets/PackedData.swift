@@ -208,7 +208,9 @@ public enum PackedData {
         public var description: String { "\(file): \(what)" }
     }
 
-    /// Checks every shard file against the manifest (presence, size, SHA-256); `progress`
+    /// Checks every shard file against the manifest (presence, size, SHA-256), then reads
+    /// every sequence (labels, finite inputs) and recomputes the content hash, which must be
+    /// the manifest's: so the manifest's lengths and classes describe these bytes. `progress`
     /// gets the shards done. Returns the problems found (none: the copy is good).
     public static func verify(_ dir: String, progress: (Int, Int) -> Void = { _, _ in }) throws -> (DataManifest, [Problem]) {
         let m = try DataManifest.load(dir)
@@ -217,14 +219,23 @@ public enum PackedData {
             if let p = check(dir, s) { problems.append(p) }
             progress(k + 1, m.shards.count)
         }
+        guard problems.isEmpty else { return (m, problems) }
+        do {
+            let content = try PackedStore(dir, cacheMB: 0).computeContentHash()
+            if content != m.contentSHA256 {
+                problems.append(Problem(file: DataManifest.path(dir), what: "content_sha256 is \(m.contentSHA256.prefix(16))…, but the shards read with its lengths hold \(content.prefix(16))… (the manifest was edited)"))
+            }
+        } catch let e as LockstepError { problems.append(Problem(file: dir, what: e.description)) }
         return (m, problems)
     }
 
     /// One shard file against its manifest entry; nil when it is good.
     static func check(_ dir: String, _ s: DataManifest.Shard) -> Problem? {
         let path = dir + "/" + s.file
-        let fd = openReadOnly(path)
-        guard fd >= 0 else { return Problem(file: path, what: "missing or unreadable (\(String(cString: strerror(errno))))") }
+        let fd: Int32
+        do { fd = try SafeFile.openRegular(path, what: "the shard").fd } catch {
+            return Problem(file: path, what: "missing, unreadable, a link or not a regular file (\(error))")
+        }
         defer { close(fd) }
         return check(fd: fd, path: path, s)
     }

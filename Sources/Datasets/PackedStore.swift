@@ -1,4 +1,5 @@
 import BiLSTM
+import FileIO
 import Formats
 import Foundation
 import Numerics
@@ -34,6 +35,7 @@ public final class PackedStore: @unchecked Sendable {
         dir = DataManifest.directory(path)
         manifest = try DataManifest.load(dir)
         cacheBytes = max(0, cacheMB ?? Self.defaultCacheMB) << 20
+        identity = manifest.identity
         var shardOf = [Int32](repeating: 0, count: manifest.sequences), frameOf = [Int](repeating: 0, count: manifest.sequences)
         for (k, s) in manifest.shards.enumerated() {
             var frame = 0
@@ -46,15 +48,15 @@ public final class PackedStore: @unchecked Sendable {
 
     deinit { for case let fd? in files { close(fd) } }
 
-    /// The content hash a run compares with its own data's.
-    public var contentHash: String { manifest.contentSHA256 }
+    /// The manifest's identity, which a run on this data records and a worker's copy must have.
+    public let identity: String
 
     /// Shard k's descriptor, checked against the manifest on first use. Caller holds `lock`.
     private func file(_ k: Int) throws -> Int32 {
         if let fd = files[k] { return fd }
         let s = manifest.shards[k], path = dir + "/" + s.file
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw shardError(path, "missing or unreadable (\(String(cString: strerror(errno))))") }
+        let fd: Int32
+        do { fd = try SafeFile.openRegular(path, what: "the shard").fd } catch { throw shardError(path, "missing, unreadable, a link or not a regular file (\(error))") }
         if let problem = PackedData.check(fd: fd, path: path, s) { close(fd); throw shardError(problem.file, problem.what) }
         files[k] = fd
         return fd
@@ -90,6 +92,17 @@ public final class PackedStore: @unchecked Sendable {
         }
         lock.lock()
         if let e = cache.get(id) { lock.unlock(); return e }
+        lock.unlock()
+        let (e, bytes) = try readChecked(id)
+        lock.withLock { cache.put(e, bytes: bytes, limit: cacheBytes) }
+        return e
+    }
+
+    /// Sequence `id` from its file, bypassing the cache.
+    private func read(_ id: Int) throws -> Example { try readChecked(id).0 }
+
+    private func readChecked(_ id: Int) throws -> (Example, Int) {
+        lock.lock()
         let k = Int(shardOf[id])
         let fd: Int32
         do { fd = try file(k) } catch { lock.unlock(); throw error }
@@ -99,9 +112,36 @@ public final class PackedStore: @unchecked Sendable {
         let path = dir + "/" + manifest.shards[k].file
         try x.withUnsafeMutableBytes { try Self.readFully(fd, $0, at: xr.lowerBound, path: path) }
         try y.withUnsafeMutableBytes { try Self.readFully(fd, $0, at: yr.lowerBound, path: path) }
-        let e = Example(id: id, x: x, y: y)
-        lock.withLock { cache.put(e, bytes: xr.count + yr.count, limit: cacheBytes) }
-        return e
+        try check(id: id, x: x, y: y, path: path)
+        return (Example(id: id, x: x, y: y), xr.count + yr.count)
+    }
+
+    /// A sequence as read, against the manifest: labels -1 or a class it declares (all -1 when
+    /// it says unlabelled), inputs finite. The same rules and words as an `.npz`'s.
+    private func check(id: Int, x: [Float], y: [Int32], path: String) throws {
+        let C = manifest.labelled ? manifest.classes : 0
+        if let t = y.firstIndex(where: { $0 < -1 || Int($0) >= C }) {
+            throw LockstepError("\(path): sequence \(id), frame \(t) has label \(y[t]); labels on valid frames must be in -1...\(C - 1) (the manifest's \(manifest.classes) classes\(manifest.labelled ? "" : ", unlabelled"))",
+                                hint: "repack the data with `coord data pack` (the shard or the manifest was edited)")
+        }
+        if let k = x.firstIndex(where: { !$0.isFinite }) {
+            throw LockstepError("\(path): sequence \(id), frame \(k / manifest.dIn), feature \(k % manifest.dIn) is \(x[k]); inputs must be finite",
+                                hint: "clean or impute non-finite values, then repack")
+        }
+    }
+
+    /// The content hash of what the shards hold, read in order (every shard checked): the
+    /// `.npz`'s `Dataset.hash` when the data is the same. Reads every sequence once, caching none.
+    public func computeContentHash(classes: Int? = nil, progress: (Int, Int) -> Void = { _, _ in }) throws -> String {
+        var h = SHA256()
+        h.update(Array("\(manifest.sequences) \(manifest.dIn) \(classes ?? manifest.classes)".utf8))
+        for i in 0..<manifest.sequences {
+            let e = try read(i)
+            e.x.withUnsafeBytes { h.update($0) }
+            e.y.withUnsafeBytes { h.update($0) }
+            if i % 1024 == 0 { progress(i, manifest.sequences) }
+        }
+        return h.finalize().hexString
     }
 
     private static func readFully(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer, at offset: Int, path: String) throws {
@@ -168,6 +208,3 @@ struct SequenceCache {
         if tail < 0 { tail = i }
     }
 }
-
-/// `open(2)` for reading, where `PackedData.open` would shadow it.
-func openReadOnly(_ path: String) -> Int32 { open(path, O_RDONLY | O_CLOEXEC) }

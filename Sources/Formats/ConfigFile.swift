@@ -48,7 +48,7 @@ public enum ConfigFile {
                 guard r.peek == UInt8(ascii: "]") else { throw r.error("expected ']' to close the table header") }
                 r.i += 1
                 try r.endOfLine()
-                if root[name] != nil { throw r.error("table [\(name)] is defined twice") }
+                if root[name] != nil { throw r.error("table [\(ConfigFile.shown(name))] is defined twice") }
                 root.set(name, .table(ConfigTable()))
                 current = name
                 continue
@@ -56,7 +56,7 @@ public enum ConfigFile {
             let key = try r.key()
             r.skipBlanks()
             guard r.peek == UInt8(ascii: "=") else {
-                throw r.error(r.peek == UInt8(ascii: ".") ? "dotted keys are not used in a Lockstep config" : "expected '=' after the key '\(key)'")
+                throw r.error(r.peek == UInt8(ascii: ".") ? "dotted keys are not used in a Lockstep config" : "expected '=' after the key '\(ConfigFile.shown(key))'")
             }
             r.i += 1
             r.skipBlanks()
@@ -64,11 +64,11 @@ public enum ConfigFile {
             try r.endOfLine()
             if let t = current {
                 var table = root[t]!.table!
-                if table[key] != nil { throw r.error("key '\(key)' is set twice in [\(t)]") }
+                if table[key] != nil { throw r.error("key '\(ConfigFile.shown(key))' is set twice in [\(ConfigFile.shown(t))]") }
                 table.set(key, value)
                 root.set(t, .table(table))
             } else {
-                if root[key] != nil { throw r.error("key '\(key)' is set twice") }
+                if root[key] != nil { throw r.error("key '\(ConfigFile.shown(key))' is set twice") }
                 root.set(key, value)
             }
         }
@@ -118,7 +118,11 @@ public enum ConfigFile {
                 if word == "true" { return .bool(true) }
                 if word == "false" { return .bool(false) }
                 if let v = ConfigFile.number(word) { return v }
-                throw error("'\(word.prefix(40))' is not a string, number or boolean (strings go in quotes)")
+                let digits = word.drop { $0 == "+" || $0 == "-" }.replacingOccurrences(of: "_", with: "")
+                if !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }) {
+                    throw error("the integer \(ConfigFile.shown(word)) is out of range (at most \(Int.max))")
+                }
+                throw error("'\(ConfigFile.shown(word))' is not a string, number or boolean (strings go in quotes)")
             }
         }
 
@@ -154,6 +158,13 @@ public enum ConfigFile {
             }
             return String(decoding: out, as: UTF8.self)
         }
+    }
+
+    /// At most 40 characters of what a file said, control characters escaped: enough to find
+    /// it, never a whole hostile line on the terminal.
+    public static func shown(_ s: String) -> String {
+        let cut = s.unicodeScalars.prefix(40).map { $0.value < 0x20 || $0.value == 0x7f ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined()
+        return s.unicodeScalars.count > 40 ? cut + "… (\(s.utf8.count) bytes)" : cut
     }
 
     /// TOML integers and floats: a sign, digits with single underscores between them, a fraction,

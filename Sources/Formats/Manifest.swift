@@ -57,8 +57,9 @@ public struct DataManifest: Codable, Equatable, Sendable {
         public var maxInputSize: Int
         public var maxClasses: Int
         public var maxLength: Int
-        public init(maxInputSize: Int, maxClasses: Int, maxLength: Int) {
-            self.maxInputSize = maxInputSize; self.maxClasses = maxClasses; self.maxLength = maxLength
+        public var maxSequences: Int
+        public init(maxInputSize: Int, maxClasses: Int, maxLength: Int, maxSequences: Int = 1 << 31) {
+            self.maxInputSize = maxInputSize; self.maxClasses = maxClasses; self.maxLength = maxLength; self.maxSequences = maxSequences
         }
     }
 
@@ -76,26 +77,51 @@ public struct DataManifest: Codable, Equatable, Sendable {
             throw LockstepError("\(p): format version \(m.version); this Lockstep reads version \(currentVersion)",
                                 hint: "repack the data with this version's `coord data pack`, or use the Lockstep that packed it")
         }
-        var problems: [String] = []
-        if m.sequences < 1 { problems.append("it holds \(m.sequences) sequences; packed data has at least 1") }
-        if m.dIn < 1 || m.dIn > limits.maxInputSize { problems.append("d_in \(m.dIn) is outside 1...\(limits.maxInputSize)") }
-        if m.classes < 1 || m.classes > limits.maxClasses { problems.append("classes \(m.classes) is outside 1...\(limits.maxClasses)") }
-        if m.lengths.count != m.sequences { problems.append("\(m.lengths.count) lengths for \(m.sequences) sequences") }
-        if m.lengths.contains(where: { $0 < 1 || $0 > limits.maxLength }) { problems.append("a length is outside 1...\(limits.maxLength)") }
-        if m.lengths.reduce(0, +) != m.frames { problems.append("the lengths add up to \(m.lengths.reduce(0, +)) frames, not \(m.frames)") }
-        var next = 0
+        // Every field against every other, stopping at the first that makes the next checks
+        // meaningless: a lie is named, never followed.
+        func refuse(_ field: String, _ why: String) -> LockstepError {
+            LockstepError("\(p): field \"\(field)\": \(why)", hint: "repack with `coord data pack` (the manifest was edited or damaged)")
+        }
+        func isHash(_ h: String) -> Bool { h.utf8.count == 64 && h.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } }
+        guard m.sequences >= 1, m.sequences <= limits.maxSequences else {
+            throw refuse("sequences", "\(m.sequences) is outside 1...\(limits.maxSequences)")
+        }
+        guard m.dIn >= 1, m.dIn <= limits.maxInputSize else { throw refuse("d_in", "\(m.dIn) is outside 1...\(limits.maxInputSize)") }
+        guard m.classes >= 1, m.classes <= limits.maxClasses else { throw refuse("classes", "\(m.classes) is outside 1...\(limits.maxClasses)") }
+        guard m.paddedLength >= 1, m.paddedLength <= limits.maxLength else {
+            throw refuse("padded_length", "\(m.paddedLength) is outside 1...\(limits.maxLength)")
+        }
+        guard m.lengths.count == m.sequences else { throw refuse("lengths", "\(m.lengths.count) lengths for \(m.sequences) sequences") }
+        if let i = m.lengths.firstIndex(where: { $0 < 1 || $0 > m.paddedLength }) {
+            throw refuse("lengths", "sequence \(i) has length \(m.lengths[i]); lengths must be in 1...\(m.paddedLength) (padded_length)")
+        }
+        let total = m.lengths.reduce(0, +)   // at most 2^31 × 2^20: no overflow
+        guard total == m.frames else { throw refuse("frames", "\(m.frames), but the lengths add up to \(total)") }
+        guard isHash(m.contentSHA256) else { throw refuse("content_sha256", "not a SHA-256 in lowercase hex") }
+        guard !m.shards.isEmpty, m.shards.count <= m.sequences else {
+            throw refuse("shards", "\(m.shards.count) shards for \(m.sequences) sequences")
+        }
+        let frameBytes = m.dIn * 4 + 4
+        var next = 0, names: Set<String> = []
         for (k, s) in m.shards.enumerated() {
-            if s.first != next || s.sequences < 1 || s.first + s.sequences > m.sequences { problems.append("shard \(k) (\(s.file)) holds sequences \(s.first)..<\(s.first + s.sequences), not from \(next)"); break }
-            let frames = m.lengths[s.first..<(s.first + s.sequences)].reduce(0, +)
-            if s.frames != frames || s.bytes != frames * (m.dIn * 4 + 4) { problems.append("shard \(k) (\(s.file)) declares \(s.frames) frames and \(s.bytes) bytes; its sequences need \(frames) and \(frames * (m.dIn * 4 + 4))") }
-            if s.file.contains("/") || s.file.hasPrefix(".") { problems.append("shard \(k) has file name \"\(s.file)\" outside the directory") }
-            next = s.first + s.sequences
+            let name = String(s.file.prefix(80).map { $0.isASCII && !$0.isNewline ? $0 : "?" })
+            guard !s.file.isEmpty, s.file.utf8.count <= 255, !s.file.contains("/"), !s.file.hasPrefix("."), !s.file.utf8.contains(0) else {
+                throw refuse("shards[\(k)].file", "\"\(name)\" is not a plain file name inside the directory")
+            }
+            guard names.insert(s.file).inserted else { throw refuse("shards[\(k)].file", "\"\(name)\" is named by two shards") }
+            guard s.first == next else { throw refuse("shards[\(k)].first", "\(s.first); the shards before it end at sequence \(next)") }
+            guard s.sequences >= 1, s.sequences <= m.sequences - next else {
+                throw refuse("shards[\(k)].sequences", "\(s.sequences); sequences \(next)..<\(m.sequences) are left")
+            }
+            let frames = m.lengths[next..<(next + s.sequences)].reduce(0, +)
+            guard s.frames == frames else { throw refuse("shards[\(k)].frames", "\(s.frames); its sequences' lengths add up to \(frames)") }
+            guard s.bytes == frames * frameBytes else {
+                throw refuse("shards[\(k)].bytes", "\(s.bytes); \(frames) frames of \(m.dIn) features and a label take \(frames * frameBytes)")
+            }
+            guard isHash(s.sha256) else { throw refuse("shards[\(k)].sha256", "not a SHA-256 in lowercase hex") }
+            next += s.sequences
         }
-        if next != m.sequences { problems.append("the shards hold \(next) of \(m.sequences) sequences") }
-        guard problems.isEmpty else {
-            throw LockstepError("\(p): the manifest does not add up: \(problems.joined(separator: "; "))",
-                                hint: "repack with `coord data pack` (the manifest was edited or damaged)")
-        }
+        guard next == m.sequences else { throw refuse("shards", "they hold \(next) of \(m.sequences) sequences") }
         return m
     }
 

@@ -91,40 +91,85 @@ public struct Safetensors {
             LockstepError("\(path): not a valid safetensors file: \(why)",
                           hint: "pass a checkpoint written by Lockstep or by safetensors.torch.save_file")
         }
-        guard b.count >= 8 else { throw bad("file is \(b.count) bytes") }
-        var n = 0
-        for k in 0..<8 { n |= Int(b[k]) << (8 * k) }
-        guard n > 0, n <= 100_000_000, 8 + n <= b.count else { throw bad("header length \(n) does not fit the file (truncated?)") }
-        guard let obj = try? JSONSerialization.jsonObject(with: Data(b[8..<(8 + n)])) as? [String: Any] else {
-            throw bad("header is not a JSON object")
+        guard b.count >= 8 else { throw bad("the file is \(b.count) bytes, shorter than the 8-byte header length") }
+        var declared: UInt64 = 0
+        for k in 0..<8 { declared |= UInt64(b[k]) << (8 * UInt64(k)) }
+        guard declared >= 2, declared <= 100_000_000, declared <= UInt64(b.count - 8) else {
+            throw bad("header length \(declared) does not fit the file of \(b.count) bytes (truncated, or not safetensors)")
+        }
+        let n = Int(declared)
+        let obj: [String: Any]
+        do {
+            guard let o = try JSONSerialization.jsonObject(with: Data(b[8..<(8 + n)])) as? [String: Any] else { throw bad("the header is JSON but not an object") }
+            obj = o
+        } catch let e as LockstepError { throw e } catch {
+            throw bad("the header is not JSON (\(String(describing: error).prefix(120)))")
+        }
+        /// A JSON number that is a whole number in 0...2^53 (a size or an offset), else nil.
+        func whole(_ v: Any) -> Int? {
+            guard let num = v as? NSNumber else { return nil }
+            let d = num.doubleValue
+            guard d >= 0, d <= 9_007_199_254_740_992, d == d.rounded(.towardZero) else { return nil }
+            return Int(d)
         }
         var st = Safetensors()
-        let dataStart = 8 + n
-        var named: [(Int, String)] = []
+        let dataStart = 8 + n, dataBytes = b.count - dataStart
+        var ranges: [(start: Int, end: Int, name: String)] = []
         for (name, value) in obj {
+            let shown = String(name.prefix(80))
             if name == "__metadata__" {
-                st.metadata = (value as? [String: String]) ?? [:]
+                guard let m = value as? [String: Any] else { throw bad("__metadata__ is not an object") }
+                for (k, v) in m {
+                    guard let text = v as? String else { throw bad("__metadata__ value of \(k.prefix(80)) is not a string") }
+                    st.metadata[k] = text
+                }
                 continue
             }
-            guard let d = value as? [String: Any], let dtype = d["dtype"] as? String,
-                  let shape = (d["shape"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
-                  let offs = (d["data_offsets"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }), offs.count == 2
-            else { throw bad("tensor \(name) has a malformed entry") }
+            guard let d = value as? [String: Any] else { throw bad("tensor \(shown): its entry is not an object") }
+            guard let dtype = d["dtype"] as? String else { throw bad("tensor \(shown): dtype is missing or not a string") }
+            guard let rawShape = d["shape"] as? [Any] else { throw bad("tensor \(shown): shape is missing or not a list") }
+            let shape = rawShape.compactMap(whole)
+            guard shape.count == rawShape.count, shape.count <= 8 else {
+                throw bad("tensor \(shown): shape \(rawShape.prefix(8)) is not a list of at most 8 whole numbers")
+            }
+            guard let rawOffs = d["data_offsets"] as? [Any], rawOffs.count == 2, let start = whole(rawOffs[0]), let end = whole(rawOffs[1]) else {
+                throw bad("tensor \(shown): data_offsets is not two whole numbers")
+            }
             let size: Int
             switch dtype {
             case "F32", "I32", "U32": size = 4
             case "F64", "I64", "U64": size = 8
             case "F16", "BF16", "I16", "U16": size = 2
             case "I8", "U8", "BOOL": size = 1
-            default: throw bad("tensor \(name) has unknown dtype \(dtype)")
+            default: throw bad("tensor \(shown): unknown dtype \(dtype.prefix(16))")
             }
-            let count = shape.reduce(1, *)
-            guard shape.allSatisfy({ $0 >= 0 }), offs[0] >= 0, offs[1] - offs[0] == count * size, dataStart + offs[1] <= b.count else {
-                throw bad("tensor \(name) has offsets \(offs) that do not match shape \(shape) and the file size (truncated?)")
+            var bytes = size
+            for dim in shape {
+                let (p, overflow) = bytes.multipliedReportingOverflow(by: dim)
+                guard !overflow, p <= dataBytes else { throw bad("tensor \(shown): shape \(shape) of \(dtype) needs more bytes than the file holds") }
+                bytes = p
             }
-            st.tensors[name] = Tensor(dtype: dtype, shape: shape, data: Array(b[(dataStart + offs[0])..<(dataStart + offs[1])]))
-            named.append((offs[0], name))
+            guard start <= end, end <= dataBytes else {
+                throw bad("tensor \(shown): data_offsets [\(start), \(end)] run past the \(dataBytes) bytes of data (truncated?)")
+            }
+            guard end - start == bytes else {
+                throw bad("tensor \(shown): data_offsets [\(start), \(end)] hold \(end - start) bytes; shape \(shape) of \(dtype) takes \(bytes)")
+            }
+            st.tensors[name] = Tensor(dtype: dtype, shape: shape, data: Array(b[(dataStart + start)..<(dataStart + end)]))
+            ranges.append((start, end, name))
         }
+        // The safetensors rule: the tensors tile the data exactly, without overlaps or holes.
+        ranges.sort { ($0.start, $0.end, $0.name) < ($1.start, $1.end, $1.name) }
+        var at = 0
+        for r in ranges {
+            guard r.start == at else {
+                throw bad(r.start < at ? "tensor \(r.name.prefix(80)) shares bytes \(r.start)..<\(min(at, r.end)) with another tensor"
+                                       : "bytes \(at)..<\(r.start) of the data belong to no tensor")
+            }
+            at = r.end
+        }
+        guard at == dataBytes else { throw bad("bytes \(at)..<\(dataBytes) of the data belong to no tensor") }
+        let named = ranges.map { ($0.start, $0.name) }
         st.order = named.sorted { $0.0 < $1.0 }.map(\.1)
         return st
     }

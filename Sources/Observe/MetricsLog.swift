@@ -48,24 +48,79 @@ public final class MetricsLog {
     public var onStep: ((StepReport) -> Void)?
     public var onValidation: ((ValidationReport) -> Void)?
 
-    public init(directory: String, resumeStep: Int?) throws {
+    /// Notes for the run's log: what resuming found (a missing history, an older checkpoint).
+    public private(set) var notes: [String] = []
+
+    /// Opens `DIR/metrics.jsonl` and `DIR/tb/`. A new run (`resumeStep` nil or 0) starts both
+    /// anew. A resumed run first checks both against what its checkpoint recorded (`recorded`:
+    /// its metadata), then cuts each file at the byte length recorded at the checkpoint's step,
+    /// keeping every earlier byte, whatever they hold; a checkpoint of an older Lockstep, which
+    /// recorded no lengths, cuts `metrics.jsonl` before the first line of a later step.
+    public init(directory: String, resumeStep: Int?, recorded: [String: String]? = nil) throws {
         path = (directory as NSString).appendingPathComponent("metrics.jsonl")
+        let step = resumeStep ?? 0
+        let tbLengths = recorded?["tb_bytes"].map(MetricsLog.decodeLengths)
+        let cut = step > 0 ? recorded?["metrics_bytes"].flatMap(Int.init) : nil
+        // Every check before any change.
+        try TensorBoardLog.check(runDirectory: directory, resumeStep: step, recorded: tbLengths)
+        var st = stat()
+        let exists = lstat(path, &st) == 0
+        if exists && (st.st_mode & S_IFMT) != S_IFREG {
+            throw LockstepError("\(path) is not a regular file (a link, a FIFO, a directory?); nothing was changed",
+                                hint: "move it away: the run writes its metrics there")
+        }
+        if let cut, exists, Int(st.st_size) < cut {
+            throw LockstepError("\(path) has \(st.st_size) bytes, but the checkpoint at step \(step) recorded \(cut): its history was cut short; nothing was changed",
+                                hint: "restore it from a copy, or move it away to go on without the history before step \(step)")
+        }
+        if step > 0 && !exists && (cut ?? 0) > 0 { notes.append("\(path) is missing: the history before step \(step) is not there; the run writes from step \(step + 1)") }
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var keep = ""
-        if let resumeStep, let old = try? String(contentsOfFile: path, encoding: .utf8) {
-            for line in old.split(separator: "\n") {
-                if let r = line.range(of: "\"step\":"), let n = Int(line[r.upperBound...].prefix(while: \.isNumber)), n <= resumeStep {
-                    keep += line + "\n"
-                }
+        fd = try SafeFile.openForAppend(path, truncate: step == 0, what: "the metrics file")
+        if step > 0 {
+            let keep = try cut ?? MetricsLog.legacyCut(fd: fd, path: path, after: step)
+            if ftruncate(fd, off_t(min(keep, Int(lseek(fd, 0, SEEK_END))))) != 0 {
+                let err = String(cString: strerror(errno)); close(fd)
+                throw LockstepError("cannot cut \(path) at byte \(keep): \(err)", hint: "check the disk")
             }
+            lseek(fd, 0, SEEK_END)
+            if cut == nil { notes.append("the checkpoint recorded no metrics length (an older Lockstep): \(path) was cut before the first line after step \(step)") }
         }
-        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            throw LockstepError("cannot write \(path): \(String(cString: strerror(errno)))",
-                                hint: "check that --checkpoint-dir is writable and has free space")
+        do { tensorBoard = try TensorBoardLog(runDirectory: directory, resumeStep: step, recorded: tbLengths) } catch { close(fd); throw error }
+    }
+
+    /// What a checkpoint records of these files: their lengths now.
+    public func recorded() -> [String: String] {
+        var st = stat()
+        fstat(fd, &st)
+        return ["metrics_bytes": String(st.st_size),
+         "tb_bytes": tensorBoard.lengths().sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ";")]
+    }
+
+    static func decodeLengths(_ s: String) -> [String: Int] {
+        var out: [String: Int] = [:]
+        for part in s.split(separator: ";") {
+            let kv = part.split(separator: "=", maxSplits: 1)
+            if kv.count == 2, let n = Int(kv[1]) { out[String(kv[0])] = n }
         }
-        tensorBoard = try TensorBoardLog(runDirectory: directory, resumeStep: resumeStep)
-        try append(keep)
+        return out
+    }
+
+    /// The byte offset of the first whole line whose "step" is past `step`; every other byte,
+    /// a line that does not parse included, is kept.
+    static func legacyCut(fd: Int32, path: String, after step: Int) throws -> Int {
+        var st = stat()
+        fstat(fd, &st)
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard n == bytes.count else { throw LockstepError("cannot read \(path)", hint: "check the file") }
+        var start = 0
+        while start < bytes.count {
+            let end = bytes[start...].firstIndex(of: 0x0a) ?? bytes.count
+            let line = String(decoding: bytes[start..<end], as: UTF8.self)
+            if let r = line.range(of: "\"step\":"), let s = Int(line[r.upperBound...].prefix(while: \.isNumber)), s > step { return start }
+            start = end + 1
+        }
+        return bytes.count
     }
 
     deinit { close(fd) }

@@ -42,3 +42,14 @@ public final class ProgressLine {
         if tty { FileHandle.standardError.write(Data("\n".utf8)) }
     }
 }
+
+/// Text from a file, made safe to print on a terminal: control characters (escape sequences
+/// included) shown as `\u{1b}`, and at most `limit` characters.
+public func terminalSafe(_ s: String, limit: Int = 400) -> String {
+    var out = ""
+    for (n, u) in s.unicodeScalars.enumerated() {
+        if n == limit { out += "… (cut)"; break }
+        out += u.value < 0x20 || (0x7f...0x9f).contains(u.value) ? "\\u{\(String(u.value, radix: 16))}" : String(u)
+    }
+    return out
+}

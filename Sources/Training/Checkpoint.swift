@@ -22,8 +22,11 @@ public struct Checkpoint {
     /// 2: `file_sha256` covers every byte; `part_crc32` names what was damaged.
     public static let format = "lockstep-2"
 
+    /// Writes the checkpoint atomically; returns its `file_sha256` (what a later checkpoint
+    /// records of `best.safetensors`).
+    @discardableResult
     public static func save(path: String, layout: ParameterLayout, params: FloatBuffer,
-                            optimizer: Optimizer?, step: Int, metadata: [String: String]) throws {
+                            optimizer: Optimizer?, step: Int, metadata: [String: String]) throws -> String {
         var st = Safetensors()
         func views(_ buf: FloatBuffer, prefix: String) {
             for t in layout.tensors {
@@ -41,16 +44,19 @@ public struct Checkpoint {
         meta["weights_sha256"] = params.sha256
         if let optimizer { meta["optimizer"] = optimizer.config.kind.rawValue; meta["optimizer_steps"] = String(optimizer.steps) }
         st.metadata = meta
-        try AtomicFile.write(CheckpointIntegrity.seal(&st), to: path)
+        let bytes = CheckpointIntegrity.seal(&st)
+        try AtomicFile.write(bytes, to: path)
+        let at = CheckpointIntegrity.valueOffset(bytes)!
+        return String(decoding: bytes[at..<(at + 64)], as: UTF8.self)
     }
 
     /// Reads and verifies a checkpoint. A damaged file is refused naming what was damaged and,
     /// when one exists beside it, the newest older checkpoint that is intact.
     public static func load(path: String) throws -> Checkpoint {
-        guard let d = FileManager.default.contents(atPath: path) else {
+        guard FileManager.default.fileExists(atPath: path) else {
             throw LockstepError("\(path): cannot read the file (missing or unreadable)", hint: "check the path")
         }
-        return try decode([UInt8](d), path: path)
+        return try decode(try SafeFile.read(path, what: "the checkpoint", maxBytes: 1 << 40), path: path)
     }
 
     /// The same from a file's bytes (`path` names it in errors).
@@ -94,6 +100,10 @@ public struct Checkpoint {
                                         hint: "save float32 weights of the same model shape")
                 }
                 v.data.withUnsafeBytes { UnsafeMutableRawPointer(buf.ptr + t.offset).copyMemory(from: $0.baseAddress!, byteCount: t.count * 4) }
+                if let k = (0..<t.count).first(where: { !buf.ptr[t.offset + $0].isFinite }) {
+                    throw LockstepError("\(path): tensor '\(prefix + t.name)' holds \(buf.ptr[t.offset + k]) at element \(k); weights must be finite",
+                                        hint: "use weights from a run that did not diverge (an earlier checkpoint, or best.safetensors)")
+                }
             }
             return buf
         }
@@ -175,9 +185,15 @@ public enum CheckpointIntegrity {
     public static func verify(_ bytes: [UInt8], path: String) throws -> Bool {
         guard let at = valueOffset(bytes) else {
             // No checksum: fine for a file Lockstep did not write; a Lockstep file of format 2 lost it.
-            if let st = try? Safetensors.decode(bytes, path: path), st.metadata["format"] == nil || st.metadata["format"] == "lockstep-1" {
-                return false
+            let st: Safetensors
+            do { st = try Safetensors.decode(bytes, path: path) } catch let e as LockstepError {
+                // A file that never had a checksum gets the real decode error; ours, that it was damaged.
+                let ours = bytes.prefix(min(bytes.count, 100_008)).withUnsafeBufferPointer { b in
+                    String(decoding: b, as: UTF8.self).contains("\"format\":\"\(Checkpoint.format)\"")
+                }
+                throw ours ? LockstepError("\(path): the checkpoint is damaged: its header no longer parses (\(e.message))") : e
             }
+            if st.metadata["format"] == nil || st.metadata["format"] == "lockstep-1" { return false }
             throw LockstepError("\(path): the checkpoint is damaged: its header no longer holds its checksum (\(fileKey))")
         }
         var copy = bytes

@@ -55,6 +55,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public static let defaultSteps = 300
+    /// The most optimizer steps a run may take (a trillion), and epochs: bounds that keep every
+    /// product of steps, batches and epochs inside 64 bits.
+    public static let maxSteps = 1 << 40
+    public static let maxEpochs = 1 << 20
     /// Sequences in one shard and in one batch: a shard crosses the wire as one message.
     public static let maxShardSize = 1 << 16
     public static let maxBatchSize = 1 << 24
@@ -66,15 +70,26 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     public func totalSteps(batchesPerEpoch: Int) -> Int {
         if let steps { return steps }
-        if let epochs { return epochs * batchesPerEpoch }
+        if let epochs {
+            let (n, overflow) = epochs.multipliedReportingOverflow(by: batchesPerEpoch)
+            return overflow ? Int.max : n
+        }
         return RunConfig.defaultSteps
     }
 
     /// Every reason this config cannot run, checked before any data is read or socket opened.
     public func problems() -> [String] {
         var p: [String] = []
-        if let s = steps, s < 1 { p.append("--steps must be at least 1 (got \(s))") }
-        if let e = epochs, e < 1 { p.append("--epochs must be at least 1 (got \(e))") }
+        let most = RunConfig.maxSteps
+        if let s = steps, !(1...most).contains(s) { p.append("--steps must be in 1...\(most) (got \(s))") }
+        if let e = epochs, !(1...RunConfig.maxEpochs).contains(e) { p.append("--epochs must be in 1...\(RunConfig.maxEpochs) (got \(e))") }
+        if checkpointEvery > most { p.append("--checkpoint-every must be at most \(most) (got \(checkpointEvery))") }
+        if keepLast > 1 << 20 { p.append("--keep-last must be at most \(1 << 20) (got \(keepLast))") }
+        if validEvery > most { p.append("--valid-every must be at most \(most) (got \(validEvery))") }
+        if patience > 1 << 20 { p.append("--patience must be at most \(1 << 20) (got \(patience))") }
+        if schedule.warmupSteps > most { p.append("--warmup-steps must be at most \(most) (got \(schedule.warmupSteps))") }
+        if schedule.stepSize > most { p.append("--lr-step-size must be at most \(most) (got \(schedule.stepSize))") }
+        if schedule.plateauPatience > 1 << 20 { p.append("--plateau-patience must be at most \(1 << 20) (got \(schedule.plateauPatience))") }
         if steps != nil && epochs != nil { p.append("give --steps or --epochs, not both") }
         if batchSize < 1 { p.append("--batch-size must be at least 1 (got \(batchSize))") }
         if shardSize < 1 { p.append("--shard-size must be at least 1 (got \(shardSize))") }

@@ -24,9 +24,14 @@ public final class RunLock {
                                 hint: "choose a writable directory")
         }
         path = (directory as NSString).appendingPathComponent(".lock")
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        var st = stat()
+        if lstat(path, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+            throw LockstepError("\(path) is not a regular file (a link?): the run's lock is never taken through one",
+                                hint: "remove \(path); a run recreates it")
+        }
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o644)
         guard fd >= 0 else {
-            throw LockstepError("cannot open \(path): \(String(cString: strerror(errno)))", hint: "make \(directory) writable")
+            throw LockstepError("cannot open \(path): \(String(cString: strerror(errno)))", hint: "make \(directory) writable, and \(path) a regular file")
         }
         let deadline = monotonicSeconds() + wait
         var said = false

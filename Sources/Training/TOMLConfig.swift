@@ -1,5 +1,6 @@
 import BiLSTM
 import Formats
+import FileIO
 import Foundation
 import Numerics
 
@@ -43,7 +44,7 @@ public enum TOMLConfig {
     /// The keys `coord start` takes beyond the training options.
     public static let startKeys: Set<String> = ["local", "resume", "fresh", "bind", "spawn", "min-workers", "max-workers",
                                          "curve-keys", "allow", "insecure", "wait", "threads",
-                                         "metrics-port", "metrics-host"]
+                                         "metrics-port", "metrics-host", "log-level", "log-format"]
 
     public static func apply(path: String, to c: inout RunConfig) throws {
         var other = Other(path: path)
@@ -51,10 +52,10 @@ public enum TOMLConfig {
     }
 
     public static func apply(path: String, to c: inout RunConfig, other: inout Other) throws {
-        guard let raw = FileManager.default.contents(atPath: path) else {
+        guard FileManager.default.fileExists(atPath: path) else {
             throw LockstepError("\(path): cannot read the config file (missing or unreadable)", hint: "check the path given to --config")
         }
-        try apply(bytes: raw, path: path, to: &c, other: &other)
+        try apply(bytes: Data(try SafeFile.read(path, what: "the config file", maxBytes: 1 << 20)), path: path, to: &c, other: &other)
     }
 
     /// The same from the file's bytes (`path` names it in errors).
@@ -65,7 +66,8 @@ public enum TOMLConfig {
                                 hint: "save it as UTF-8 (TOML files must be UTF-8)")
         }
         let table: ConfigTable
-        do { table = try ConfigFile.parse(text) } catch let e as ConfigFile.ParseError {
+        // CRLF line endings (a file saved on Windows) read as LF.
+        do { table = try ConfigFile.parse(text.replacingOccurrences(of: "\r\n", with: "\n")) } catch let e as ConfigFile.ParseError {
             throw LockstepError("\(path): \(e)", hint: "fix the TOML syntax")
         }
         func bad(_ key: String, _ want: String) -> LockstepError {
@@ -142,11 +144,11 @@ public enum TOMLConfig {
                     case "min-length": c.synthetic.minLength = try int("synthetic.\(k)", sv)
                     case "max-length": c.synthetic.maxLength = try int("synthetic.\(k)", sv)
                     case "noise": c.synthetic.noise = try float("synthetic.\(k)", sv)
-                    default: throw LockstepError("\(path): unknown key 'synthetic.\(k)'", hint: "known: sequences, input-size, classes, min-length, max-length, noise")
+                    default: throw LockstepError("\(path): unknown key 'synthetic.\(ConfigFile.shown(k))'", hint: "known: sequences, input-size, classes, min-length, max-length, noise")
                     }
                 }
             default:
-                throw LockstepError("\(path): unknown key '\(key)'", hint: "keys are the long options of `coord start` without dashes in front, e.g. batch-size = 32")
+                throw LockstepError("\(path): unknown key '\(ConfigFile.shown(key))'", hint: "keys are the long options of `coord start` without dashes in front, e.g. batch-size = 32")
             }
         }
     }

@@ -8,6 +8,10 @@ import Numerics
 /// The coordinator's training state: weights, optimizer, step, and the batch schedule.
 /// `coord start --local` drives it alone; the cluster coordinator feeds it shard results.
 public final class Trainer {
+    /// More metadata for every checkpoint, asked at each save (the metrics files' lengths).
+    public var checkpointExtras: (() -> [String: String])?
+    /// The metadata of the checkpoint this run resumed from.
+    public private(set) var resumedMetadata: [String: String]?
     public let run: RunConfig
     public let data: Dataset
     public let model: ModelConfig
@@ -43,6 +47,10 @@ public final class Trainer {
         layout = ParameterLayout(model)
         schedule = Schedule(lengths: data.lengths, batchSize: run.batchSize, shardSize: run.shardSize, seed: run.seed)
         totalSteps = run.totalSteps(batchesPerEpoch: schedule.batchesPerEpoch)
+        guard totalSteps <= RunConfig.maxSteps else {
+            throw LockstepError("--epochs \(run.epochs ?? 0) of \(schedule.batchesPerEpoch) batches each is \(totalSteps == Int.max ? "more than 2^63" : String(totalSteps)) steps; a run takes at most \(RunConfig.maxSteps)",
+                                hint: "give fewer --epochs")
+        }
         optimizer = Optimizer(run.optimizer, count: layout.count)
         if let ck = checkpoint {
             if let h = ck.metadata["config_hash"], h != run.hash {
@@ -51,18 +59,21 @@ public final class Trainer {
                 throw LockstepError("cannot resume: the checkpoint was written with a different config\(what)",
                                     hint: "resume with the same options as the original run, or start a new run in another --checkpoint-dir")
             }
-            if let h = ck.metadata["data_hash"], h != data.hash {
-                throw LockstepError("cannot resume: the checkpoint was trained on different data (\(ck.metadata["data_source"] ?? "?"))",
-                                    hint: "resume with the same --data (and --seed for synthetic data)")
-            }
+            if let h = ck.metadata["data_hash"], h != data.hash { try Trainer.checkSameData(ck, data) }
             guard ck.model == model, ck.optimizerKind == run.optimizer.kind, ck.optimizerState.count == optimizer.state.count else {
                 throw LockstepError("cannot resume: the checkpoint's model or optimizer differs from this run's", hint: "use the original options")
             }
             params = ck.params
+            resumedMetadata = ck.metadata
             for (dst, src) in zip(optimizer.state, ck.optimizerState) { dst.copy(from: src) }
             optimizer.steps = Int(ck.metadata["optimizer_steps"] ?? "") ?? ck.step
             step = ck.step
             tracking = try ValidationTracking(metadata: ck.metadata, lr: Double(run.optimizer.lr), path: checkpointPathFor(run))
+            try checkBest()
+            if validation == nil, ck.metadata["valid_data_hash"] != nil {
+                throw LockstepError("cannot resume: the run was validated on \(ck.metadata["valid_data_source"] ?? "a validation set"), and this command gives no --valid-data",
+                                    hint: "resume with --valid-data \(ck.metadata["valid_data_source"] ?? "…") as before (the best weights and --patience depend on it), or with --config \((run.checkpointDir as NSString).appendingPathComponent("config.toml")) --resume")
+            }
             if let v = validation, let h = ck.metadata["valid_data_hash"], h != v.hash {
                 throw LockstepError("cannot resume: the checkpoint was validated on other data (\(ck.metadata["valid_data_source"] ?? "?"))",
                                     hint: "resume with the same --valid-data: the best checkpoint and --patience count depend on it")
@@ -122,6 +133,10 @@ public final class Trainer {
     /// Takes the sums of a validation after this step: best weights, patience, plateau rate.
     /// Returns the metrics line's fields and a short text for the progress line.
     public func recordValidation(_ sums: EvalSums) throws -> ValidationReport {
+        guard sums.frames > 0 else {
+            throw LockstepError("the validation set \(validation?.source ?? "") has no labelled frame: its loss and accuracy would be NaN",
+                                hint: "give --valid-data with labels y (not -1 everywhere)")
+        }
         tracking.lastValidated = step
         let value = run.select == .loss ? sums.loss : sums.accuracy
         let improved = tracking.bestStep == nil || (run.select == .loss ? value < tracking.best : value > tracking.best)
@@ -129,7 +144,7 @@ public final class Trainer {
             tracking.best = value
             tracking.bestStep = step
             tracking.bad = 0
-            try saveCheckpoint(to: bestPath)
+            tracking.bestSHA256 = try saveCheckpoint(to: bestPath)
         } else {
             tracking.bad += 1
             // Recorded at the last step too: a run extended later (--resume with more steps) stops here as the longer run would.
@@ -227,15 +242,17 @@ public final class Trainer {
         try KeptCheckpoints.keep(checkpointPath, step: step, last: run.keepLast)
     }
 
-    func saveCheckpoint(to path: String) throws {
+    @discardableResult
+    func saveCheckpoint(to path: String) throws -> String {
         try FileManager.default.createDirectory(atPath: run.checkpointDir, withIntermediateDirectories: true)
         let configJSON = String(decoding: try JSONEncoder.sorted.encode(run), as: UTF8.self)
-        var meta = ["config_hash": run.hash, "config_identity": run.identity, "data_hash": data.hash,
+        var meta = ["config_hash": run.hash, "config_identity": run.identity, "data_hash": data.hash, "data_content": data.contentHash,
                     "data_source": data.source, "config": configJSON, "total_steps": String(totalSteps)]
         if let v = validation { meta["valid_data_hash"] = v.hash; meta["valid_data_source"] = v.source }
         meta["numerics"] = Trainer.numerics
         meta.merge(tracking.metadata) { $1 }
-        try Checkpoint.save(path: path, layout: layout, params: params, optimizer: optimizer, step: step, metadata: meta)
+        if let extras = checkpointExtras?() { meta.merge(extras) { $1 } }
+        return try Checkpoint.save(path: path, layout: layout, params: params, optimizer: optimizer, step: step, metadata: meta)
     }
 
     /// Frame accuracy (argmax) over a dataset, evaluated without dropout.
@@ -262,6 +279,8 @@ func checkpointPathFor(_ run: RunConfig) -> String { (run.checkpointDir as NSStr
 public struct ValidationTracking: Equatable, Sendable {
     public var best = Double.nan
     public var bestStep: Int? = nil
+    /// `file_sha256` of the `best.safetensors` written at `bestStep`: resume checks the file.
+    public var bestSHA256: String? = nil
     public var bad = 0
     public var stopped: String? = nil
     public var plateau: PlateauState
@@ -275,6 +294,7 @@ public struct ValidationTracking: Equatable, Sendable {
         var m = ["valid_bad": "\(bad)", "plateau_lr": "\(plateau.lr.bitPattern)", "plateau_best": "\(plateau.best.bitPattern)",
                  "plateau_bad": "\(plateau.bad)", "valid_last_step": "\(lastValidated)"]
         if let bestStep { m["valid_best"] = "\(best.bitPattern)"; m["valid_best_step"] = "\(bestStep)" }
+        if let bestSHA256 { m["valid_best_sha256"] = bestSHA256 }
         if let stopped { m["stopped"] = stopped }
         return m
     }
@@ -287,11 +307,57 @@ public struct ValidationTracking: Equatable, Sendable {
             return Double(bitPattern: b)
         }
         if let s = m["valid_best_step"] { bestStep = Int(s); best = try bits("valid_best") ?? .nan }
+        bestSHA256 = m["valid_best_sha256"]
         bad = Int(m["valid_bad"] ?? "0") ?? 0
         stopped = m["stopped"]
         plateau.lr = try bits("plateau_lr") ?? lr
         plateau.best = try bits("plateau_best") ?? .infinity
         plateau.bad = Int(m["plateau_bad"] ?? "0") ?? 0
         lastValidated = Int(m["valid_last_step"] ?? "0") ?? 0
+    }
+}
+
+extension Trainer {
+    /// A checkpoint's data and this run's differ in their recorded hash: the same data in
+    /// another container is accepted only when both sides' content is known, not claimed. A
+    /// run on an `.npz` (its content hash computed) resumes on a packed copy once every
+    /// sequence of the copy is read and hashed; a run on packed data recorded only its
+    /// manifest's identity, so it resumes on a copy with that identity.
+    static func checkSameData(_ ck: Checkpoint, _ data: Dataset) throws {
+        let recorded = ck.metadata["data_hash"] ?? "", content = ck.metadata["data_content"] ?? recorded
+        let source = ck.metadata["data_source"] ?? "?"
+        guard recorded == content, content == data.contentHash else {
+            throw LockstepError(recorded == content
+                ? "cannot resume: the checkpoint was trained on different data (\(source))"
+                : "cannot resume: the checkpoint was trained on the packed data \(source) (identity \(recorded.prefix(16))…), and this data's identity is \(data.hash.prefix(16))…",
+                hint: recorded == content ? "resume with the same --data (and --seed for synthetic data)"
+                    : "resume on that packed directory, or on a copy with the same manifest (`coord data info` prints its identity)")
+        }
+        if let store = data.store {
+            let computed = try store.computeContentHash(classes: data.classes)
+            guard computed == content else {
+                throw LockstepError("cannot resume: \(store.dir) claims the content of \(source) (\(content.prefix(16))…), but its shards hold \(computed.prefix(16))…",
+                                    hint: "`coord data verify \(store.dir)` names what differs; repack it from the original data")
+            }
+        }
+    }
+}
+
+extension Trainer {
+    /// On resume, `best.safetensors` must be the file this run wrote at its best step (the
+    /// checkpoint records its `file_sha256`): the run's last line will name it as the best.
+    func checkBest() throws {
+        guard let bestStep = tracking.bestStep, let want = tracking.bestSHA256 else { return }
+        let hint = "put back the best.safetensors this run wrote (a backup or a copy), or start the run again in a new --checkpoint-dir"
+        guard FileManager.default.fileExists(atPath: bestPath) else {
+            throw LockstepError("cannot resume: \(bestPath) is gone; the checkpoint says the best validation was at step \(bestStep)", hint: hint)
+        }
+        let best: Checkpoint
+        do { best = try Checkpoint.load(path: bestPath) } catch {
+            throw LockstepError("cannot resume: \(bestPath), the best weights of step \(bestStep), is damaged: \(error)", hint: hint)
+        }
+        guard best.metadata[CheckpointIntegrity.fileKey] == want, best.step == bestStep else {
+            throw LockstepError("cannot resume: \(bestPath) is not the file this run wrote at step \(bestStep) (it holds step \(best.step), file_sha256 \((best.metadata[CheckpointIntegrity.fileKey] ?? "none").prefix(16))…; the checkpoint recorded \(want.prefix(16))…)", hint: hint)
+        }
     }
 }

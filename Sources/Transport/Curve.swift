@@ -28,7 +28,7 @@ public struct CurveKeypair: Sendable, Equatable {
             throw LockstepError("\(p) already exists; not overwriting a key", hint: "choose another --out or delete the old key first")
         }
         let secret = "# Lockstep CURVE keypair: keep this file secret\npublic-key = \(publicKey)\nsecret-key = \(secretKey)\n"
-        let fd = open(keyPath, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        let fd = open(keyPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw LockstepError("cannot create \(keyPath): \(String(cString: strerror(errno)))", hint: "check the directory") }
         _ = secret.withCString { Foundation.write(fd, $0, strlen($0)) }
         fchmod(fd, 0o600)
@@ -163,7 +163,8 @@ public struct JoinKey: Equatable, Sendable {
         let text = "# Lockstep join key of the coordinator at \(endpoint) (pid \(getpid())): this user's workers read it to join. Keep it secret.\n"
             + "server-key = \(serverPublic)\npublic-key = \(worker.publicKey)\nsecret-key = \(worker.secretKey)\n"
         let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        unlink(tmp)  // a leftover, or something planted: never written through
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw LockstepError("cannot write \(tmp): \(String(cString: strerror(errno)))", hint: "check \(dir)") }
         fchmod(fd, 0o600)
         let ok = text.withCString { Foundation.write(fd, $0, strlen($0)) } == text.utf8.count

@@ -53,7 +53,7 @@ public final class RelayServer {
                                  curve: options.curve, authenticate: options.authenticate, bindWait: 0, log: log)
         core = RelayCore(numerics: numerics, welcome: welcome, maxWorkers: options.maxWorkers)
         limits.parameterCount = ParameterLayout(welcome.model).count
-        limits.inputSize = welcome.model.inputSize
+        limits.inputSize = welcome.model.inputSize; limits.classes = welcome.model.classes
         log("relay listening on \(router.endpoint); its workers join there")
         dropStore(unlessItHolds: welcome)
     }
@@ -66,7 +66,7 @@ public final class RelayServer {
         let was = core.down.welcome
         guard was.runId != w.runId || was.model != w.model || was.seed != w.seed else { return }
         limits.parameterCount = ParameterLayout(w.model).count
-        limits.inputSize = w.model.inputSize
+        limits.inputSize = w.model.inputSize; limits.classes = w.model.classes
         core = RelayCore(numerics: numerics, welcome: w, maxWorkers: options.maxWorkers)
         cache = [:]; weights = nil; weightsStep = nil
         dropStore(unlessItHolds: w)
@@ -74,7 +74,7 @@ public final class RelayServer {
 
     /// A data copy that is not this run's is never read.
     func dropStore(unlessItHolds w: Welcome) {
-        guard let store, store.contentHash != w.dataHash else { return }
+        guard let store, store.identity != w.dataHash else { return }
         self.store = nil
         log("this relay's data copy is not the run's: its workers are sent the sequences")
     }

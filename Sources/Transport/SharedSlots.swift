@@ -52,7 +52,7 @@ public final class SharedSlots: @unchecked Sendable {
         self.floats = floats
         slotBytes = SharedSlots.slotBytes(floats: floats)
         let name = "/dev/shm/lockstep-\(what)-\(getpid())-\(UUID().uuidString.prefix(8))"
-        let fd = open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        let fd = open(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw LockstepError("cannot create \(name): \(String(cString: strerror(errno)))") }
         unlink(name)
         let bytes = slotBytes * slots

@@ -30,6 +30,9 @@ public final class WorkerClient {
         public var curve: (keys: CurveKeypair, serverKey: String)? = nil
         /// The run's join key file; by default the one `JoinKey.path` names for a loopback endpoint.
         public var joinKeyPath: String? = nil
+        /// Talk to a coordinator that authenticated neither side (`--insecure`). Otherwise a
+        /// worker without keys drops every message of such a peer and exits 2.
+        public var insecure = false
         /// This worker's copy of the packed training data (`--data-root`): it reads the run's
         /// sequences there instead of receiving them, when the content hash is the run's.
         public var dataRoot: String? = nil
@@ -57,7 +60,7 @@ public final class WorkerClient {
     var hello: Hello {
         var h = helloBase
         h.sharedMemory = options.sharedMemory && options.endpoint.hasPrefix("ipc://") && !sharedFailed && options.relay == nil
-        h.dataHash = store?.contentHash ?? ""
+        h.dataHash = store?.identity ?? ""
         return h
     }
     /// The packed data this worker reads itself; nil once a shard of it failed its check.
@@ -124,7 +127,7 @@ public final class WorkerClient {
                 throw LockstepError("--data-root: \(e.message)",
                                     hint: "give the directory `coord data pack` wrote (it holds manifest.json), or leave --data-root out to receive the sequences from the coordinator")
             }
-            log("data: reading sequences from \(root) (\(store!.manifest.sequences) sequences, content \(store!.contentHash.prefix(12))…) when it is the run's; keeping up to \(store!.cacheBytes >> 20) MiB of them")
+            log("data: reading sequences from \(root) (\(store!.manifest.sequences) sequences, identity \(store!.identity.prefix(12))…) when it is the run's; keeping up to \(store!.cacheBytes >> 20) MiB of them")
         }
         done = try ZMQSocket(context, .pair)
         try done.bind(doneEndpoint)
@@ -175,6 +178,18 @@ public final class WorkerClient {
     static let monitorEvents = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED
         | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
 
+    /// Without keys of its own or the run's join key, the peer is unauthenticated: only `--insecure`
+    /// talks to it. A local socket (`ipc://`) that is this user's own socket file is the
+    /// coordinator's proof: only this user (or root) could have made it there.
+    var unauthenticated: Bool { options.curve == nil && joinKey == nil && !options.insecure && !ownLocalSocket }
+
+    /// Whether the endpoint is an `ipc://` socket file (not a link) owned by this process's user.
+    var ownLocalSocket: Bool {
+        guard options.endpoint.hasPrefix("ipc://") else { return false }
+        var st = stat()
+        return lstat(String(options.endpoint.dropFirst(6)), &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK && st.st_uid == getuid()
+    }
+
     /// Failed handshakes in a row after which a worker stops trying (a refusal, not a hiccup).
     static let handshakeAttempts = 3
 
@@ -189,6 +204,10 @@ public final class WorkerClient {
                 connected = true; connectedSinceReconnect = true
             case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
                 handshakeFailures = 0; handshakeReason = nil
+                if unauthenticated {
+                    log("left \(options.endpoint): it let this worker in without authentication, and a Lockstep coordinator on loopback admits only workers holding its join key (unless started with --insecure)\nHINT: if you started that coordinator with --insecure, pass --insecure here too; otherwise another program listens there: check the address, and start the worker as the coordinator's user")
+                    return 2
+                }
             case ZMQ_EVENT_DISCONNECTED:
                 connected = false
             case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
@@ -277,6 +296,8 @@ public final class WorkerClient {
             if let relay { for r in try relay.serve(ready[own.count...]) { sendResult(r) } }
             if ready[0] {
                 while let frames = socket.receiveFrames() {
+                    // An unauthenticated peer's bytes are never decoded (the monitor ends this worker).
+                    if unauthenticated { continue }
                     lastHeard = monotonicSeconds()
                     let m: Message
                     do { m = try Message.decode(frames, limits: limits) } catch {

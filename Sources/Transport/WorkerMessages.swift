@@ -39,7 +39,7 @@ extension WorkerClient {
             weights = nil
             weightsStep = nil
             limits.parameterCount = ParameterLayout(w.model).count
-            limits.inputSize = w.model.inputSize
+            limits.inputSize = w.model.inputSize; limits.classes = w.model.classes
             backoff = Timing.reconnectInitial
             let run = "run \(String(w.runId, radix: 16)): \(w.model.arch.rawValue) H=\(w.model.hidden) layers=\(w.model.layers)"
             guard let r = options.relay else {
@@ -96,10 +96,10 @@ extension WorkerClient {
             examples.reserveCapacity(work.sequenceIds.count)
             // The kernel reads this shard's sequences in the background, all at once, while
             // the compute thread is still on the shards queued before it.
-            if let store, welcome?.dataHash == store.contentHash { store.prefetch(work.sequenceIds.filter { cache[$0] == nil }) }
+            if let store, welcome?.dataHash == store.identity { store.prefetch(work.sequenceIds.filter { cache[$0] == nil }) }
             for id in work.sequenceIds {
                 if let e = cache[id] { examples.append(e); continue }
-                guard let store, welcome?.dataHash == store.contentHash else { break }
+                guard let store, welcome?.dataHash == store.identity else { break }
                 do { examples.append(try store.example(id)) } catch {
                     // A bad copy: the coordinator sends the sequences from now on (same result).
                     log("\(error)\nthis worker now takes its sequences from the coordinator")
@@ -110,7 +110,7 @@ extension WorkerClient {
                 }
             }
             // The kernel reads next step's likely sequences while this shard computes.
-            if let store, welcome?.dataHash == store.contentHash, !work.prefetchIds.isEmpty {
+            if let store, welcome?.dataHash == store.identity, !work.prefetchIds.isEmpty {
                 store.prefetch(work.prefetchIds)
                 lock.withLock { readAhead += work.prefetchIds.count }
             }

@@ -32,21 +32,26 @@ func fail(_ error: Error) -> Never {
 
 /// `--log-level` and `--log-format`, on every command that runs for long.
 struct LogOptions: ParsableArguments {
-    @Option(help: "Least level of the lines logged: trace, debug, info, notice, warning, error or critical (default info).")
-    var logLevel: String = "info"
-    @Option(help: "text (for people) or json (one object a line: ts, level, role, pid, step where known, message, hint on errors) (default text).")
-    var logFormat: String = "text"
+    @Option(help: "Least level of the lines logged: trace, debug, info, notice, warning, error or critical (default info; key log-level in a --config file).")
+    var logLevel: String?
+    @Option(help: "text (for people) or json (one object a line: ts, level, role, pid, step where known, message, hint on errors) (default text; key log-format in a --config file).")
+    var logFormat: String?
 
-    func validate() throws {
-        guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("--log-level must be one of \(Logger.Level.names.joined(separator: ", ")) (got \(logLevel))")
+    func validate() throws { try LogOptions.check(level: logLevel, format: logFormat, from: "--") }
+
+    /// Refuses an unknown level or format; `from` is "--" for options, or the config file's name.
+    static func check(level: String?, format: String?, from: String) throws {
+        let (l, f) = from == "--" ? ("--log-level", "--log-format") : ("\(from): key 'log-level'", "\(from): key 'log-format'")
+        if let level, Logger.Level(rawValue: level) == nil {
+            throw ValidationError("\(l) must be one of \(Logger.Level.names.joined(separator: ", ")) (got \(level.prefix(40)))")
         }
-        guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json (got \(logFormat))") }
+        if let format, LogFormat(rawValue: format) == nil { throw ValidationError("\(f) must be text or json (got \(format.prefix(40)))") }
     }
 
-    func setup(role: String) {
-        let format = LogFormat(rawValue: logFormat) ?? .text
-        LockstepLog.setup(role: role, level: Logger.Level(rawValue: logLevel) ?? .info, format: format)
+    /// Sets up the log: these options, else the config file's keys, else info and text.
+    func setup(role: String, fileLevel: String? = nil, fileFormat: String? = nil) {
+        let format = LogFormat(rawValue: logFormat ?? fileFormat ?? "text") ?? .text
+        LockstepLog.setup(role: role, level: Logger.Level(rawValue: logLevel ?? fileLevel ?? "info") ?? .info, format: format)
         if format == .json { ProgressLine.sink = { LockstepLog.logger.info("\($0)", metadata: ["event": "progress"]) } }
     }
 }

@@ -67,6 +67,7 @@ struct Start: ParsableCommand {
         var threads = 1
         var metricsPort: Int? = nil
         var metricsHost = "127.0.0.1"
+        var logLevel: String? = nil, logFormat: String? = nil
     }
 
     func resolve() throws -> (RunConfig, Settings) {
@@ -86,6 +87,9 @@ struct Start: ParsableCommand {
         s.threads = try threads ?? file.int("threads") ?? 1
         s.metricsPort = try metricsPort ?? file.int("metrics-port")
         s.metricsHost = try metricsHost ?? file.string("metrics-host") ?? "127.0.0.1"
+        s.logLevel = try file.string("log-level")
+        s.logFormat = try file.string("log-format")
+        try LogOptions.check(level: s.logLevel, format: s.logFormat, from: file.path)
         return (run, s)
     }
 
@@ -123,7 +127,8 @@ struct Start: ParsableCommand {
         }
         if (s.curveKeys == nil) != (s.allow == nil) { p.append("--curve-keys and --allow go together") }
         if s.spawn < 0 || s.spawn > 64 { p.append("--spawn must be in 0...64 (got \(s.spawn))") }
-        if let m = s.minWorkers, m < 1 { p.append("--min-workers must be at least 1") }
+        if let m = s.minWorkers, !(1...4096).contains(m) { p.append("--min-workers must be in 1...4096 (got \(m))") }
+        if !(1...4096).contains(s.maxWorkers) { p.append("--max-workers must be in 1...4096 (got \(s.maxWorkers))") }
         if s.maxWorkers < max(1, s.spawn, s.minWorkers ?? 1) { p.append("--max-workers is below the workers you ask for") }
         return p
     }
@@ -141,6 +146,7 @@ struct Start: ParsableCommand {
         logging.setup(role: "coord")
         do {
             let (config, s) = try resolve()
+            if s.logLevel != nil || s.logFormat != nil { logging.setup(role: "coord", fileLevel: s.logLevel, fileFormat: s.logFormat) }
             BLAS.mode = config.numerics
             Interrupt.install()
             // Held to the end of the run: the kernel releases it on any exit.
@@ -233,12 +239,20 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool) throws -> (Traine
         } else {
             validation = try Dataset.load(npz: v, classes: data.classes, labels: labels)
         }
+        if validation!.store == nil, !validation!.examples.contains(where: { $0.y.contains { $0 >= 0 } }) {
+            throw LockstepError("--valid-data \(v): no frame has a label (every y on a valid frame is -1): its loss would be NaN",
+                                hint: "validate on labelled data")
+        }
         guard validation!.inputSize == data.inputSize else {
             throw LockstepError("--valid-data \(v): x has d_in = \(validation!.inputSize) but the training data \(data.source) has \(data.inputSize)",
                                 hint: "validate on data with the same features as the training data")
         }
     }
     let trainer = try Trainer(run: config, data: data, resumeFrom: checkpoint, initWeights: initial, validation: validation)
+    // Every check passed: only now does --fresh move the previous run's files out of the way.
+    if fresh, FileManager.default.fileExists(atPath: path) {
+        log("--fresh: the previous run's files are now in \(try archivePreviousRun(config.checkpointDir))")
+    }
     if let checkpoint, let was = Int(checkpoint.metadata["total_steps"] ?? ""), was != trainer.totalSteps {
         log("extending the run: it ended at step \(was), now at step \(trainer.totalSteps) (resuming at step \(trainer.step))")
     }
@@ -298,7 +312,9 @@ nonisolated(unsafe) var metricsEndpoint: MetricsEndpoint?
 
 /// The run's metrics log (`metrics.jsonl`, `tb/`), feeding the metrics endpoint when there is one.
 func openMetrics(_ trainer: Trainer) throws -> MetricsLog {
-    let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step)
+    let metrics = try MetricsLog(directory: trainer.run.checkpointDir, resumeStep: trainer.step, recorded: trainer.resumedMetadata)
+    for note in metrics.notes { log(note) }
+    trainer.checkpointExtras = { [unowned metrics] in metrics.recorded() }
     if let endpoint = metricsEndpoint {
         metrics.onStep = { endpoint.observe($0) }
         metrics.onValidation = { endpoint.observe($0) }
@@ -392,6 +408,7 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
                            "--log-format", LockstepLog.format.rawValue, "--log-level", LockstepLog.level.rawValue]
             // A worker busy-waiting at the barrier would take a core from one still computing.
             if spawn * threads > ProcessInfo.processInfo.activeProcessorCount { p.arguments! += ["--barrier-spin-ms", "0"] }
+            if !authenticate && curve == nil { p.arguments! += ["--insecure"] }
             // Packed data on this host: the spawned workers read it themselves.
             if DataManifest.isPacked(trainer.data.source) { p.arguments! += ["--data-root", trainer.data.source] }
             if let curve, let curveKeysPath {
@@ -406,10 +423,8 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
                 p.arguments! += ["--join-key", join.path]
             }
             let logPath = (trainer.run.checkpointDir as NSString).appendingPathComponent("worker-\(i).log")
-            guard FileManager.default.createFile(atPath: logPath, contents: nil), let logFile = FileHandle(forWritingAtPath: logPath) else {
-                throw LockstepError("cannot write the spawned worker's log \(logPath)",
-                                    hint: "make --checkpoint-dir \(trainer.run.checkpointDir) a writable directory")
-            }
+            let logFile = FileHandle(fileDescriptor: try SafeFile.openForAppend(logPath, truncate: true, what: "the spawned worker's log"),
+                                     closeOnDealloc: true)
             p.standardError = logFile
             p.standardOutput = FileHandle.nullDevice
             try p.run()
@@ -451,3 +466,27 @@ func report(_ trainer: Trainer, heldOut: Dataset?) {
 }
 
 func log(_ s: String) { LockstepLog.line(s) }
+
+/// Moves a previous run's files (checkpoints, best weights, metrics, TensorBoard events, worker
+/// logs, config, report) into `DIR/previous-N/`, so a new run never mixes with them, even when it
+/// fails before its first checkpoint. Returns that directory.
+func archivePreviousRun(_ dir: String) throws -> String {
+    let fm = FileManager.default
+    var n = 1
+    while fm.fileExists(atPath: "\(dir)/previous-\(n)") { n += 1 }
+    let dest = "\(dir)/previous-\(n)"
+    let names = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
+    let ours = names.filter { name in
+        name == "metrics.jsonl" || name == "tb" || name == "config.toml" || name == "report.html" || name == "best.safetensors"
+            || (name.hasPrefix("checkpoint") && name.hasSuffix(".safetensors")) || (name.hasPrefix("worker-") && name.hasSuffix(".log"))
+    }
+    do {
+        try fm.createDirectory(atPath: dest, withIntermediateDirectories: false)
+        for name in ours where rename("\(dir)/\(name)", "\(dest)/\(name)") != 0 {
+            throw LockstepError("cannot move \(dir)/\(name) to \(dest): \(String(cString: strerror(errno)))", hint: "check the permissions of \(dir)")
+        }
+    } catch let e as LockstepError { throw e } catch {
+        throw LockstepError("cannot make \(dest): \(error.localizedDescription)", hint: "check the permissions of \(dir)")
+    }
+    return dest
+}

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Observe
 import Training
 
 struct Status: ParsableCommand {
@@ -13,7 +14,7 @@ struct Status: ParsableCommand {
     func run() throws {
         let metrics = (runDirectory as NSString).appendingPathComponent("metrics.jsonl")
         guard let text = try? String(contentsOfFile: metrics, encoding: .utf8) else {
-            print("\(runDirectory): no metrics yet")
+            print("\(terminalSafe(runDirectory)): no metrics yet")
             return
         }
         let lines = text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
@@ -42,7 +43,7 @@ struct RunStatus {
         if let v = lines.last(where: { $0["valid_loss"] != nil }), let vl = v["valid_loss"] as? Double, let va = v["valid_accuracy"] as? Double {
             out += String(format: "  valid loss %.4f acc %.2f%% (step %d)", vl, 100 * va, v["step"] as? Int ?? 0)
         }
-        if let why = lines.last(where: { $0["stopped"] != nil })?["stopped"] as? String { return out + "  STOPPED: " + why }
+        if let why = lines.last(where: { $0["stopped"] != nil })?["stopped"] as? String { return out + "  STOPPED: " + terminalSafe(why) }
         // The pace of the last 20 steps, for the steps left.
         if let total, total > step {
             let recent = steps.suffix(20).compactMap { $0["seconds"] as? Double }

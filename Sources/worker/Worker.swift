@@ -38,6 +38,8 @@ struct Join: ParsableCommand {
     var noSharedMemory = false
     @Option(help: "With shared memory: busy-wait up to this many milliseconds at each step barrier for the next step's weights, so the core stays warm (an idle VM core computed the next shard 5-15% slower). 0 sleeps at once; use 0 when this host has more workers than cores.")
     var barrierSpinMs: Double = 1000 * Timing.barrierSpin
+    @Flag(help: "Talk to a coordinator that authenticates no one (one started with --insecure). Without it, a worker with no keys (no --curve-keys, no join key) leaves a coordinator that lets it in unauthenticated before reading any of its messages: something else may be listening there.")
+    var insecure = false
     @Option(help: .hidden) var debugNumerics: [String] = []
     @Option(help: .hidden) var debugCpuFlags: String?
     @Option(help: .hidden) var debugBlasThreads: Int?
@@ -52,6 +54,7 @@ struct Join: ParsableCommand {
     func run() throws {
         var o = up.options(role: "worker")
         o.threads = threads
+        o.insecure = insecure
         for kv in debugNumerics {
             let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
             if p.count == 2 { o.numericsOverrides[p[0]] = p[1] }
@@ -178,7 +181,7 @@ struct Relay: ParsableCommand {
     var allow: String?
     @Option(help: "CURVE below: this relay's server keypair (from `worker keygen`; its workers join with --server-key of its .pub). Default: --curve-keys, the keypair it shows the coordinator.")
     var listenKeys: String?
-    @Flag(help: "Accept workers at a --bind beyond loopback without authentication (a network you trust); a loopback --bind then takes no join key either.")
+    @Flag(help: "Accept workers at a --bind beyond loopback without authentication (a network you trust); a loopback --bind then takes no join key either, and its workers join with --insecure. Upstream, the relay may then talk to a coordinator started with --insecure.")
     var insecure = false
     @Option(help: "The most workers that may join this relay.")
     var maxWorkers = 256
@@ -199,6 +202,7 @@ struct Relay: ParsableCommand {
     func run() throws {
         var o = up.options(role: "relay")
         o.threads = threads
+        o.insecure = insecure
         var r = RelayServer.Options(bind: bind)
         r.authenticate = !insecure
         r.maxWorkers = maxWorkers

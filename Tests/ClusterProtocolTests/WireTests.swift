@@ -93,6 +93,22 @@ final class WireTests: XCTestCase {
         }
     }
 
+    /// A worker trusts no coordinator's bytes: a sequence with a label the model does not have,
+    /// or a non-finite input, is refused before the engine sees it.
+    func testWorkWithLabelsOutsideTheModelOrNonFiniteInputsIsRefused() {
+        var limits = WireLimits()
+        limits.inputSize = 2; limits.classes = 3
+        func work(_ e: Example) -> [[UInt8]] {
+            Message.work(Work(step: 1, shard: 0, sequenceIds: [e.id], weights: nil, sequences: [e])).encode()
+        }
+        XCTAssertNoThrow(try Message.decode(work(Example(id: 1, x: [1, 2, 3, 4], y: [2, -1])), limits: limits))
+        for (e, words) in [(Example(id: 1, x: [1, 2, 3, 4], y: [3, 0]), "label 3"), (Example(id: 1, x: [1, 2], y: [1_000_000_000]), "label 1000000000"),
+                           (Example(id: 1, x: [1, 2], y: [-5]), "label -5"), (Example(id: 1, x: [1, .nan], y: [0]), "non-finite"),
+                           (Example(id: 1, x: [.infinity, 1], y: [0]), "non-finite")] {
+            XCTAssertThrowsError(try Message.decode(work(e), limits: limits)) { XCTAssertTrue("\($0)".contains(words), "\($0)") }
+        }
+    }
+
     func testRandomCorruptionNeverCrashesTheDecoder() {
         var limits = WireLimits()
         limits.parameterCount = 3
