@@ -161,7 +161,7 @@ extension StepReport {
                 "shards": .int(shards), "gradients": .int(gradients), "max_shard_frames": .int(maxShardFrames), "seconds": .double(seconds),
                 "coordinator_seconds": .double(coordinatorSeconds), "bytes_sent": .int(bytesSent), "bytes_received": .int(bytesReceived),
                 "shard_seconds_max": .double(shardSecondsMax), "shard_seconds_mean": .double(shardSecondsMean),
-                "skipped": .bool(skipped != nil), "lr": .float(lr),
+                "skipped": .bool(skipped != nil), "lr": .float(lr), "total_steps": .int(totalSteps),
             ].merging(workerSeconds.isEmpty ? [:] : ["worker_shard_seconds": .object(workerSeconds.mapValues(MetricsJSON.double))]) { $1 })
         }
     }

@@ -12,3 +12,12 @@ public enum Interrupt {
 
     public static var requested: Bool { flag != 0 }
 }
+
+/// A run stopped on request (Ctrl-C, SIGTERM) after checkpointing: not a failure. `coord start`
+/// says how to resume and exits 130.
+public struct Interrupted: Error, CustomStringConvertible {
+    public let message: String
+    public let resume: String
+    public init(_ message: String, resume: String) { self.message = message; self.resume = resume }
+    public var description: String { "\(message)\nto continue: \(resume)" }
+}

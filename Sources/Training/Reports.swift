@@ -7,6 +7,8 @@ import Numerics
 public struct StepReport: Sendable {
     public var step: Int          // 1-based: the number of steps done after this one
     public var epoch: Int
+    /// The run's last step (`--steps`, or `--epochs` × batches per epoch): what `coord status` counts to.
+    public var totalSteps: Int = 0
     public var loss: Double
     public var frames: Int
     /// Frames in the step's largest shard: with `frames / shards` it shows how evenly the step divides.

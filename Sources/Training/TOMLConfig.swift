@@ -13,6 +13,8 @@ public enum TOMLConfig {
     public struct Other {
         public let path: String
         public var values: [String: ConfigValue] = [:]
+        /// Every top-level key the file set (an option given explicitly, even at its default).
+        public var given: Set<String> = []
         public init(path: String) { self.path = path }
 
         public func bad(_ key: String, _ want: String) -> LockstepError {
@@ -86,6 +88,7 @@ public enum TOMLConfig {
             return e
         }
         for key in table.keys {
+            other.given.insert(key)
             let v = table[key]!
             switch key {
             case "data": c.data = try str(key, v)

@@ -210,6 +210,7 @@ public final class Trainer {
             step += 1
             var r = StepReport(step: step, epoch: epoch, loss: .nan, frames: frames, gradNorm: .nan, clipped: false, seconds: seconds)
             r.skipped = what
+            r.totalSteps = totalSteps
             r.shards = shardCount
             r.gradients = parts.count
             return r
@@ -225,6 +226,7 @@ public final class Trainer {
         var r = StepReport(step: step, epoch: epoch, loss: lossSum / Double(max(frames, 1)), frames: frames,
                            gradNorm: gradNorm, clipped: clipped, seconds: seconds)
         r.shards = shardCount
+        r.totalSteps = totalSteps
         r.gradients = parts.count
         // A block's frames are its shards' total: take each shard's from the plan instead.
         r.maxShardFrames = spans == nil ? parts.map(\.result.frames).max() ?? 0

@@ -11,6 +11,8 @@ import Training
 /// It decodes (and rejects) messages, feeds the core, carries out its directives, and when a
 /// step's shards are all in, reduces in the fixed tree, clips, steps and checkpoints.
 public final class CoordinatorServer {
+    /// Workers this coordinator spawned (`--spawn`): an interrupt stops them, so the hint differs.
+    public var spawnedWorkers = false
     public let trainer: Trainer
     /// The socket workers join, its authentication and its decoding.
     let router: RouterShell
@@ -116,6 +118,10 @@ public final class CoordinatorServer {
     public func run(metrics: MetricsLog, progress: ProgressLine?) throws {
         let t = trainer
         log("listening on \(endpoint); waiting for \(core.minWorkers) worker(s)")
+        if !endpoint.isEmpty {
+            let address = endpoint.hasPrefix("tcp://") ? String(endpoint.dropFirst(6)) : endpoint
+            log("workers of this run join with: worker join \(address) --run \(String(core.welcome.runId, radix: 16))")
+        }
         var stepStarted = monotonicSeconds()
         var validText = ""
         var checkpointAfterValidation = false
@@ -221,10 +227,12 @@ public final class CoordinatorServer {
     /// `--resume` on the same address gets them back without anyone restarting them.
     private func interrupted() throws {
         try trainer.saveCheckpoint()
+        let spawned = spawnedWorkers
         let joined = core.alive
-        throw LockstepError("interrupted after step \(trainer.step): checkpoint written to \(trainer.checkpointPath)",
-                            hint: "continue with the same command plus --resume"
-                                + (joined > 0 ? " (same --bind): the \(joined) worker(s) that joined keep reconnecting and rejoin it by themselves" : ""))
+        throw Interrupted("interrupted after step \(trainer.step): checkpoint written to \(trainer.checkpointPath)",
+                          resume: "the same command plus --resume" + (spawned
+                            ? " (it spawns its workers again)"
+                            : joined > 0 ? " (same --bind): the \(joined) worker(s) that joined keep reconnecting and rejoin it by themselves" : ""))
     }
 
     /// Tells every worker to stop (also on a fatal error).

@@ -73,8 +73,10 @@ public final class RouterShell {
                     Thread.sleep(forTimeInterval: 0.2)
                     continue
                 }
-                throw LockstepError("\(error)" + (said ? " (waited \(Int(bindWait)) s)" : ""),
-                                    hint: "choose a free port with --bind tcp://127.0.0.1:PORT, or stop whatever holds it")
+                throw LockstepError("\(error)" + (said ? " (waited \(Int(bindWait)) s)" : "")
+                                    + (inUse ? ": another program (perhaps another run's coordinator) holds that port" : ""),
+                                    hint: "give --bind tcp://127.0.0.1:0 (a free port, printed with the worker join command for this run), "
+                                        + "or a port of your choosing; workers of this run then join with --run, so none joins another run by mistake")
             }
         }
         endpoint = bind == nil ? "" : socket.lastEndpoint

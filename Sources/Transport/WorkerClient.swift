@@ -33,6 +33,8 @@ public final class WorkerClient {
         /// Talk to a coordinator that authenticated neither side (`--insecure`). Otherwise a
         /// worker without keys drops every message of such a peer and exits 2.
         public var insecure = false
+        /// The run this worker is for (`--run`): a coordinator of another run is left (exit 2).
+        public var runId: UInt64? = nil
         /// This worker's copy of the packed training data (`--data-root`): it reads the run's
         /// sequences there instead of receiving them, when the content hash is the run's.
         public var dataRoot: String? = nil

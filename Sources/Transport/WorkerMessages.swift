@@ -2,6 +2,7 @@ import BiLSTM
 import CZMQ
 import ClusterProtocol
 import Datasets
+import Formats
 import Foundation
 import Numerics
 import Training
@@ -28,6 +29,10 @@ extension WorkerClient {
     func onMessage(_ m: Message) throws -> Int32? {
         switch m {
         case .welcome(let w):
+            if let want = options.runId, want != w.runId {
+                log("left \(options.endpoint): its coordinator runs run \(String(w.runId, radix: 16)), not run \(String(want, radix: 16)) (--run)\nHINT: the port is another run's; join the address that `coord start` printed for your run")
+                return 2
+            }
             if BLAS.mode != w.numerics { log("computing with the run's numerics: \(w.numerics.rawValue)") }
             BLAS.mode = w.numerics
             if options.relay == nil && (welcome?.model != w.model || welcome?.seed != w.seed) {
@@ -42,6 +47,9 @@ extension WorkerClient {
             limits.inputSize = w.model.inputSize; limits.classes = w.model.classes
             backoff = Timing.reconnectInitial
             let run = "run \(String(w.runId, radix: 16)): \(w.model.arch.rawValue) H=\(w.model.hidden) layers=\(w.model.layers)"
+            if let store, w.dataHash != store.identity {
+                log("not reading \(DataManifest.path(store.dir)): its identity is \(store.identity.prefix(16))…, the run's data is \(w.dataHash.isEmpty ? "not packed" : String(w.dataHash.prefix(16)) + "…"); the coordinator sends the sequences (the same bits)")
+            }
             guard let r = options.relay else {
                 log("joined " + run)
                 openShared(w)

@@ -68,6 +68,8 @@ struct Start: ParsableCommand {
         var metricsPort: Int? = nil
         var metricsHost = "127.0.0.1"
         var logLevel: String? = nil, logFormat: String? = nil
+        /// Model options given explicitly (`--init` checks them against its file).
+        var explicitModel: Set<String> = []
     }
 
     func resolve() throws -> (RunConfig, Settings) {
@@ -87,6 +89,7 @@ struct Start: ParsableCommand {
         s.threads = try threads ?? file.int("threads") ?? 1
         s.metricsPort = try metricsPort ?? file.int("metrics-port")
         s.metricsHost = try metricsHost ?? file.string("metrics-host") ?? "127.0.0.1"
+        s.explicitModel = training.explicitModel(file)
         s.logLevel = try file.string("log-level")
         s.logFormat = try file.string("log-format")
         try LogOptions.check(level: s.logLevel, format: s.logFormat, from: file.path)
@@ -152,7 +155,7 @@ struct Start: ParsableCommand {
             // Held to the end of the run: the kernel releases it on any exit.
             let lock = try RunLock(directory: config.checkpointDir, wait: s.resume ? s.wait : 0, log: log)
             defer { withExtendedLifetime(lock) {} }
-            let (trainer, heldOut) = try prepare(config, resume: s.resume, fresh: s.fresh)
+            let (trainer, heldOut) = try prepare(config, resume: s.resume, fresh: s.fresh, explicit: s.explicitModel)
             nonisolated(unsafe) let progress = trainer
             LockstepLog.context = { ["step": "\(progress.step)"] }
             try writeRunConfig(trainer.run)
@@ -185,17 +188,21 @@ struct Start: ParsableCommand {
                                  curveKeysPath: s.curveKeys, authenticate: !s.insecure, bindWait: s.resume ? s.wait : 0)
             }
             report(trainer, heldOut: heldOut)
+        } catch let stop as Interrupted {
+            // A requested stop is not a failure: said at notice level, exit 130 (128 + SIGINT).
+            LockstepLog.logger.notice("\(stop)")
+            Foundation.exit(130)
         } catch { fail(error) }
     }
 }
 
 /// Loads the data and builds (or resumes) the trainer, refusing to clobber a checkpoint.
-func prepare(_ original: RunConfig, resume: Bool, fresh: Bool) throws -> (Trainer, Dataset?) {
+func prepare(_ original: RunConfig, resume: Bool, fresh: Bool, explicit: Set<String> = []) throws -> (Trainer, Dataset?) {
     var config = original
     var initial: Checkpoint? = nil
     if let path = config.initFrom {
         let ck = try Checkpoint.load(path: path)
-        config = try adopt(ck, from: path, into: config)
+        config = try adopt(ck, from: path, into: config, explicit: explicit)
         initial = ck
     }
     let path = (config.checkpointDir as NSString).appendingPathComponent("checkpoint.safetensors")
@@ -207,7 +214,7 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool) throws -> (Traine
             // A run started with --init took its shape from that file: it resumes with the checkpoint's.
             let recorded = (checkpoint!.metadata["config_identity"] ?? "").split(separator: ";").first { $0.hasPrefix("init=") }
             if let recorded {
-                config = try adopt(checkpoint!, from: path, into: config)
+                config = try adopt(checkpoint!, from: path, into: config, explicit: explicit)
                 config.initHash = String(recorded.dropFirst(5))
             }
         } else if !fresh {
@@ -277,20 +284,23 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool) throws -> (Traine
 
 /// The run's model shape taken from `--init` weights; an option that contradicts the file is an
 /// error naming the tensor and both shapes.
-func adopt(_ ck: Checkpoint, from path: String, into original: RunConfig) throws -> RunConfig {
+/// The run's model shape from a file of weights; an option the user gave explicitly (`explicit`,
+/// even at its default value) that contradicts the file is refused, naming the tensor.
+func adopt(_ ck: Checkpoint, from path: String, into original: RunConfig, explicit: Set<String>) throws -> RunConfig {
     var c = original
     let defaults = RunConfig()
     let m = ck.model
+    func given(_ key: String, _ differsFromDefault: Bool) -> Bool { explicit.contains(key) || differsFromDefault }
     let prefix = m.arch == .split ? "layer1.0." : "layer1."
     var problems: [String] = []
-    if c.hidden != defaults.hidden && c.hidden != m.hidden {
+    if given("hidden", c.hidden != defaults.hidden) && c.hidden != m.hidden {
         problems.append("--hidden \(c.hidden): tensor \(prefix)weight_hh_l0 has shape [\(4 * m.hidden), \(m.hidden)], a hidden size of \(m.hidden); this run asks for [\(4 * c.hidden), \(c.hidden)]")
     }
-    if c.layers != defaults.layers && c.layers != m.layers {
+    if given("layers", c.layers != defaults.layers) && c.layers != m.layers {
         problems.append("--layers \(c.layers): the file has \(prefix)weight_ih_l0…l\(m.layers - 1), \(m.layers) layers")
     }
-    if c.arch != defaults.arch && c.arch != m.arch { problems.append("--arch \(c.arch.rawValue): the file's tensors are the \(m.arch.rawValue) arch (\(prefix)…)") }
-    if c.bidirectional != defaults.bidirectional && c.bidirectional != m.bidirectional {
+    if given("arch", c.arch != defaults.arch) && c.arch != m.arch { problems.append("--arch \(c.arch.rawValue): the file's tensors are the \(m.arch.rawValue) arch (\(prefix)…)") }
+    if given("unidirectional", c.bidirectional != defaults.bidirectional) && c.bidirectional != m.bidirectional {
         problems.append("--unidirectional: the file has reverse-direction tensors (\(prefix)weight_ih_l0_reverse)")
     }
     if let k = c.classes, k != m.classes { problems.append("--classes \(k): tensor layer2.0.weight has shape [\(m.classes), \(m.headInput)], \(m.classes) classes") }
@@ -348,8 +358,8 @@ func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
     while !trainer.done {
         if Interrupt.requested {
             try trainer.saveCheckpoint()
-            throw LockstepError("interrupted after step \(trainer.step): checkpoint written to \(trainer.checkpointPath)",
-                                hint: "continue with the same command plus --resume")
+            throw Interrupted("interrupted after step \(trainer.step): checkpoint written to \(trainer.checkpointPath)",
+                              resume: "the same command plus --resume (it continues to the same bits)")
         }
         let started = Date()
         let step = trainer.step
@@ -386,6 +396,7 @@ func trainCluster(_ trainer: Trainer, bind: String?, spawn: Int, threads: Int = 
         for c in children where c.isRunning { kill(c.processIdentifier, SIGKILL) }
     }
     if spawn > 0 {
+        server.spawnedWorkers = true
         let exe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
         let workerExe = exe.deletingLastPathComponent().appendingPathComponent("worker")
         guard FileManager.default.isExecutableFile(atPath: workerExe.path) else {

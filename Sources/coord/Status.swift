@@ -28,9 +28,11 @@ struct RunStatus {
     let lines: [[String: Any]]
     let config: String?
 
-    /// The run's last step from its config.toml, when it says (`steps = N`).
+    /// The run's last step: from the last metrics line (`total_steps`: `--epochs` runs too), else
+    /// from config.toml when it says (`steps = N`).
     var total: Int? {
-        config?.split(separator: "\n").first { $0.hasPrefix("steps = ") }.flatMap { Int($0.dropFirst(8)) }
+        if let t = lines.last(where: { $0["total_steps"] != nil })?["total_steps"] as? Int, t > 0 { return t }
+        return config?.split(separator: "\n").first { $0.hasPrefix("steps = ") }.flatMap { Int($0.dropFirst(8)) }
     }
 
     var line: String {

@@ -134,6 +134,17 @@ struct TrainingOptions: ParsableArguments {
         if let v = patience { c.patience = v }
         return (c, other)
     }
+
+    /// The model options given explicitly, on the command line or in the --config file, even at
+    /// their default value: `--init` refuses each that contradicts its file.
+    func explicitModel(_ file: TOMLConfig.Other) -> Set<String> {
+        var out: Set<String> = []
+        if hidden != nil || file.given.contains("hidden") { out.insert("hidden") }
+        if layers != nil || file.given.contains("layers") { out.insert("layers") }
+        if arch != nil || file.given.contains("arch") { out.insert("arch") }
+        if unidirectional || file.given.contains("unidirectional") { out.insert("unidirectional") }
+        return out
+    }
 }
 
 extension Arch: ExpressibleByArgument {}

@@ -80,6 +80,8 @@ struct Upstream: ParsableArguments {
     var serverKey: String?
     @Option(help: "The run's join key file. By default a worker joining a loopback coordinator without --curve-keys reads the key that coordinator wrote for this user (see `coord start --help`); give the path when this worker's HOME or XDG_RUNTIME_DIR differs from the coordinator's.")
     var joinKey: String?
+    @Option(help: "The run to join (the id `coord start` prints with its worker join command): a coordinator of any other run is left at once (exit 2), so a worker never works for a run it was not meant for.")
+    var run: String?
     @Option(help: "This host's copy of the run's packed data (a directory from `coord data pack`, on a shared file system or copied here): the worker reads its sequences there instead of receiving them from the coordinator, when its content hash is the run's. Each shard's SHA-256 is checked on first use; a bad copy falls back to receiving sequences (same result).")
     var dataRoot: String?
     @Option(help: "With --data-root: the most MiB of sequences this worker keeps in memory once read (least recently used dropped first); its memory is about this plus the model. Sequences are read with pread, not mapped, so no file pages are held. 0 reads every sequence from the files (the OS page cache) each time. Default: 256, or an eighth of this process's memory limit (its cgroup's) when that is less.")
@@ -106,6 +108,7 @@ struct Upstream: ParsableArguments {
                 throw ValidationError("cannot read the address \(address). HINT: give HOST:PORT, e.g. 127.0.0.1:5555")
             }
         }
+        if let run, UInt64(run, radix: 16) == nil { throw ValidationError("--run \(run.prefix(40)) is not a run id (up to 16 hexadecimal digits, as coord start prints it)") }
         if let mb = cacheMb, mb < 0 || mb > 1 << 24 { throw ValidationError("--cache-mb must be in 0...16777216 (MiB). HINT: 256 keeps 256 MiB of sequences") }
         if (curveKeys == nil) != (serverKey == nil) { throw ValidationError("--curve-keys and --server-key go together") }
         if joinKey != nil && curveKeys != nil { throw ValidationError("--join-key and --curve-keys are two ways to authenticate: give one") }
@@ -124,6 +127,7 @@ struct Upstream: ParsableArguments {
         o.parentPid = parentPid
         o.pin = !noPin
         o.joinKeyPath = joinKey
+        o.runId = run.flatMap { UInt64($0, radix: 16) }
         o.dataRoot = dataRoot
         o.cacheMB = cacheMb
         return o

@@ -96,6 +96,34 @@ final class IntrusionProcessTests: XCTestCase {
         h.kill9(c)
     }
 
+    /// The outside report: a worker told the port of another run's coordinator worked for it.
+    /// `coord start` prints the join command with its run id; `--run` refuses any other run.
+    func testAWorkerToldItsRunLeavesAnotherRunsCoordinator() throws {
+        let ref = try h.reference(steps: 2)
+        let c = try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/run", "--bind", "tcp://127.0.0.1:0"] + ProcessHarness.options(steps: 2), name: "coord")
+        let ep = try XCTUnwrap(h.endpoint("coord"))
+        var command = ""
+        XCTAssertTrue(h.until(20) {
+            command = self.h.text(self.h.log("coord")).components(separatedBy: "join with: ").dropFirst().first?.prefix { $0 != "\n" }.description ?? ""
+            return !command.isEmpty
+        })
+        XCTAssertTrue(command.hasPrefix("worker join \(ep.dropFirst(6)) --run "), command)
+        let run = String(command.split(separator: " ").last ?? "")
+        let other = try h.start("worker", ["join", ep, "--run", "123abc"], name: "other")
+        XCTAssertEqual(h.wait(other, timeout: 20), 2, h.text(h.log("other")))
+        XCTAssertTrue(h.text(h.log("other")).contains("not run 123abc"), h.text(h.log("other")))
+        try h.start("worker", ["join", ep, "--run", run], name: "mine")
+        XCTAssertEqual(h.wait(c, timeout: 120), 0, h.text(h.log("coord")))
+        XCTAssertEqual(h.hash("coord"), ref)
+        // A bind that fails names the way out: a free port, and --run.
+        let held = try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/run2", "--bind", "tcp://127.0.0.1:0"] + ProcessHarness.options(steps: 2), name: "held")
+        let heldEp = try XCTUnwrap(h.endpoint("held"))
+        let clash = try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/clash", "--bind", heldEp] + ProcessHarness.options(steps: 2), name: "clash")
+        XCTAssertEqual(h.wait(clash, timeout: 30), 1, h.text(h.log("clash")))
+        XCTAssertTrue(h.text(h.log("clash")).contains("--bind tcp://127.0.0.1:0"), h.text(h.log("clash")))
+        h.kill9(held)
+    }
+
     func testWorkersStartedWithTheirCoordinatorFindItsJoinKey() throws {
         let ref = try reference(steps: 8)
         let port = freePort()

@@ -42,7 +42,7 @@ final class RunDirectoryProcessTests: XCTestCase {
                       h.text(h.log("successor")))
         XCTAssertTrue(successor.isRunning)
         kill(old.processIdentifier, SIGTERM)
-        XCTAssertEqual(h.wait(old, timeout: 30), 1)
+        XCTAssertEqual(h.wait(old, timeout: 30), 130)
         XCTAssertTrue(h.text(h.log("old")).contains("interrupted after step 0"), h.text(h.log("old")))
         XCTAssertEqual(h.wait(successor, timeout: 120), 0, h.text(h.log("successor")))
         XCTAssertEqual(h.hash("successor"), ref)

@@ -185,6 +185,10 @@ final class WorkflowProcessTests: XCTestCase {
         let wrong = try run("init-wrong", ["start", "--local", "--data", f + ".data.npz", "--init", f + ".weights.safetensors", "--hidden", "32",
                                            "--checkpoint-dir", h.dir + "/wrong"], expect: 1)
         XCTAssertTrue(wrong.contains("--hidden 32: tensor layer1.weight_hh_l0 has shape [24, 6], a hidden size of 6; this run asks for [128, 32]"), wrong)
+        // An option given at its default value contradicts the file just the same (the outside report: --hidden 64).
+        let atDefault = try run("init-default", ["start", "--local", "--data", f + ".data.npz", "--init", f + ".weights.safetensors", "--hidden", "64",
+                                                 "--layers", "2", "--checkpoint-dir", h.dir + "/wrong-default"], expect: 1)
+        XCTAssertTrue(atDefault.contains("--hidden 64: tensor layer1.weight_hh_l0 has shape [24, 6]"), atDefault)
         let otherData = try run("init-data", ["start", "--local", "--data", WorkflowProcessTests.fixtures + "/bi3.data.npz", "--init", f + ".weights.safetensors",
                                               "--checkpoint-dir", h.dir + "/wd"], expect: 1)
         XCTAssertTrue(otherData.contains("tensor layer1.weight_ih_l0 has shape [24, 5] (d_in 5) but"), otherData)
@@ -254,7 +258,7 @@ final class WorkflowProcessTests: XCTestCase {
         let w = try h.start("worker", ["join", ep, "--debug-delay", "0.05"], name: "w")
         XCTAssertTrue(h.until(60) { self.h.metricsLines(self.h.dir + "/int").count >= 6 })
         kill(c.processIdentifier, SIGINT)
-        XCTAssertEqual(h.wait(c, timeout: 30), 1)
+        XCTAssertEqual(h.wait(c, timeout: 30), 130, "a requested stop is not a failure")
         let said = h.text(h.log("int"))
         XCTAssertTrue(said.contains("the 1 worker(s) that joined keep reconnecting and rejoin it by themselves"), said)
         XCTAssertTrue(h.until(5) { self.h.text(self.h.log("w")).contains("reconnecting") }, h.text(h.log("w")))
@@ -266,6 +270,18 @@ final class WorkflowProcessTests: XCTestCase {
     }
 
     /// `--metrics-port`: scraped during a real cluster run, it shows the step the metrics log has.
+    /// `coord status` of an `--epochs` run shows its total (from the metrics lines) and then "done".
+    func testStatusOfAnEpochsRunShowsItsTotal() throws {
+        let opts = Array(ProcessHarness.options(steps: 1).dropFirst(2))   // the same options without --steps
+        let run = try h.start("coord", ["start", "--local", "--epochs", "2", "--checkpoint-dir", h.dir + "/ep"] + opts, name: "ep")
+        XCTAssertEqual(h.wait(run, timeout: 120), 0, h.text(h.log("ep")))
+        let status = try h.start("coord", ["status", h.dir + "/ep"], name: "status")
+        XCTAssertEqual(h.wait(status, timeout: 30), 0)
+        let line = h.text(h.out("status"))
+        // 96 sequences in batches of 16: 6 steps an epoch, 12 in all.
+        XCTAssertTrue(line.hasPrefix("step 12/12 ") && line.contains("done"), line)
+    }
+
     func testThePrometheusEndpointServesTheRunsFiguresWhileItTrains() throws {
         let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--metrics-port", "0", "--checkpoint-dir", h.dir + "/prom"]
                                 + ProcessHarness.options(steps: 40), name: "prom")
