@@ -26,6 +26,31 @@ public struct RunConfig: Codable, Equatable, Sendable {
     // Training
     public var steps: Int? = nil
     public var epochs: Int? = nil
+    /// An extended run's earlier horizons: steps before `until` took their learning rate from a
+    /// schedule that ran to `total` (what `--resume` with a larger --steps/--epochs leaves behind),
+    /// so its config.toml repeats it to the same bits. nil for a run never extended.
+    public var segments: [Segment]? = nil
+
+    public struct Segment: Codable, Equatable, Sendable {
+        public var until: Int
+        public var total: Int
+        public init(until: Int, total: Int) { self.until = until; self.total = total }
+    }
+
+    /// The schedule's horizon at `step`: the total of the first earlier segment that covers it, else `total`.
+    public func horizon(step: Int, total: Int) -> Int { segments?.first { step < $0.until }?.total ?? total }
+
+    /// `until:total,until:total`, as config.toml writes them.
+    public static func encode(_ segments: [Segment]) -> String { segments.map { "\($0.until):\($0.total)" }.joined(separator: ",") }
+    public static func decodeSegments(_ text: String) -> [Segment]? {
+        var out: [Segment] = []
+        for part in text.split(separator: ",") {
+            let f = part.split(separator: ":")
+            guard f.count == 2, let u = Int(f[0]), let t = Int(f[1]) else { return nil }
+            out.append(Segment(until: u, total: t))
+        }
+        return out
+    }
     public var batchSize = 32
     public var shardSize = 8
     public var optimizer = OptimizerConfig()
@@ -91,6 +116,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if schedule.stepSize > most { p.append("--lr-step-size must be at most \(most) (got \(schedule.stepSize))") }
         if schedule.plateauPatience > 1 << 20 { p.append("--plateau-patience must be at most \(1 << 20) (got \(schedule.plateauPatience))") }
         if steps != nil && epochs != nil { p.append("give --steps or --epochs, not both") }
+        if let segs = segments {
+            var last = 0
+            for g in segs {
+                if g.until <= last || g.until > most || g.total < 1 || g.total > most {
+                    p.append("schedule-segments: \(g.until):\(g.total) is out of order or range (each until:total, until increasing, both in 1...\(most))")
+                    break
+                }
+                last = g.until
+            }
+        }
         if batchSize < 1 { p.append("--batch-size must be at least 1 (got \(batchSize))") }
         if shardSize < 1 { p.append("--shard-size must be at least 1 (got \(shardSize))") }
         if shardSize > batchSize { p.append("--shard-size (\(shardSize)) cannot exceed --batch-size (\(batchSize))") }

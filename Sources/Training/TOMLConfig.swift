@@ -134,6 +134,9 @@ public enum TOMLConfig {
             case "valid-every": c.validEvery = try int(key, v)
             case "select": c.select = try pick(key, v)
             case "patience": c.patience = try int(key, v)
+            case "schedule-segments":
+                guard let t = v.string, let segs = RunConfig.decodeSegments(t) else { throw bad(key, "a string of until:total pairs, e.g. \"72:72\"") }
+                c.segments = segs.isEmpty ? nil : segs
             case "numerics": c.numerics = try pick(key, v)
             case "on-nonfinite": c.onNonfinite = try pick(key, v)
             case "synthetic":
@@ -160,7 +163,10 @@ public enum TOMLConfig {
 extension RunConfig {
     /// This run's resolved options as a `--config` file: every training key, so that
     /// `coord start --config FILE` reproduces the run (and its hash) without the original command.
-    public var toml: String {
+    public var toml: String { toml(mode: []) }
+
+    /// The same with the run mode's keys (`local = true`, `spawn = 2`, `bind = "…"`).
+    public func toml(mode: [String]) -> String {
         func q(_ s: String) -> String {
             var out = "\""
             for ch in s.unicodeScalars {
@@ -180,6 +186,10 @@ extension RunConfig {
         if let data { lines.append("data = \(q(abs(data)))") }
         if let classes { lines.append("classes = \(classes)") }
         if let epochs { lines.append("epochs = \(epochs)") } else { lines.append("steps = \(steps ?? RunConfig.defaultSteps)") }
+        if let segments, !segments.isEmpty {
+            lines.append("# Extended: steps before each `until` took their rate from a schedule that ran to its `total`.")
+            lines.append("schedule-segments = \(q(RunConfig.encode(segments)))")
+        }
         lines += ["batch-size = \(batchSize)", "shard-size = \(shardSize)", "hidden = \(hidden)", "layers = \(layers)",
                   "arch = \(q(arch.rawValue))", "unidirectional = \(!bidirectional)", "dropout = \(dropout)",
                   "optimizer = \(q(optimizer.kind.rawValue))", "lr = \(optimizer.lr)", "momentum = \(optimizer.momentum)",
@@ -192,6 +202,7 @@ extension RunConfig {
         if let validData { lines.append("valid-data = \(q(abs(validData)))") }
         lines += ["valid-every = \(validEvery)", "select = \(q(select.rawValue))", "patience = \(patience)",
                   "checkpoint-dir = \(q(abs(checkpointDir)))", "checkpoint-every = \(checkpointEvery)", "keep-last = \(keepLast)"]
+        if !mode.isEmpty { lines += ["# How it ran (any mode gives the same bits; the command line overrides)."] + mode }
         if data == nil {
             let s = synthetic
             lines += ["", "[synthetic]", "sequences = \(s.sequences)", "input-size = \(s.inputSize)", "classes = \(s.classes)",

@@ -12,7 +12,7 @@ public final class Trainer {
     public var checkpointExtras: (() -> [String: String])?
     /// The metadata of the checkpoint this run resumed from.
     public private(set) var resumedMetadata: [String: String]?
-    public let run: RunConfig
+    public private(set) var run: RunConfig
     public let data: Dataset
     public let model: ModelConfig
     public let layout: ParameterLayout
@@ -78,6 +78,12 @@ public final class Trainer {
                 throw LockstepError("cannot resume: the checkpoint was validated on other data (\(ck.metadata["valid_data_source"] ?? "?"))",
                                     hint: "resume with the same --valid-data: the best checkpoint and --patience count depend on it")
             }
+            // The checkpoint's horizons, and a new one when this run extends (or the config's, for a rerun).
+            var segments = ck.metadata["schedule_segments"].flatMap(RunConfig.decodeSegments) ?? self.run.segments ?? []
+            if let was = Int(ck.metadata["total_steps"] ?? ""), was != totalSteps, step > 0 {
+                segments.append(RunConfig.Segment(until: step, total: was))
+            }
+            self.run.segments = segments.isEmpty ? nil : segments
             if totalSteps < step {
                 throw LockstepError("cannot resume: the checkpoint is at step \(step) but this run ends at step \(totalSteps)",
                                     hint: "give --steps (or --epochs) of at least \(step); the checkpoint is left as it is")
@@ -99,7 +105,7 @@ public final class Trainer {
 
     /// The learning rate of the next step.
     public var learningRate: Float {
-        LRSchedule.rate(step: step, total: totalSteps, base: run.optimizer.lr, config: run.schedule, plateau: tracking.plateau)
+        LRSchedule.rate(step: step, total: run.horizon(step: step, total: totalSteps), base: run.optimizer.lr, config: run.schedule, plateau: tracking.plateau)
     }
 
     /// Whether the step just applied is followed by a validation.
@@ -254,6 +260,7 @@ public final class Trainer {
         meta["numerics"] = Trainer.numerics
         meta.merge(tracking.metadata) { $1 }
         if let extras = checkpointExtras?() { meta.merge(extras) { $1 } }
+        if let segments = run.segments, !segments.isEmpty { meta["schedule_segments"] = RunConfig.encode(segments) }
         return try Checkpoint.save(path: path, layout: layout, params: params, optimizer: optimizer, step: step, metadata: meta)
     }
 
@@ -358,8 +365,10 @@ extension Trainer {
         do { best = try Checkpoint.load(path: bestPath) } catch {
             throw LockstepError("cannot resume: \(bestPath), the best weights of step \(bestStep), is damaged: \(error)", hint: hint)
         }
-        guard best.metadata[CheckpointIntegrity.fileKey] == want, best.step == bestStep else {
-            throw LockstepError("cannot resume: \(bestPath) is not the file this run wrote at step \(bestStep) (it holds step \(best.step), file_sha256 \((best.metadata[CheckpointIntegrity.fileKey] ?? "none").prefix(16))…; the checkpoint recorded \(want.prefix(16))…)", hint: hint)
-        }
+        if best.metadata[CheckpointIntegrity.fileKey] == want && best.step == bestStep { return }
+        // Written after this checkpoint, before a crash: this run's own (its config and data), and
+        // the resumed run reaches that validation again and writes the same file.
+        if best.step > step, best.metadata["config_hash"] == run.hash, best.metadata["data_hash"] == data.hash { return }
+        throw LockstepError("cannot resume: \(bestPath) is not the file this run wrote at step \(bestStep) (it holds step \(best.step), file_sha256 \((best.metadata[CheckpointIntegrity.fileKey] ?? "none").prefix(16))…; the checkpoint recorded \(want.prefix(16))…)", hint: hint)
     }
 }

@@ -70,6 +70,19 @@ struct Start: ParsableCommand {
         var logLevel: String? = nil, logFormat: String? = nil
         /// Model options given explicitly (`--init` checks them against its file).
         var explicitModel: Set<String> = []
+        /// The --config file, and whether it or the command line names a run mode.
+        var configFile: String? = nil
+        var modeGiven = false
+
+        /// The run mode as config.toml keys, so `--config DIR/config.toml` reruns the run as it ran.
+        var modeLines: [String] {
+            if local { return ["local = true"] + (threads > 1 ? ["threads = \(threads)"] : []) }
+            var lines: [String] = []
+            if spawn > 0 { lines += ["spawn = \(spawn)"] + (threads > 1 ? ["threads = \(threads)"] : []) }
+            if let bind { lines.append("bind = \"\(bind)\"") } else if spawn == 0 { lines.append("bind = \"tcp://127.0.0.1:5555\"") }
+            if let minWorkers { lines.append("min-workers = \(minWorkers)") }
+            return lines
+        }
     }
 
     func resolve() throws -> (RunConfig, Settings) {
@@ -90,6 +103,8 @@ struct Start: ParsableCommand {
         s.metricsPort = try metricsPort ?? file.int("metrics-port")
         s.metricsHost = try metricsHost ?? file.string("metrics-host") ?? "127.0.0.1"
         s.explicitModel = training.explicitModel(file)
+        s.configFile = training.config
+        s.modeGiven = local || spawn != nil || bind != nil || !file.given.isDisjoint(with: ["local", "spawn", "bind"])
         s.logLevel = try file.string("log-level")
         s.logFormat = try file.string("log-format")
         try LogOptions.check(level: s.logLevel, format: s.logFormat, from: file.path)
@@ -100,6 +115,9 @@ struct Start: ParsableCommand {
     static func problems(_ c: RunConfig, _ s: Settings) -> [String] {
         var p = c.problems()
         if s.resume && s.fresh { p.append("--resume and --fresh contradict each other") }
+        if let file = s.configFile, !s.modeGiven {
+            p.append("\(file) names no run mode (a config.toml of an older Lockstep): give --local (one process), --spawn N (N worker processes here) or --bind tcp://HOST:PORT (workers join). HINT: any of the three ends at the same bits")
+        }
         if s.resume && c.initFrom != nil { p.append("--init starts a new run from weights; --resume continues this one from its checkpoint: give one") }
         if !(s.wait >= 0 && s.wait <= 86_400) { p.append("--wait must be in 0...86400 seconds (got \(s.wait))") }
         if !(1...256).contains(s.threads) { p.append("--threads must be in 1...256 (got \(s.threads))") }
@@ -158,7 +176,7 @@ struct Start: ParsableCommand {
             let (trainer, heldOut) = try prepare(config, resume: s.resume, fresh: s.fresh, explicit: s.explicitModel)
             nonisolated(unsafe) let progress = trainer
             LockstepLog.context = { ["step": "\(progress.step)"] }
-            try writeRunConfig(trainer.run)
+            try writeRunConfig(trainer.run, mode: s.modeLines)
             if let port = s.metricsPort {
                 metricsEndpoint = try MetricsEndpoint(host: s.metricsHost, port: UInt16(port), totalSteps: trainer.totalSteps)
                 log("metrics: http://\(s.metricsHost):\(metricsEndpoint!.port)/metrics (Prometheus text format)")
@@ -262,6 +280,10 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool, explicit: Set<Str
     }
     if let checkpoint, let was = Int(checkpoint.metadata["total_steps"] ?? ""), was != trainer.totalSteps {
         log("extending the run: it ended at step \(was), now at step \(trainer.totalSteps) (resuming at step \(trainer.step))")
+        let before = LRSchedule.rate(step: trainer.step, total: was, base: config.optimizer.lr, config: config.schedule, plateau: trainer.tracking.plateau)
+        if before != trainer.learningRate {
+            log("the learning rate at step \(trainer.step + 1) was \(before) under the schedule to step \(was); it follows the schedule to step \(trainer.totalSteps) from here: \(trainer.learningRate) (the steps before keep their rates; config.toml records both)")
+        }
     }
     let heldOut = config.data == nil
         ? config.synthetic.generate(seed: config.seed, firstId: config.synthetic.sequences, count: max(64, config.synthetic.sequences / 8))
@@ -333,9 +355,9 @@ func openMetrics(_ trainer: Trainer) throws -> MetricsLog {
 }
 
 /// `config.toml` in the run directory: the resolved options, so the run can be repeated from it.
-func writeRunConfig(_ run: RunConfig) throws {
+func writeRunConfig(_ run: RunConfig, mode: [String]) throws {
     try FileManager.default.createDirectory(atPath: run.checkpointDir, withIntermediateDirectories: true)
-    try AtomicFile.write(Array(run.toml.utf8), to: (run.checkpointDir as NSString).appendingPathComponent("config.toml"))
+    try AtomicFile.write(Array(run.toml(mode: mode).utf8), to: (run.checkpointDir as NSString).appendingPathComponent("config.toml"))
 }
 
 func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {

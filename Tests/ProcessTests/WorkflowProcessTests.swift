@@ -362,6 +362,27 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertTrue(h.text(h.log("text")).contains("[coord \(text.processIdentifier)] data: synthetic"), h.text(h.log("text")))
     }
 
+    /// The outside report: config.toml stored no run mode (a rerun waited for workers on TCP), and
+    /// after an extension it described a fresh run of the new length (another hash). It records
+    /// the mode and every earlier horizon of the schedule; a config without a mode is refused.
+    func testTheConfigOfAnExtendedRunRepeatsItAndAConfigWithoutAModeIsRefused() throws {
+        let (train, _) = try files()
+        let base = ["--data", train, "--lr-schedule", "cosine", "--warmup-steps", "2", "--checkpoint-dir", h.dir + "/ext"] + model
+        try run("ext1", ["start", "--local", "--epochs", "2"] + base)
+        let said = try run("ext2", ["start", "--local", "--resume", "--epochs", "4"] + base)
+        XCTAssertTrue(said.contains("extending the run") && said.contains("it follows the schedule to step"), said)
+        let toml = h.text(h.dir + "/ext/config.toml")
+        XCTAssertTrue(toml.contains("local = true") && toml.contains("schedule-segments = "), toml)
+        // A rerun from the file alone, no mode given: local, to the extended run's bits.
+        try run("ext-again", ["start", "--config", h.dir + "/ext/config.toml", "--checkpoint-dir", h.dir + "/ext-again"])
+        XCTAssertEqual(h.hash("ext-again"), h.hash("ext2"))
+        XCTAssertNotNil(h.hash("ext2"))
+        // A config that names no mode: refused with the three choices, before anything runs.
+        try toml.split(separator: "\n").filter { !$0.hasPrefix("local") }.joined(separator: "\n").write(toFile: h.dir + "/nomode.toml", atomically: true, encoding: .utf8)
+        let refused = try run("nomode", ["start", "--config", h.dir + "/nomode.toml", "--checkpoint-dir", h.dir + "/nomode"], expect: 64)
+        XCTAssertTrue(refused.contains("names no run mode") && refused.contains("--local") && refused.contains("--spawn N") && refused.contains("--bind"), refused)
+    }
+
     func testTheRunsConfigTomlReproducesItsHashAndResumeNamesEachDifference() throws {
         let (train, valid) = try files()
         try run("orig", ["start", "--local", "--data", train, "--valid-data", valid, "--steps", "9", "--lr-schedule", "step", "--lr-step-size", "4",
