@@ -1,11 +1,11 @@
 // The LSTM cell's pointwise forward in AVX2: see include/lstm_cell.h. Built with
 // -ffp-contract=off and without the FMA target, so no multiply-add is ever fused.
 #include "lstm_cell.h"
-#include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
+#include <immintrin.h>
 typedef __m256 v8;
 
 // The constants of Numerics.detExp/detTanh, as float bit patterns (a test checks them

@@ -11,6 +11,13 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define HAVE_X86 1
+#define HAVE_LANES 1
+#define LANES_TARGET __attribute__((target("avx2,fma")))
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#define HAVE_NEON 1
+#define HAVE_LANES 1
+#define LANES_TARGET
 #endif
 
 static inline float A_at(const float *a, long lda, int transA, long i, long p) {
@@ -31,7 +38,7 @@ static void gemm_scalar(int transA, int transB, long i0, long i1, long j0, long 
     }
 }
 
-#ifdef HAVE_X86
+#ifdef HAVE_LANES
 // The lanes paths split k into chunks of KC so the packed panels stay in cache. A chunk
 // continues each element's chain from the float the previous chunk stored: storing and
 // reloading a float does not change it, so the chain is the unsplit one.
@@ -56,6 +63,7 @@ static void pack_a(float *dst, const float *a, long lda, int transA, long p0, lo
         for (int ii = 0; ii < MR; ii++) dst[p * MR + ii] = ii < r ? A_at(a, lda, transA, i0 + ii, p0 + p) : 0.0f;
 }
 
+#ifdef HAVE_X86
 // An r x (8·h) tile (r <= MR, h = 1 or 2): s holds the chains so far (or nothing when first).
 __attribute__((target("avx2,fma")))
 static void tile(int r, int h, long kc, const float *pa, const float *pb, int first, float *s, long lds) {
@@ -96,8 +104,37 @@ static void tile(int r, int h, long kc, const float *pa, const float *pb, int fi
     for (int i = 0; i < r; i++)
         for (int v = 0; v < h; v++) _mm256_storeu_ps(s + i * lds + 8 * v, acc[i][v]);
 }
+#endif
 
-__attribute__((target("avx2,fma")))
+#ifdef HAVE_NEON
+// The same tile in NEON: 8 columns are two 4-lane registers, and each lane's vfmaq_f32 is the
+// fmaf of the scalar chain (a fused multiply-add, rounded once), so the bits are the same.
+static void tile(int r, int h, long kc, const float *pa, const float *pb, int first, float *s, long lds) {
+    float32x4_t acc[MR][4];
+    const int q = 2 * h, w = 8 * h;   // registers a row, columns a row
+    for (int i = 0; i < r; i++)
+        for (int v = 0; v < q; v++) acc[i][v] = first ? vdupq_n_f32(0.0f) : vld1q_f32(s + i * lds + 4 * v);
+    if (r == MR) {
+        for (long p = 0; p < kc; p++) {
+            float32x4_t bv[4];
+            for (int v = 0; v < q; v++) bv[v] = vld1q_f32(pb + p * w + 4 * v);
+            for (int i = 0; i < MR; i++) {
+                float32x4_t av = vdupq_n_f32(pa[p * MR + i]);
+                for (int v = 0; v < q; v++) acc[i][v] = vfmaq_f32(acc[i][v], av, bv[v]);
+            }
+        }
+    } else {
+        for (long p = 0; p < kc; p++)
+            for (int i = 0; i < r; i++)
+                for (int v = 0; v < q; v++)
+                    acc[i][v] = vfmaq_f32(acc[i][v], vdupq_n_f32(pa[p * MR + i]), vld1q_f32(pb + p * w + 4 * v));
+    }
+    for (int i = 0; i < r; i++)
+        for (int v = 0; v < q; v++) vst1q_f32(s + i * lds + 4 * v, acc[i][v]);
+}
+#endif
+
+LANES_TARGET
 static void gemm_lanes(int width, int transA, int transB, long m, long n, long k,
                        const float *a, long lda, const float *b, long ldb, int accumulate, float *c, long ldc) {
     long nv = n / 8 * 8;   // columns the tiles compute; the rest go to the scalar chains
@@ -140,6 +177,9 @@ int lockstep_gemm_best_path(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return LOCKSTEP_GEMM_LANES16;
 #endif
+#ifdef HAVE_NEON
+    return LOCKSTEP_GEMM_NEON;   // NEON and its fused multiply-add are part of every ARM64 CPU
+#endif
     return LOCKSTEP_GEMM_SCALAR;
 }
 
@@ -151,6 +191,12 @@ int lockstep_gemm(int transA, int transB, long m, long n, long k,
 #ifdef HAVE_X86
     if (path == LOCKSTEP_GEMM_LANES8 || path == LOCKSTEP_GEMM_LANES16) {
         gemm_lanes(path == LOCKSTEP_GEMM_LANES16 ? 16 : 8, transA, transB, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
+        return path;
+    }
+#endif
+#ifdef HAVE_NEON
+    if (path == LOCKSTEP_GEMM_NEON || path == LOCKSTEP_GEMM_NEON8) {
+        gemm_lanes(path == LOCKSTEP_GEMM_NEON ? 16 : 8, transA, transB, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
         return path;
     }
 #endif

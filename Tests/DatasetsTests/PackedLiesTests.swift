@@ -29,7 +29,7 @@ final class PackedLiesTests: XCTestCase {
 
     /// Rewrites shard 0: `edit` gets its frames' features and labels; the manifest's SHA-256 is updated.
     func tamper(_ out: String, _ m: DataManifest, manifest editManifest: (inout DataManifest) -> Void = { _ in },
-                _ edit: (inout [Float], inout [Int32]) -> Void = { _, _ in }) throws {
+                shard edit: (inout [Float], inout [Int32]) -> Void = { _, _ in }) throws {
         let path = out + "/" + m.shards[0].file
         let bytes = [UInt8](FileManager.default.contents(atPath: path)!)
         let n = m.shards[0].frames
@@ -65,11 +65,11 @@ final class PackedLiesTests: XCTestCase {
         for (k, (label, words)) in [(Int32(8), ["has label 8", "-1...7"]), (-5, ["has label -5"]), (100_000, ["has label 100000"]),
                                     (Int32.max, ["has label 2147483647"])].enumerated() {
             let (out, m) = try pack("l\(k)")
-            try tamper(out, m) { _, y in y[3] = label }
+            try tamper(out, m, shard: { _, y in y[3] = label })
             assertRefused(out, words + [m.shards[0].file])
         }
         let (out, m) = try pack("nan")
-        try tamper(out, m) { x, _ in x[5] = .nan }
+        try tamper(out, m, shard: { x, _ in x[5] = .nan })
         assertRefused(out, ["feature", "nan", "inputs must be finite"])
     }
 

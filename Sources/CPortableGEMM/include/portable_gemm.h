@@ -9,6 +9,8 @@ enum lockstep_gemm_path {
     LOCKSTEP_GEMM_SCALAR = 1,   // fmaf, one element at a time
     LOCKSTEP_GEMM_LANES8 = 2,   // AVX2+FMA, 8 columns per register, 4x8 tiles
     LOCKSTEP_GEMM_LANES16 = 3,  // AVX2+FMA, 16 columns per tile (two registers), 4x16 tiles
+    LOCKSTEP_GEMM_NEON = 4,     // ARM64 NEON vfmaq_f32, 16 columns per tile (four 4-lane registers)
+    LOCKSTEP_GEMM_NEON8 = 5,    // ARM64 NEON, 8 columns per tile
 };
 
 /// Row-major C[m x n] = op(A)[m x k] . op(B)[k x n] (+ C when accumulate), every element
