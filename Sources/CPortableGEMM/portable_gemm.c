@@ -104,6 +104,37 @@ static void tile(int r, int h, long kc, const float *pa, const float *pb, int fi
     for (int i = 0; i < r; i++)
         for (int v = 0; v < h; v++) _mm256_storeu_ps(s + i * lds + 8 * v, acc[i][v]);
 }
+
+// The same chains, 16 lanes a register (AVX-512F): an r x (16·h) tile, h = 1 or 2.
+__attribute__((target("avx512f")))
+static void tile512(int r, int h, long kc, const float *pa, const float *pb, int first, float *s, long lds) {
+    __m512 acc[MR][2];
+    const int w = 16 * h;
+    for (int i = 0; i < r; i++)
+        for (int v = 0; v < h; v++) acc[i][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(s + i * lds + 16 * v);
+    if (r == MR && h == 2) {
+        __m512 c00 = acc[0][0], c01 = acc[0][1], c10 = acc[1][0], c11 = acc[1][1];
+        __m512 c20 = acc[2][0], c21 = acc[2][1], c30 = acc[3][0], c31 = acc[3][1];
+        for (long p = 0; p < kc; p++) {
+            __m512 b0 = _mm512_loadu_ps(pb + p * 32), b1 = _mm512_loadu_ps(pb + p * 32 + 16);
+            __m512 a0 = _mm512_set1_ps(pa[p * MR]), a1 = _mm512_set1_ps(pa[p * MR + 1]);
+            __m512 a2 = _mm512_set1_ps(pa[p * MR + 2]), a3 = _mm512_set1_ps(pa[p * MR + 3]);
+            c00 = _mm512_fmadd_ps(a0, b0, c00); c01 = _mm512_fmadd_ps(a0, b1, c01);
+            c10 = _mm512_fmadd_ps(a1, b0, c10); c11 = _mm512_fmadd_ps(a1, b1, c11);
+            c20 = _mm512_fmadd_ps(a2, b0, c20); c21 = _mm512_fmadd_ps(a2, b1, c21);
+            c30 = _mm512_fmadd_ps(a3, b0, c30); c31 = _mm512_fmadd_ps(a3, b1, c31);
+        }
+        acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
+        acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
+    } else {
+        for (long p = 0; p < kc; p++)
+            for (int i = 0; i < r; i++)
+                for (int v = 0; v < h; v++)
+                    acc[i][v] = _mm512_fmadd_ps(_mm512_set1_ps(pa[p * MR + i]), _mm512_loadu_ps(pb + p * w + 16 * v), acc[i][v]);
+    }
+    for (int i = 0; i < r; i++)
+        for (int v = 0; v < h; v++) _mm512_storeu_ps(s + i * lds + 16 * v, acc[i][v]);
+}
 #endif
 
 #ifdef HAVE_NEON
@@ -134,6 +165,14 @@ static void tile(int r, int h, long kc, const float *pa, const float *pb, int fi
 }
 #endif
 
+// The widest panel of `width` (32: AVX-512's two 16-lane registers a row; 16 and 8: two and one
+// 8-lane registers, AVX2 or NEON) that fits in the `left` columns, a multiple of 8.
+static inline int panel(int width, long left) {
+    if (width >= 32 && left >= 32) return 32;
+    if (width >= 16 && left >= 16) return 16;
+    return 8;
+}
+
 LANES_TARGET
 static void gemm_lanes(int width, int transA, int transB, long m, long n, long k,
                        const float *a, long lda, const float *b, long ldb, int accumulate, float *c, long ldc) {
@@ -149,7 +188,7 @@ static void gemm_lanes(int width, int transA, int transB, long m, long n, long k
             // Panels of `width` columns (16: two registers a row; 8: one), then one of 8 if left.
             long j = 0, off = 0;
             while (j < nv) {
-                int w = (width == 16 && j + 16 <= nv) ? 16 : 8;
+                int w = panel(width, nv - j);
                 pack_b(pb + off, b, ldb, transB, p0, kc, j, w);
                 off += kc * w; j += w;
             }
@@ -158,7 +197,10 @@ static void gemm_lanes(int width, int transA, int transB, long m, long n, long k
                 pack_a(pa, a, lda, transA, p0, kc, i, r);
                 j = 0; off = 0;
                 while (j < nv) {
-                    int w = (width == 16 && j + 16 <= nv) ? 16 : 8;
+                    int w = panel(width, nv - j);
+#ifdef HAVE_X86
+                    if (width == 32 && w >= 16) tile512(r, w / 16, kc, pa, pb + off, p0 == 0, s + i * nv + j, nv); else
+#endif
                     tile(r, w / 8, kc, pa, pb + off, p0 == 0, s + i * nv + j, nv);
                     off += kc * w; j += w;
                 }
@@ -175,7 +217,10 @@ static void gemm_lanes(int width, int transA, int transB, long m, long n, long k
 int lockstep_gemm_best_path(void) {
 #ifdef HAVE_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return LOCKSTEP_GEMM_LANES16;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        // Measured: on a Zen 4 core the 32-column AVX-512 tiles ran training 1.5x the AVX2 ones.
+        return __builtin_cpu_supports("avx512f") ? LOCKSTEP_GEMM_AVX512 : LOCKSTEP_GEMM_LANES16;
+    }
 #endif
 #ifdef HAVE_NEON
     return LOCKSTEP_GEMM_NEON;   // NEON and its fused multiply-add are part of every ARM64 CPU
@@ -189,6 +234,14 @@ int lockstep_gemm(int transA, int transB, long m, long n, long k,
     if (m <= 0 || n <= 0) return path;
     if (path == LOCKSTEP_GEMM_AUTO) path = lockstep_gemm_best_path();
 #ifdef HAVE_X86
+    if (path == LOCKSTEP_GEMM_AVX512) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+            gemm_lanes(32, transA, transB, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
+            return path;
+        }
+        path = LOCKSTEP_GEMM_SCALAR;   // a CPU without AVX-512 runs the scalar chain: the same bits
+    }
     if (path == LOCKSTEP_GEMM_LANES8 || path == LOCKSTEP_GEMM_LANES16) {
         gemm_lanes(path == LOCKSTEP_GEMM_LANES16 ? 16 : 8, transA, transB, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
         return path;

@@ -140,13 +140,14 @@ public enum BLAS {
     nonisolated(unsafe) public static var mode = NumericsMode.openblas
 
     /// The portable kernels' code path: the widest this CPU runs, or the one named by
-    /// `LOCKSTEP_GEMM_PATH` (scalar, lanes8, lanes16 on x86-64; neon, neon8 on ARM64): a test hook;
+    /// `LOCKSTEP_GEMM_PATH` (scalar, lanes8, lanes16, avx512 on x86-64; neon, neon8 on ARM64): a test hook;
     /// every path gives the same bits (a path this CPU lacks runs the scalar chain).
     nonisolated(unsafe) public static var portablePath: Int32 = {
         switch ProcessInfo.processInfo.environment["LOCKSTEP_GEMM_PATH"] {
         case "scalar": return Int32(LOCKSTEP_GEMM_SCALAR.rawValue)
         case "lanes8": return Int32(LOCKSTEP_GEMM_LANES8.rawValue)
         case "lanes16": return Int32(LOCKSTEP_GEMM_LANES16.rawValue)
+        case "avx512": return Int32(LOCKSTEP_GEMM_AVX512.rawValue)
         case "neon": return Int32(LOCKSTEP_GEMM_NEON.rawValue)
         case "neon8": return Int32(LOCKSTEP_GEMM_NEON8.rawValue)
         default: return lockstep_gemm_best_path()
@@ -158,6 +159,7 @@ public enum BLAS {
         switch portablePath {
         case Int32(LOCKSTEP_GEMM_LANES16.rawValue): "AVX2+FMA 16-column tiles"
         case Int32(LOCKSTEP_GEMM_LANES8.rawValue): "AVX2+FMA 8-column tiles"
+        case Int32(LOCKSTEP_GEMM_AVX512.rawValue): "AVX-512 32-column tiles"
         case Int32(LOCKSTEP_GEMM_NEON.rawValue): "NEON 16-column tiles"
         case Int32(LOCKSTEP_GEMM_NEON8.rawValue): "NEON 8-column tiles"
         default: "scalar fmaf"

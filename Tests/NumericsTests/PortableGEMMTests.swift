@@ -4,21 +4,34 @@ import Foundation
 import XCTest
 
 /// Tier 1: Lockstep's portable GEMM gives the same bits on every code path (scalar fmaf,
-/// 8-column and 16-column AVX2+FMA tiles), for every transpose and shape, and is within
+/// 8-column and 16-column AVX2+FMA tiles, 32-column AVX-512 tiles), for every transpose and shape, and is within
 /// rounding of a double-precision reference.
 final class PortableGEMMTests: XCTestCase {
 
     func paths() -> [Int32] {
         [Int32(LOCKSTEP_GEMM_SCALAR.rawValue)]
-            + (lockstep_gemm_best_path() >= Int32(LOCKSTEP_GEMM_LANES8.rawValue)
+            + (lockstep_gemm_best_path() >= Int32(LOCKSTEP_GEMM_LANES16.rawValue) && lockstep_gemm_best_path() != Int32(LOCKSTEP_GEMM_NEON.rawValue)
                 ? [Int32(LOCKSTEP_GEMM_LANES8.rawValue), Int32(LOCKSTEP_GEMM_LANES16.rawValue)] : [])
+            + (PortableGEMMTests.hasAVX512 ? [Int32(LOCKSTEP_GEMM_AVX512.rawValue)] : [])
+    }
+
+    /// Whether this CPU runs the AVX-512 tiles (lockstep_gemm returns the path it used).
+    static let hasAVX512: Bool = {
+        var c: [Float] = [0]
+        return lockstep_gemm(0, 0, 1, 1, 1, [1], 1, [1], 1, 0, &c, 1, Int32(LOCKSTEP_GEMM_AVX512.rawValue)) == Int32(LOCKSTEP_GEMM_AVX512.rawValue)
+    }()
+
+    func testTheAVX512PathIsThereOrSaysItIsSkipped() throws {
+        try XCTSkipUnless(PortableGEMMTests.hasAVX512, "this CPU has no AVX-512F: its tiles are checked on a machine that has (Zen 4 from outside)")
+        XCTAssertTrue(paths().contains(Int32(LOCKSTEP_GEMM_AVX512.rawValue)))
     }
 
     func testEveryPathGivesTheSameBitsForEveryShapeAndTransposeAndMatchesDoubles() throws {
         try XCTSkipIf(paths().count < 2, "this CPU runs the scalar path only")
         var r = Rand(s: 42)
         var worst = 0.0, cases = 0
-        let shapes = [(1, 1, 1), (3, 5, 7), (4, 8, 16), (5, 17, 3), (9, 33, 40), (32, 512, 128), (13, 16, 300), (64, 40, 1), (7, 23, 0)]
+        let shapes = [(1, 1, 1), (3, 5, 7), (4, 8, 16), (5, 17, 3), (9, 33, 40), (32, 512, 128), (13, 16, 300), (64, 40, 1), (7, 23, 0),
+                      (1, 72, 257), (6, 48, 513)]
         for (m, n, k) in shapes {
             for transA in [false, true] {
                 for transB in [false, true] {

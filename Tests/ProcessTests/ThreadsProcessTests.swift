@@ -98,7 +98,7 @@ final class ThreadsProcessTests: XCTestCase {
 }
 
 /// Tier 3: `--numerics portable` gives one hash whatever code path its kernels take (scalar,
-/// 8- or 16-column AVX2+FMA tiles), at any thread count, locally and on workers that each take
+/// 8- or 16-column AVX2+FMA tiles, 32-column AVX-512 tiles), at any thread count, locally and on workers that each take
 /// another path; and it is not the OpenBLAS mode's hash.
 final class PortableNumericsProcessTests: XCTestCase {
     var h: ProcessHarness!
@@ -108,7 +108,7 @@ final class PortableNumericsProcessTests: XCTestCase {
     func testOneHashOnEveryKernelPathThreadCountAndWorker() throws {
         let opts = ["--numerics", "portable"] + ProcessHarness.options(steps: 6)
         var hashes: [String: String] = [:]
-        for (path, threads) in [("scalar", 1), ("lanes8", 2), ("lanes16", 1), ("lanes16", 3)] {
+        for (path, threads) in [("scalar", 1), ("lanes8", 2), ("lanes16", 1), ("lanes16", 3), ("avx512", 2)] {
             let name = "\(path)-\(threads)"
             let p = try h.start("coord", ["start", "--local", "--threads", "\(threads)", "--checkpoint-dir", h.dir + "/" + name] + opts,
                                 name: name, env: ["LOCKSTEP_GEMM_PATH": path])
@@ -125,7 +125,7 @@ final class PortableNumericsProcessTests: XCTestCase {
         XCTAssertEqual(h.wait(w1, timeout: 30), 0, h.text(h.log("w1")))
         XCTAssertEqual(h.wait(w2, timeout: 30), 0)
         hashes["2 workers (scalar, lanes8)"] = h.hash("cluster")
-        XCTAssertEqual(hashes.count, 5)
+        XCTAssertEqual(hashes.count, 6)
         XCTAssertEqual(Set(hashes.values).count, 1, "\(hashes)")
         XCTAssertTrue(h.text(h.out("scalar-1")).contains("numerics: portable"), h.text(h.out("scalar-1")))
         XCTAssertNotEqual(hashes.values.first, try h.reference(steps: 6), "portable is its own math")

@@ -11,6 +11,7 @@ enum lockstep_gemm_path {
     LOCKSTEP_GEMM_LANES16 = 3,  // AVX2+FMA, 16 columns per tile (two registers), 4x16 tiles
     LOCKSTEP_GEMM_NEON = 4,     // ARM64 NEON vfmaq_f32, 16 columns per tile (four 4-lane registers)
     LOCKSTEP_GEMM_NEON8 = 5,    // ARM64 NEON, 8 columns per tile
+    LOCKSTEP_GEMM_AVX512 = 6,   // AVX-512F, 32 columns per tile (two 16-lane registers), 4x32 tiles
 };
 
 /// Row-major C[m x n] = op(A)[m x k] . op(B)[k x n] (+ C when accumulate), every element
