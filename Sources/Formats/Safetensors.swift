@@ -72,19 +72,7 @@ public struct Safetensors {
         return out
     }
 
-    package static func jsonString(_ s: String) -> String {
-        var o = "\""
-        for ch in s.unicodeScalars {
-            switch ch {
-            case "\"": o += "\\\""
-            case "\\": o += "\\\\"
-            case "\n": o += "\\n"
-            default:
-                if ch.value < 0x20 { o += String(format: "\\u%04x", ch.value) } else { o.unicodeScalars.append(ch) }
-            }
-        }
-        return o + "\""
-    }
+    package static func jsonString(_ s: String) -> String { quotedString(s) }
 
     public static func decode(_ b: [UInt8], path: String) throws -> Safetensors {
         func bad(_ why: String) -> LockstepError {
@@ -173,4 +161,20 @@ public struct Safetensors {
         st.order = named.sorted { $0.0 < $1.0 }.map(\.1)
         return st
     }
+}
+
+/// `s` as a double-quoted string, `"`, `\` and control characters escaped: valid in JSON and as a
+/// TOML basic string alike (the safetensors header and config.toml both write it).
+public func quotedString(_ s: String) -> String {
+    var o = "\""
+    for ch in s.unicodeScalars {
+        switch ch {
+        case "\"": o += "\\\""
+        case "\\": o += "\\\\"
+        case "\n": o += "\\n"
+        default:
+            if ch.value < 0x20 || ch.value == 0x7f { o += String(format: "\\u%04x", ch.value) } else { o.unicodeScalars.append(ch) }
+        }
+    }
+    return o + "\""
 }

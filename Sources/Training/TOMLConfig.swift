@@ -167,19 +167,7 @@ extension RunConfig {
 
     /// The same with the run mode's keys (`local = true`, `spawn = 2`, `bind = "…"`).
     public func toml(mode: [String]) -> String {
-        func q(_ s: String) -> String {
-            var out = "\""
-            for ch in s.unicodeScalars {
-                switch ch {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\t": out += "\\t"
-                default: out += ch.value < 0x20 ? String(format: "\\u%04X", ch.value) : String(ch)
-                }
-            }
-            return out + "\""
-        }
+        func q(_ s: String) -> String { quotedString(s) }
         func abs(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.path }
         var lines = ["# The resolved options of this run (written by coord start). Rerun with:",
                      "#   coord start --config THIS_FILE --checkpoint-dir NEW_DIR"]

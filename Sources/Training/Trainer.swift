@@ -57,7 +57,7 @@ public final class Trainer {
                 let diffs = ck.metadata["config_identity"].map(run.differences(fromIdentity:)) ?? []
                 let what = diffs.isEmpty ? "(\(ck.metadata["config"] ?? "?"))" : ": " + diffs.joined(separator: "; ")
                 throw LockstepError("cannot resume: the checkpoint was written with a different config\(what)",
-                                    hint: "resume with the same options as the original run, or start a new run in another --checkpoint-dir")
+                                    hint: "resume with the run's own options: coord start --config \(Trainer.runConfigPath(run)) --resume; or start a new run in another --checkpoint-dir")
             }
             if let h = ck.metadata["data_hash"], h != data.hash { try Trainer.checkSameData(ck, data) }
             guard ck.model == model, ck.optimizerKind == run.optimizer.kind, ck.optimizerState.count == optimizer.state.count else {
@@ -280,6 +280,11 @@ public final class Trainer {
     }
 }
 
+extension Trainer {
+    /// The run directory's config.toml (its resolved options, mode included).
+    static func runConfigPath(_ run: RunConfig) -> String { (run.checkpointDir as NSString).appendingPathComponent("config.toml") }
+}
+
 func checkpointPathFor(_ run: RunConfig) -> String { (run.checkpointDir as NSString).appendingPathComponent("checkpoint.safetensors") }
 
 /// What the validations of a run found so far: the best figure (by `--select`) and its step,
@@ -339,7 +344,7 @@ extension Trainer {
             throw LockstepError(recorded == content
                 ? "cannot resume: the checkpoint was trained on different data (\(source))"
                 : "cannot resume: the checkpoint was trained on the packed data \(source) (identity \(recorded.prefix(16))…), and this data's identity is \(data.hash.prefix(16))…",
-                hint: recorded == content ? "resume with the same --data (and --seed for synthetic data)"
+                hint: recorded == content ? "resume with the same --data (\(source)) and --seed, or with the run's own options: coord start --config DIR/config.toml --resume"
                     : "resume on that packed directory, or on a copy with the same manifest (`coord data info` prints its identity)")
         }
         if let store = data.store {

@@ -208,6 +208,7 @@ final class CheckpointTests: XCTestCase {
             XCTAssertTrue(s.contains("--seed: the checkpoint has 1, this run 9"), s)
             XCTAssertTrue(s.contains("--unidirectional: the checkpoint has false, this run true"), s)
             XCTAssertFalse(s.contains("--hidden"), s)
+            XCTAssertTrue(s.contains("coord start --config \(self.dir!)/config.toml --resume"), "the way back names the run's own config: \(s)")
         }
         let otherData = r.synthetic.generate(seed: 99)
         XCTAssertThrowsError(try Trainer(run: r, data: otherData, resumeFrom: ck)) { XCTAssertTrue("\($0)".contains("different data")) }
