@@ -207,6 +207,13 @@ public final class RouterShell {
             handshakeFailures[key, default: 0] += 1
             guard now - handshakeLoggedAt[key, default: -.infinity] >= RouterShell.handshakeLogWindow else { continue }
             handshakeLoggedAt[key] = now
+            // On loopback with a join key, a wrong server key is almost always this user's worker
+            // still holding the key of the coordinator before this one (a --resume): not an attack.
+            if joinKey != nil, f.peer.host.hasPrefix("127.") || f.peer.host == "::1", f.reason.contains("wrong server key") {
+                log("not admitted: \(f.peer.description) holds another join key, most often a worker still holding the key of the coordinator "
+                    + "before this one, which reads this one's and reconnects by itself (\(handshakeFailures[key]!) such handshake(s) so far)")
+                continue
+            }
             log("refused a connection from \(f.peer.description): CURVE handshake failed: \(f.reason); "
                 + "\(handshakeFailures[key]!) such failure(s) from \(host) so far")
         }

@@ -58,7 +58,7 @@ struct DataCommand: ParsableCommand {
     }
 
     struct Verify: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Check every shard file of a packed directory: present, of its size, with its SHA-256.")
+        static let configuration = CommandConfiguration(abstract: "Check a packed directory: every shard present, of its size, with its SHA-256; every sequence's labels and inputs; the content hash recomputed.")
         @Argument(help: "The packed directory.")
         var dir: String
 
@@ -72,7 +72,7 @@ struct DataCommand: ParsableCommand {
                 }
                 for p in problems { print("BAD \(p)") }
                 if problems.isEmpty {
-                    print("ok: \(m.shards.count) shards, \(m.sequences) sequences, \(m.frames) frames; every SHA-256 matches")
+                    print("ok: \(m.shards.count) shards, \(m.sequences) sequences, \(m.frames) frames; every SHA-256 matches, every label and input is valid, the content hash is the manifest's; identity \(m.identity)")
                 } else {
                     throw LockstepError("\(dir): \(problems.count) of \(m.shards.count) shards are bad",
                                         hint: "copy those files again from a good copy, or repack")
@@ -96,7 +96,8 @@ struct DataCommand: ParsableCommand {
                 if json {
                     let o: [String: Any] = ["format": m.format, "version": m.version, "d_in": m.dIn, "classes": m.classes, "labelled": m.labelled,
                                             "sequences": m.sequences, "frames": m.frames, "shards": m.shards.count, "bytes": bytes,
-                                            "content_sha256": m.contentSHA256, "min_length": lens.first ?? 0, "max_length": lens.last ?? 0]
+                                            "content_sha256": m.contentSHA256, "identity": m.identity,
+                                            "min_length": lens.first ?? 0, "max_length": lens.last ?? 0]
                     print(String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self))
                     return
                 }
@@ -108,6 +109,7 @@ struct DataCommand: ParsableCommand {
                   classes    \(m.classes)\(m.labelled ? "" : " (unlabelled)")
                   shards     \(m.shards.count), \(String(format: "%.1f", Double(bytes) / 1e6)) MB
                   content    \(m.contentSHA256)
+                  identity   \(m.identity) (the manifest's own hash: a run on this copy records it)
                 """)
             } catch { fail(error) }
         }

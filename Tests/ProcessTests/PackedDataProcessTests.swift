@@ -35,6 +35,7 @@ final class PackedDataProcessTests: XCTestCase {
         let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(h.text(h.out("info")).utf8)) as? [String: Any], info)
         XCTAssertEqual(o["sequences"] as? Int, 96)
         XCTAssertEqual(o["content_sha256"] as? String, set.hash)
+        XCTAssertEqual(o["identity"] as? String, m.identity, "info prints the identity a run on this copy records")
 
         let base = ["start", "--steps", "12"] + model
         try run("npz", base + ["--local", "--data", npz, "--checkpoint-dir", h.dir + "/npz"])

@@ -266,6 +266,7 @@ final class WorkflowProcessTests: XCTestCase {
         let again = try h.start("coord", args + ["--bind", ep, "--resume"], name: "int2")
         XCTAssertEqual(h.wait(again, timeout: 120), 0, h.text(h.log("int2")))
         XCTAssertEqual(h.hash("int2"), ref)
+        XCTAssertFalse(h.text(h.log("int2")).contains("refused a connection"), "the rejoining worker is not reported as an intruder: \(h.text(h.log("int2")))")
         XCTAssertEqual(h.wait(w, timeout: 30), 0, "stopped by the resumed coordinator at the end")
     }
 
