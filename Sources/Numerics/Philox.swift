@@ -40,4 +40,5 @@ public enum RandomPurpose: UInt32 {
     case dropout = 3
     case syntheticData = 4
     case batchOrder = 5
+    case validSplit = 6
 }

@@ -66,6 +66,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var initHash: String? = nil
     // Validation
     public var validData: String? = nil
+    /// `--valid-split F`: validate on a deterministic fraction F of the training data instead
+    /// (sequence id and seed decide, so the same split at any worker count, through resume, and
+    /// from an `.npz` or its packed copy). Part of the math: the training set is the rest.
+    public var validSplit: Float? = nil
     /// Validate every N steps; 0: at the end of every epoch. Always at the end of the run.
     public var validEvery = 0
     public var select: SelectBy = .loss
@@ -142,9 +146,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
         p += schedule.problems()
         if validEvery < 0 { p.append("--valid-every must be >= 0; 0 validates at the end of every epoch (got \(validEvery))") }
         if patience < 0 { p.append("--patience must be >= 0; 0 never stops early (got \(patience))") }
-        if validData == nil {
-            if patience > 0 { p.append("--patience needs a validation set: give --valid-data") }
-            if schedule.kind == .plateau { p.append("--lr-schedule plateau reads the validation loss: give --valid-data") }
+        if let f = validSplit {
+            if !(f > 0 && f <= 0.5) { p.append("--valid-split must be in (0, 0.5]: the fraction of the training data held out (got \(f))") }
+            if validData != nil { p.append("--valid-split and --valid-data are two validation sets: give one") }
+        }
+        if validData == nil && validSplit == nil {
+            if patience > 0 { p.append("--patience needs a validation set: give --valid-data or --valid-split") }
+            if schedule.kind == .plateau { p.append("--lr-schedule plateau reads the validation loss: give --valid-data or --valid-split") }
         }
         let m = ModelConfig(inputSize: 1, hidden: hidden, layers: layers, classes: min(max(classes ?? 2, 2), ModelConfig.maxClasses),
                             bidirectional: bidirectional, arch: arch, dropout: dropout)
@@ -193,6 +201,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if c.kind == .plateau { out.append(s("plateau-patience", "\(c.plateauPatience)")) }
         if numerics != .openblas { out.append(s("numerics", numerics.rawValue)) }
         if let initHash { out.append(MathField(name: "init", option: "init", recorded: initHash) { "weights with SHA-256 \($0.prefix(16))…" }) }
+        if let validSplit { out.append(f("valid-split", validSplit)) }
         return out
     }
 
@@ -221,8 +230,32 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// A packed directory is opened, not read: its sequences are read when a step needs them
     /// (the coordinator of a cluster whose workers have their own copies reads none).
     public func loadData() throws -> Dataset {
-        if let data, DataManifest.isPacked(data) { return try PackedData.open(data, classes: classes) }
+        if let data, DataManifest.isPacked(data) {
+            // A split needs every sequence in memory: the packed set is read whole (every shard checked).
+            return validSplit == nil ? try PackedData.open(data, classes: classes) : try PackedData.load(data, classes: classes, labels: .required)
+        }
         if let data { return try Dataset.load(npz: data, classes: classes) }
         return synthetic.generate(seed: seed)
+    }
+
+    /// `--valid-split`: (training, validation) from `data`. Sequence i is held out when
+    /// Philox(seed, validSplit, i) falls below the fraction; each side keeps its order and takes
+    /// new ids 0..<count (what dropout and the shard plan key on), so every mode sees the same sets.
+    public func split(_ data: Dataset) throws -> (train: Dataset, valid: Dataset) {
+        guard let f = validSplit else { return (data, data) }
+        var train: [Example] = [], valid: [Example] = []
+        for i in 0..<data.count {
+            let r = Philox.block(key: seed, counter: SIMD4(RandomPurpose.validSplit.rawValue, UInt32(truncatingIfNeeded: i), UInt32(truncatingIfNeeded: i >> 32), 0))
+            let e = try data.example(i)
+            if Philox.unit(r.x) < f { valid.append(Example(id: valid.count, x: e.x, y: e.y)) } else { train.append(Example(id: train.count, x: e.x, y: e.y)) }
+        }
+        guard !train.isEmpty, !valid.isEmpty else {
+            throw LockstepError("--valid-split \(f) of \(data.count) sequences leaves \(train.count) to train on and \(valid.count) to validate on",
+                                hint: "use more data, or another fraction")
+        }
+        var t = Dataset(examples: train, inputSize: data.inputSize, classes: data.classes, source: data.source + " (training split)")
+        var v = Dataset(examples: valid, inputSize: data.inputSize, classes: data.classes, source: data.source + " (validation split \(f))")
+        t.paddedLength = data.paddedLength; v.paddedLength = data.paddedLength
+        return (t, v)
     }
 }

@@ -131,6 +131,7 @@ public enum TOMLConfig {
             case "plateau-patience": c.schedule.plateauPatience = try int(key, v)
             case "init": c.initFrom = try str(key, v)
             case "valid-data": c.validData = try str(key, v)
+            case "valid-split": c.validSplit = try float(key, v)
             case "valid-every": c.validEvery = try int(key, v)
             case "select": c.select = try pick(key, v)
             case "patience": c.patience = try int(key, v)
@@ -188,6 +189,7 @@ extension RunConfig {
                   "plateau-patience = \(schedule.plateauPatience)", "numerics = \(q(numerics.rawValue))"]
         if let initFrom { lines.append("init = \(q(abs(initFrom)))") }
         if let validData { lines.append("valid-data = \(q(abs(validData)))") }
+        if let validSplit { lines.append("valid-split = \(validSplit)") }
         lines += ["valid-every = \(validEvery)", "select = \(q(select.rawValue))", "patience = \(patience)",
                   "checkpoint-dir = \(q(abs(checkpointDir)))", "checkpoint-every = \(checkpointEvery)", "keep-last = \(keepLast)"]
         if !mode.isEmpty { lines += ["# How it ran (any mode gives the same bits; the command line overrides)."] + mode }

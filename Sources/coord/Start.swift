@@ -242,7 +242,9 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool, explicit: Set<Str
     } else if resume {
         log("no checkpoint in \(config.checkpointDir): starting from step 0")
     }
-    let data = try config.loadData()
+    var data = try config.loadData()
+    var validation: Dataset? = nil
+    if config.validSplit != nil { (data, validation) = try config.split(data) }
     if let ck = initial {
         let tensor = ck.model.arch == .split ? "layer1.0.weight_ih_l0" : "layer1.weight_ih_l0"
         guard data.inputSize == ck.model.inputSize else {
@@ -254,7 +256,6 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool, explicit: Set<Str
                                 hint: "drop --classes, or fine-tune a model with as many classes")
         }
     }
-    var validation: Dataset? = nil
     if let v = config.validData {
         let what = "this run's model (\(data.classes) classes, from \(data.source))"
         let labels = Dataset.Labels.forModel(what, missingHint: "a validation set needs labels y")

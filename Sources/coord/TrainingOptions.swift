@@ -74,6 +74,8 @@ struct TrainingOptions: ParsableArguments {
     var `init`: String?
     @Option(help: "Validation data (.npz, like --data): forward only, no dropout, at the end of every epoch (or every --valid-every steps) and at the end of the run. valid_loss, valid_accuracy and per-class recall go to the progress line and metrics.jsonl; the best weights to best.safetensors. The same bits at any worker count.")
     var validData: String?
+    @Option(help: "Validate on this fraction of the training data instead of --valid-data (0 < F <= 0.5): which sequences are held out is decided by their id and --seed alone, so the split is the same at any worker count, through --resume, and from an .npz or its packed copy; it is part of the run's config. A packed set is then read whole.")
+    var validSplit: Float?
     @Option(help: "Validate every N steps instead of at the end of every epoch (0: every epoch; default 0).")
     var validEvery: Int?
     @Option(help: "The validation figure that picks best.safetensors and counts for --patience: loss (lower is better) or accuracy (default loss).")
@@ -129,6 +131,7 @@ struct TrainingOptions: ParsableArguments {
         if let v = `init` { c.initFrom = v }
         if let v = numerics { c.numerics = v }
         if let v = validData { c.validData = v }
+        if let v = validSplit { c.validSplit = v }
         if let v = validEvery { c.validEvery = v }
         if let v = select { c.select = v }
         if let v = patience { c.patience = v }

@@ -283,6 +283,40 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertTrue(line.hasPrefix("step 12/12 ") && line.contains("done"), line)
     }
 
+    /// `--valid-split F`: the held-out sequences are a function of their id and the seed, so the
+    /// run has one hash and the same validation lines locally, with 2 workers, after kill -9 and
+    /// --resume, and on the packed copy of the data; the split is part of the config.
+    func testAValidationSplitIsTheSameSetEverywhere() throws {
+        let (train, _) = try files()
+        let packed = h.dir + "/split-packed"
+        try run("split-pack", ["data", "pack", train, "--out", packed])
+        let base = ["start", "--steps", "12", "--valid-split", "0.25", "--valid-every", "4"] + model
+        try run("split-local", base + ["--data", train, "--local", "--checkpoint-dir", h.dir + "/split-local"])
+        let reference = validLines(h.dir + "/split-local")
+        XCTAssertEqual(reference.count, 3, "steps 4, 8 and 12")
+        let toml = h.text(h.dir + "/split-local/config.toml")
+        XCTAssertTrue(toml.contains("valid-split = 0.25"), toml)
+        try run("split-spawn", base + ["--data", train, "--spawn", "2", "--checkpoint-dir", h.dir + "/split-spawn"])
+        XCTAssertEqual(validLines(h.dir + "/split-spawn"), reference)
+        XCTAssertEqual(h.hash("split-spawn"), h.hash("split-local"))
+        try run("split-packed-run", base + ["--data", packed, "--local", "--checkpoint-dir", h.dir + "/split-packed-run"])
+        XCTAssertEqual(h.hash("split-packed-run"), h.hash("split-local"), "the .npz or its packed copy: the same split")
+        let c = try h.start("coord", base + ["--data", train, "--bind", "tcp://127.0.0.1:0", "--checkpoint-dir", h.dir + "/split-killed"], name: "split-killed")
+        let ep = try XCTUnwrap(h.endpoint("split-killed"))
+        let w = try h.start("worker", ["join", ep, "--debug-delay", "0.05"], name: "split-w")
+        XCTAssertTrue(h.until(120) { self.validLines(self.h.dir + "/split-killed").count >= 1 })
+        h.kill9(c)
+        let again = try h.start("coord", base + ["--data", train, "--bind", ep, "--checkpoint-dir", h.dir + "/split-killed", "--resume"], name: "split-resumed")
+        XCTAssertEqual(h.wait(again, timeout: 180), 0, h.text(h.log("split-resumed")))
+        XCTAssertEqual(validLines(h.dir + "/split-killed"), reference, "after kill -9 and --resume")
+        XCTAssertEqual(h.hash("split-resumed"), h.hash("split-local"))
+        h.kill9(w)
+        // Another fraction is another run; dropping it on resume is refused by name.
+        let refused = try run("split-changed", ["start", "--steps", "14", "--valid-every", "4"] + model
+                                  + ["--data", train, "--local", "--resume", "--checkpoint-dir", h.dir + "/split-local"], expect: 1)
+        XCTAssertTrue(refused.contains("--valid-split"), refused)
+    }
+
     func testThePrometheusEndpointServesTheRunsFiguresWhileItTrains() throws {
         let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--metrics-port", "0", "--checkpoint-dir", h.dir + "/prom"]
                                 + ProcessHarness.options(steps: 40), name: "prom")
