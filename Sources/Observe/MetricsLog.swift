@@ -133,7 +133,10 @@ public final class MetricsLog {
 
     public func write(_ report: ValidationReport) throws {
         try append(try report.json + "\n")
-        try tensorBoard.write(step: report.step, scalars: [("valid/loss", report.sums.loss), ("valid/accuracy", report.sums.accuracy)])
+        let per = report.sums.perClass
+        try tensorBoard.write(step: report.step, scalars: [("valid/loss", report.sums.loss), ("valid/accuracy", report.sums.accuracy),
+                                                          ("valid/macro_f1", per.macroF1)]
+                                + (0..<min(report.sums.classes, 64)).compactMap { c in per.f1(c).map { ("valid/f1/class_\(c)", $0) } })
         onValidation?(report)
     }
 
@@ -175,9 +178,19 @@ extension ValidationReport {
                 "valid_frames": .int(sums.frames), "valid_correct": .int(sums.correct),
                 "valid_best_\(select.rawValue)": .double(best), "valid_best_step": .int(bestStep), "valid_improved": .bool(improved),
             ]
+            let per = sums.perClass
+            fields["valid_macro_f1"] = .double(per.macroF1)
             if sums.classes <= ValidationReport.recallClasses {
-                let per = sums.perClass
-                fields["valid_recall"] = .array((0..<sums.classes).map { per.recall($0).map(MetricsJSON.double) ?? .null })
+                func column(_ f: (Int) -> Double?) -> MetricsJSON { .array((0..<sums.classes).map { f($0).map(MetricsJSON.double) ?? .null }) }
+                fields["valid_recall"] = column(per.recall)
+                fields["valid_precision"] = column(per.precision)
+                fields["valid_f1"] = column(per.f1)
+            }
+            // The confusion counts (rows: true class, columns: predicted), dense up to 64 classes.
+            if sums.classes <= 64 {
+                fields["valid_confusion"] = .array((0..<sums.classes).map { t in
+                    .array((0..<sums.classes).map { .int(sums.cell(true: t, predicted: $0)) })
+                })
             }
             if let lrReduced { fields["lr_reduced_to"] = .float(lrReduced) }
             if let stopped { fields["stopped"] = .string(stopped) }

@@ -48,6 +48,13 @@ public struct EvalSums: Equatable, Sendable {
             guard let p = precision(c), let r = recall(c) else { return nil }
             return p + r > 0 ? 2 * p * r / (p + r) : 0
         }
+        /// The mean F1 over the classes that occur or are predicted (scikit-learn's macro average:
+        /// a class that occurs but is never predicted counts 0), in class order.
+        public var macroF1: Double {
+            let seen = truth.indices.filter { truth[$0] > 0 || predicted[$0] > 0 }
+            guard !seen.isEmpty else { return 0 }
+            return seen.reduce(0.0) { $0 + (f1($1) ?? 0) } / Double(seen.count)
+        }
     }
 
     public var perClass: PerClass {

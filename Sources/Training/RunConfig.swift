@@ -8,7 +8,11 @@ import Numerics
 public enum NonfinitePolicy: String, Codable, Sendable, CaseIterable { case stop, skip }
 
 /// Which validation figure picks `best.safetensors` and counts for `--patience`.
-public enum SelectBy: String, Codable, Sendable, CaseIterable { case loss, accuracy }
+public enum SelectBy: String, Codable, Sendable, CaseIterable {
+    case loss, accuracy
+    /// Macro-averaged F1 over the classes (for skewed data, where accuracy follows the big class).
+    case f1 = "macro-f1"
+}
 
 /// Everything one training run needs. The same keys come from a TOML file and from the
 /// command line (which overrides the file).

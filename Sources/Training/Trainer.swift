@@ -144,7 +144,12 @@ public final class Trainer {
                                 hint: "give --valid-data with labels y (not -1 everywhere)")
         }
         tracking.lastValidated = step
-        let value = run.select == .loss ? sums.loss : sums.accuracy
+        let value: Double
+        switch run.select {
+        case .loss: value = sums.loss
+        case .accuracy: value = sums.accuracy
+        case .f1: value = sums.perClass.macroF1
+        }
         let improved = tracking.bestStep == nil || (run.select == .loss ? value < tracking.best : value > tracking.best)
         if improved {
             tracking.best = value

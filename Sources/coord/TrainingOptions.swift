@@ -78,7 +78,7 @@ struct TrainingOptions: ParsableArguments {
     var validSplit: Float?
     @Option(help: "Validate every N steps instead of at the end of every epoch (0: every epoch; default 0).")
     var validEvery: Int?
-    @Option(help: "The validation figure that picks best.safetensors and counts for --patience: loss (lower is better) or accuracy (default loss).")
+    @Option(help: "The validation figure that picks best.safetensors and counts for --patience: loss (lower is better), accuracy, or macro-f1 (the mean F1 over the classes: for skewed data) (default loss).")
     var select: SelectBy?
     @Option(help: "Stop after this many validations in a row without improvement (by --select); the reason is on the last line and in metrics.jsonl (0: never; default 0).")
     var patience: Int?

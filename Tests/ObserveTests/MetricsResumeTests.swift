@@ -78,3 +78,28 @@ final class MetricsResumeTests: XCTestCase {
         XCTAssertEqual(terminalSafe(String(repeating: "a", count: 500), limit: 3), "aaa… (cut)")
     }
 }
+
+/// Tier 1 (pure): a validation's metrics line carries per-class precision, recall and F1, the
+/// macro-F1 and the confusion counts, all from the tree-summed counts.
+final class ValidationLineTests: XCTestCase {
+    func testTheLineHasPerClassFiguresMacroF1AndTheConfusion() throws {
+        var sums = EvalSums(classes: 3)
+        // true 0: 3 frames (2 right, 1 as 1); true 1: 1 frame (right); true 2: 2 frames (both as 0).
+        sums.confusion = [0: 2, 1: 1, 4: 1, 6: 2]
+        sums.frames = 6; sums.correct = 3; sums.lossSum = 3
+        let per = sums.perClass
+        XCTAssertEqual(per.precision(0)!, 0.5, accuracy: 1e-12)      // 2 of the 4 predicted 0
+        XCTAssertEqual(per.recall(0)!, 2.0 / 3, accuracy: 1e-12)
+        XCTAssertEqual(per.f1(1)!, 2 * 0.5 * 1 / 1.5, accuracy: 1e-12)
+        XCTAssertNil(per.f1(2), "never predicted")
+        // Macro over classes 0, 1, 2 (class 2 occurs: its F1 counts 0), as scikit-learn.
+        XCTAssertEqual(per.macroF1, ((2 * 0.5 * (2.0 / 3)) / (0.5 + 2.0 / 3) + 2.0 / 3 + 0) / 3, accuracy: 1e-12)
+        let r = ValidationReport(step: 4, epoch: 0, sums: sums, best: per.macroF1, bestStep: 4, improved: true, stopped: nil, lrReduced: nil, select: .f1)
+        let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try r.json.utf8)) as? [String: Any])
+        XCTAssertEqual(o["valid_confusion"] as? [[Int]], [[2, 1, 0], [0, 1, 0], [2, 0, 0]])
+        XCTAssertEqual((o["valid_precision"] as? [Any])?.count, 3)
+        XCTAssertTrue((o["valid_f1"] as? [Any])?[2] is NSNull, "an undefined F1 is null")
+        XCTAssertEqual(o["valid_macro_f1"] as? Double ?? -1, per.macroF1, accuracy: 1e-15)
+        XCTAssertNotNil(o["valid_best_macro-f1"], "the best figure is named by --select")
+    }
+}

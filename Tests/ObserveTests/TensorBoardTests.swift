@@ -44,7 +44,9 @@ final class TensorBoardTests: XCTestCase {
         for e in steps {
             for (tag, value) in report(e.step).scalars { XCTAssertEqual(e.scalars[tag], Float(value), "\(tag) at step \(e.step)") }
         }
-        XCTAssertEqual(got.last?.scalars, ["valid/loss": 0.75, "valid/accuracy": 0.75])
+        // Confusion [[2, 1], [0, 1]] (true 0: 2 right, 1 as 1; true 1: right): F1 0.8 and 2/3.
+        XCTAssertEqual(got.last?.scalars, ["valid/loss": 0.75, "valid/accuracy": 0.75, "valid/macro_f1": Float((0.8 + 2.0 / 3) / 2),
+                                           "valid/f1/class_0": 0.8, "valid/f1/class_1": Float(2.0 / 3)])
         // Resumed from step 3 (steps 4 and 5 are done again), with a torn record at the end.
         let first = TensorBoardLog.files(in: dir + "/tb")[0]
         let h = FileHandle(forWritingAtPath: first)!; h.seekToEndOfFile(); h.write(Data([9, 9, 9])); h.closeFile()
