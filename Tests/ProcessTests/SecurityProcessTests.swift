@@ -84,7 +84,9 @@ final class FloodProcessTests: XCTestCase {
     }
 
     func testConnectionAndHelloFloodsAreSurvived() throws {
-        let opts = ProcessHarness.options(steps: 16)
+        // Long enough (40 steps of a worker slowed to 50 ms a shard: over 8 s) that the fake which
+        // got in stays silent past the 3 s liveness window whatever the machine's load.
+        let opts = ProcessHarness.options(steps: 40)
         let ref = try h.start("coord", ["start", "--local", "--checkpoint-dir", h.dir + "/ref"] + opts, name: "ref")
         XCTAssertEqual(h.wait(ref, timeout: 120), 0)
         let c = try h.start("coord", ["start", "--checkpoint-dir", h.dir + "/run", "--bind", "tcp://127.0.0.1:0", "--max-workers", "2"] + opts, name: "coord")
