@@ -157,4 +157,28 @@ final class ClusterScriptTests: XCTestCase {
         XCTAssertEqual(badCoord.status, 1)
         XCTAssertTrue(badCoord.output.contains("the coordinator exited") && badCoord.output.contains("--no-such-option"), badCoord.output)
     }
+
+    /// scripts/load-in-pytorch looks for an interpreter with PyTorch and says how to get one
+    /// when there is none (here: a PATH whose first python3 cannot import anything).
+    func testLoadInPyTorchSaysHowToGetAnInterpreterWithTorch() throws {
+        let fake = h.dir + "/fakebin"
+        try FileManager.default.createDirectory(atPath: fake, withIntermediateDirectories: true)
+        for name in ["python3", "python3.12", "python3.11", "python3.10", "python"] {
+            try "#!/bin/sh\nexit 1\n".write(toFile: fake + "/" + name, atomically: true, encoding: .utf8)
+            chmod(fake + "/" + name, 0o755)
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = [root + "/scripts/load-in-pytorch", "/nonexistent.safetensors", "/nonexistent.npz"]
+        p.environment = ["PATH": fake + ":/usr/bin:/bin", "HOME": h.dir]
+        let out = h.dir + "/lip.txt"
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
+        p.standardError = FileHandle(forWritingAtPath: out)
+        p.standardOutput = FileHandle(forWritingAtPath: out)
+        try p.run()
+        p.waitUntilExit()
+        let said = h.text(out)
+        XCTAssertEqual(p.terminationStatus, 1, said)
+        XCTAssertTrue(said.contains("no Python here imports torch") && said.contains("HINT: python3 -m pip install torch"), said)
+    }
 }

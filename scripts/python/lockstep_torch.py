@@ -104,3 +104,18 @@ def net_from_checkpoint(path):
     weights = {k: torch.from_numpy(v.copy()) for k, v in tensors.items() if not k.startswith("optimizer.")}
     net.load_state_dict(weights, strict=True)
     return net
+
+
+def load(path):
+    """A Lockstep checkpoint (checkpoint.safetensors, best.safetensors) as the seed's `Net`, in
+    eval mode: the model shape comes from the checkpoint's metadata, the `optimizer.*` tensors
+    are left out, and the weights go in with `load_state_dict(strict=True)`.
+
+        import sys; sys.path.insert(0, "scripts/python")
+        import lockstep_torch
+        net = lockstep_torch.load("runs/exp1/best.safetensors")
+        logprobs = net(x, lengths)          # x float32 [N, T, d_in], lengths int64 [N]
+    """
+    net = net_from_checkpoint(path)
+    net.eval()
+    return net
