@@ -5,6 +5,8 @@ import Foundation
 @testable import Training
 import XCTest
 
+/// Tier 1: the fuzzers' regression corpora (scripts/fuzz adds any crasher it finds), one folder per
+/// parser of untrusted bytes: every input must be accepted or refused, never trap.
 final class FuzzCorpusTests: XCTestCase {
     func corpus(_ t: FuzzTarget) throws -> [Data] {
         let dir = try XCTUnwrap(Bundle.module.path(forResource: "FuzzCorpus", ofType: nil)) + "/" + t.rawValue
@@ -36,6 +38,3 @@ final class FuzzCorpusTests: XCTestCase {
         for (name, b) in FuzzTarget.safetensors.seeds() { XCTAssertNoThrow(try Checkpoint.decode(b, path: name), name) }
     }
 }
-
-/// Tier 2 (in-process sockets): weights and gradients are decoded straight from ZeroMQ's copy,
-/// and they stay valid (and equal) however long the math holds them.

@@ -4,6 +4,7 @@ import Training
 @testable import Transport
 import XCTest
 
+/// Tier 1 (files): CURVE allow-lists and key files read as written, with comments and `.pub` lines.
 final class CurveKeyFileTests: XCTestCase {
     func testAllowListAcceptsKeysWithHashesPubLinesAndComments() throws {
         let path = NSTemporaryDirectory() + "allow-\(UUID().uuidString)"
@@ -20,6 +21,3 @@ final class CurveKeyFileTests: XCTestCase {
         XCTAssertThrowsError(try CurveKeypair.allowList(path)) { XCTAssertTrue("\($0)".contains(":1:") && "\($0)".contains("HINT"), "\($0)") }
     }
 }
-
-/// The fuzzers' regression corpora (scripts/fuzz adds any crasher it finds), one folder per
-/// parser of untrusted bytes: every input must be accepted or refused, never trap.

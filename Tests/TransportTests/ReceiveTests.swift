@@ -5,6 +5,8 @@ import Training
 @testable import Transport
 import XCTest
 
+/// Tier 2 (in-process sockets): weights and gradients are decoded straight from ZeroMQ's copy,
+/// and they stay valid (and equal) however long the math holds them.
 final class ReceiveTests: XCTestCase {
     /// Sends `message` over an inproc pair and receives it; the sockets and context are gone on return.
     func roundTrip(_ message: Message) throws -> [Frame] {
