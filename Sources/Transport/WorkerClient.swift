@@ -107,6 +107,8 @@ public final class WorkerClient {
     var monitor: ZMQSocket?
     /// The join key this connection presents (nil: own keys, or none).
     var joinKey: JoinKey?
+    /// The endpoint is this user's own local socket file (set by `connect`).
+    var ownLocalSocket = false
     /// The connection is up at the TCP/IPC level / was since the last reconnect.
     var connected = false, connectedSinceReconnect = false
     /// Failed CURVE handshakes in a row, and why the last one failed.
@@ -147,6 +149,7 @@ public final class WorkerClient {
         let s = try ZMQSocket(context, .dealer)
         var curve = options.curve
         joinKey = nil
+        ownLocalSocket = WorkerClient.isOwnLocalSocket(endpoint)
         if curve == nil, let path = options.joinKeyPath ?? JoinKey.path(endpoint: endpoint) {
             do {
                 if let key = try JoinKey.read(path) {
@@ -185,11 +188,12 @@ public final class WorkerClient {
     /// coordinator's proof: only this user (or root) could have made it there.
     var unauthenticated: Bool { options.curve == nil && joinKey == nil && !options.insecure && !ownLocalSocket }
 
-    /// Whether the endpoint is an `ipc://` socket file (not a link) owned by this process's user.
-    var ownLocalSocket: Bool {
-        guard options.endpoint.hasPrefix("ipc://") else { return false }
+    /// Whether the endpoint is an `ipc://` socket file (not a link) owned by this process's user,
+    /// looked at once per connection (`connect`), not per message.
+    static func isOwnLocalSocket(_ endpoint: String) -> Bool {
+        guard endpoint.hasPrefix("ipc://") else { return false }
         var st = stat()
-        return lstat(String(options.endpoint.dropFirst(6)), &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK && st.st_uid == getuid()
+        return lstat(String(endpoint.dropFirst(6)), &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK && st.st_uid == getuid()
     }
 
     /// Failed handshakes in a row after which a worker stops trying (a refusal, not a hiccup).
