@@ -1,11 +1,16 @@
 import Numerics
 
 /// Gradient of the *summed* NLL over a batch, with its loss sum and counted frames
-/// (DESIGN.md §3.2: the caller divides by the global batch's frame count).
+/// (DESIGN.md §3.2: the caller divides by the global batch's frame count, or with class weights
+/// by the global sum of the counted frames' weights, `weightSum`).
 public struct BatchResult: Sendable {
     public var lossSum: Double
     public var frames: Int
-    public init(lossSum: Double, frames: Int) { self.lossSum = lossSum; self.frames = frames }
+    /// Σ classWeight[y] over the counted frames; `Double(frames)` without class weights.
+    public var weightSum: Double
+    public init(lossSum: Double, frames: Int, weightSum: Double? = nil) {
+        self.lossSum = lossSum; self.frames = frames; self.weightSum = weightSum ?? Double(frames)
+    }
 }
 
 /// The whole model over one packed batch: every cell, dropout between layers, and the head.
@@ -20,7 +25,12 @@ public final class Engine {
     private var zeros: FloatBuffer
     private var sink: FloatBuffer
 
-    public init(_ config: ModelConfig) {
+    /// Per-class loss weights `[C]` (`--class-weights`), or nil for the plain mean.
+    public let classWeights: FloatBuffer?
+
+    public init(_ config: ModelConfig, classWeights: [Float]? = nil) {
+        precondition(classWeights == nil || classWeights!.count == config.classes, "one class weight per class")
+        self.classWeights = classWeights.map { FloatBuffer($0) }
         layout = ParameterLayout(config)
         zeros = FloatBuffer(count: config.hidden)
         sink = FloatBuffer(count: config.hidden)
@@ -60,7 +70,8 @@ public final class Engine {
     }
 
     /// Forward pass. `dropout` nil means evaluation (no dropout). Returns the loss sum.
-    /// `forBackward` false (inference) skips the stores only a backward pass reads.
+    /// `forBackward` false (inference) skips the stores only a backward pass reads, and sums the
+    /// plain NLL: a validation loss is unweighted whatever the class weights.
     @discardableResult
     public func forward(params: FloatBuffer, batch: PackedBatch, dropout: Dropout.Key?, forBackward: Bool = true) -> BatchResult {
         precondition(params.count == layout.count, "parameter buffer has \(params.count) floats, layout needs \(layout.count)")
@@ -117,9 +128,10 @@ public final class Engine {
         logp = lp
         let r = batch.y.withUnsafeBufferPointer { y in
             Head.forward(logp: lp, input: head, w: P + layout.headWeight, b: P + layout.headBias, y: y.baseAddress!,
+                         classWeights: forBackward ? classWeights.map { UnsafePointer($0.ptr) } : nil,
                          rows: N, inputSize: D, classes: config.classes)
         }
-        return BatchResult(lossSum: r.lossSum, frames: r.frames)
+        return BatchResult(lossSum: r.lossSum, frames: r.frames, weightSum: r.weightSum)
     }
 
     /// Forward and backward: writes the gradient of the summed NLL into `grads`
@@ -136,7 +148,7 @@ public final class Engine {
         batch.y.withUnsafeBufferPointer { y in
             Head.backward(dinput: dHead, dw: dP + layout.headWeight, db: dP + layout.headBias, dlogits: dlogits,
                           logp: logp!, input: headIn!, w: P + layout.headWeight, y: y.baseAddress!,
-                          rows: N, inputSize: D, classes: config.classes)
+                          classWeights: classWeights.map { UnsafePointer($0.ptr) }, rows: N, inputSize: D, classes: config.classes)
         }
         let dgates = take(4 * H), dc = take(H), hprev = take(H)
         let width = layout.streamWidth

@@ -1,19 +1,25 @@
 import Numerics
 
 /// `Linear(D → C)` + `LogSoftmax` + NLL summed over frames whose label is not -1.
+///
+/// With class weights `cw` the sum is PyTorch's `NLLLoss(weight=cw, reduction='sum')`:
+/// frame r counts `cw[y_r]·nll_r`, and the caller divides by the global `Σ cw[y_r]` (what
+/// `reduction='mean'` does) instead of the frame count. Without them every weight is 1.
 public enum Head {
-    /// Returns the summed NLL (in Double, rows in order) and the number of counted frames.
+    /// Returns the summed (weighted) NLL and the sum of the counted frames' weights, both in
+    /// Double with rows in order, and the number of counted frames.
     public static func forward(
         logp: FPtr,             // [N, C] out: log-probabilities
         input: CFPtr,           // [N, D]
         w: CFPtr, b: CFPtr,     // [C, D], [C]
         y: UnsafePointer<Int32>,// [N]
+        classWeights cw: CFPtr?,// [C] or nil
         rows N: Int, inputSize D: Int, classes C: Int
-    ) -> (lossSum: Double, frames: Int) {
+    ) -> (lossSum: Double, frames: Int, weightSum: Double) {
         for r in 0..<N { (logp + r * C).update(from: b, count: C) }
         BLAS.sgemm(transA: false, transB: true, m: N, n: C, k: D,
                    a: input, lda: D, b: w, ldb: D, beta: 1, c: logp, ldc: C)
-        var loss = 0.0
+        var loss = 0.0, weightSum = 0.0
         var frames = 0
         for r in 0..<N {
             let row = logp + r * C
@@ -25,11 +31,16 @@ public enum Head {
             for k in 0..<C { row[k] -= lse }
             let label = Int(y[r])
             if label >= 0 {
-                loss -= Double(row[label])
+                if let cw {
+                    loss -= Double(cw[label]) * Double(row[label])
+                    weightSum += Double(cw[label])
+                } else {
+                    loss -= Double(row[label])
+                }
                 frames += 1
             }
         }
-        return (loss, frames)
+        return (loss, frames, cw == nil ? Double(frames) : weightSum)
     }
 
     public static func backward(
@@ -37,6 +48,7 @@ public enum Head {
         dw: FPtr, db: FPtr,     // [C, D], [C] out
         dlogits: FPtr,          // [N, C] scratch
         logp: CFPtr, input: CFPtr, w: CFPtr, y: UnsafePointer<Int32>,
+        classWeights cw: CFPtr?,// [C] or nil
         rows N: Int, inputSize D: Int, classes C: Int
     ) {
         for r in 0..<N {
@@ -45,6 +57,8 @@ public enum Head {
             if label < 0 { d.update(repeating: 0, count: C); continue }
             for k in 0..<C { d[k] = detExp(logp[r * C + k]) }
             d[label] -= 1
+            // cw·(p − onehot): scaled after the subtraction, as autograd's chain rule orders it.
+            if let cw { for k in 0..<C { d[k] *= cw[label] } }
         }
         BLAS.sgemm(transA: true, transB: false, m: C, n: D, k: N,
                    a: dlogits, lda: C, b: input, ldb: D, beta: 0, c: dw, ldc: D)

@@ -1,3 +1,5 @@
+import Foundation
+
 /// How the recurrent stacks are built (DESIGN.md §1).
 public enum Arch: String, Codable, Sendable, CaseIterable {
     /// `nn.LSTM(bidirectional:)`: each layer reads both directions of the layer below.
@@ -68,5 +70,36 @@ public struct ModelConfig: Equatable, Codable, Sendable {
             p.append("arch split is a bidirectional model; HINT: drop --unidirectional or use --arch stacked")
         }
         return p
+    }
+}
+
+/// `--class-weights`: the loss's per-class weights (PyTorch's `NLLLoss(weight=)`).
+public enum ClassWeights {
+    /// Why `weights` cannot weight a loss over `classes` classes, or nil when they can.
+    public static func problem(_ weights: [Float], classes: Int) -> String? {
+        if weights.count != classes { return "\(weights.count) weights for \(classes) classes (give one per class, in class order)" }
+        if let i = weights.firstIndex(where: { !($0.isFinite && $0 >= 0 && $0 <= 1e6) }) {
+            return "class \(i) has weight \(weights[i]); each must be a number in [0, 1e6]"
+        }
+        if !weights.contains(where: { $0 > 0 }) { return "every weight is 0; at least one class must count" }
+        return nil
+    }
+
+    /// Reads `auto` (nil weights, auto true) or `w0,w1,…`; nil when it is neither.
+    public static func parse(_ text: String) -> (auto: Bool, weights: [Float]?)? {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        if t == "auto" { return (true, nil) }
+        let parts = t.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !parts.isEmpty, parts.count <= ModelConfig.maxClasses else { return nil }
+        var out: [Float] = []
+        for p in parts { guard let v = Float(p) else { return nil }; out.append(v) }
+        return (false, out)
+    }
+
+    /// `auto`: sklearn's "balanced" weights, `frames / (classes · frames_c)`, from the training
+    /// set's labelled-frame counts per class; a class with no frame gets 1 (it never counts).
+    public static func balanced(counts: [Int]) -> [Float] {
+        let total = Double(counts.reduce(0, +)), c = Double(counts.count)
+        return counts.map { $0 == 0 ? 1 : Float(total / (c * Double($0))) }
     }
 }

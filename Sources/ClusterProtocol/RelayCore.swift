@@ -117,7 +117,7 @@ public struct RelayCore {
             } else {
                 let spans = parts.map(\.span)
                 answer = ShardResult(step: parts[0].step, shard: start, lossSum: TreeSum.reduce(parts.map(\.lossSum), spans: spans),
-                                     frames: parts.reduce(0) { $0 + $1.frames }, grad: TreeSum.reduce(parts.map(\.grad), spans: spans) { _, _ in },
+                                     frames: parts.reduce(0) { $0 + $1.frames }, weightSum: TreeSum.reduce(parts.map(\.weightSum), spans: spans), grad: TreeSum.reduce(parts.map(\.grad), spans: spans) { _, _ in },
                                      computeSeconds: parts.reduce(0) { $0 + $1.computeSeconds }, span: block.count)
             }
             answered[start] = answer

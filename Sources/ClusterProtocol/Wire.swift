@@ -28,7 +28,7 @@ public enum Message: Equatable {
     /// carries counts (gradient carriage 2).
     /// 7: work carries its round's shard count (a relay places its block in the tree over them);
     /// welcome carries the training sequence count (ids below it are a data copy's).
-    public static let protocolVersion: UInt16 = 7
+    public static let protocolVersion: UInt16 = 8
     public static let magic: [UInt8] = Array("LKST".utf8)
 
     public var typeName: String {
@@ -84,10 +84,13 @@ public struct Welcome: Equatable, Sendable {
     public var dataHash: String
     /// The run's training sequences: ids below this are the data copy's (a relay passes it on).
     public var dataCount: Int
+    /// `--class-weights`, one per class, or nil: part of the loss every shard computes.
+    public var classWeights: [Float]?
     public init(runId: UInt64, model: ModelConfig, seed: UInt64, sharedWeights: String = "", sharedToken: UInt64 = 0, maxShards: Int = 1,
-                numerics: NumericsMode = .openblas, dataHash: String = "", dataCount: Int = 0) {
+                numerics: NumericsMode = .openblas, dataHash: String = "", dataCount: Int = 0, classWeights: [Float]? = nil) {
         self.runId = runId; self.model = model; self.seed = seed; self.sharedWeights = sharedWeights; self.sharedToken = sharedToken
         self.maxShards = maxShards; self.numerics = numerics; self.dataHash = dataHash; self.dataCount = dataCount
+        self.classWeights = classWeights
     }
 }
 
@@ -142,6 +145,8 @@ public struct ShardResult: Equatable {
     public var shard: Int
     public var lossSum: Double
     public var frames: Int
+    /// Σ class weight over the counted frames (`BatchResult.weightSum`).
+    public var weightSum: Double
     public var grad: FloatBuffer
     /// Wall seconds the worker spent computing the shard: for the metrics, never for the math.
     public var computeSeconds: Double
@@ -153,9 +158,10 @@ public struct ShardResult: Equatable {
     /// Shards this result sums, from `shard`: more than 1 for a block (`Work.blockSpan`).
     public var span: Int
 
-    public init(step: Int, shard: Int, lossSum: Double, frames: Int, grad: FloatBuffer, computeSeconds: Double = 0,
+    public init(step: Int, shard: Int, lossSum: Double, frames: Int, weightSum: Double? = nil, grad: FloatBuffer, computeSeconds: Double = 0,
                 sharedGradient: SharedGradient? = nil, counts: [Int]? = nil, span: Int = 1) {
         self.step = step; self.shard = shard; self.lossSum = lossSum; self.frames = frames; self.grad = grad
+        self.weightSum = weightSum ?? Double(frames)
         self.computeSeconds = computeSeconds; self.sharedGradient = sharedGradient; self.counts = counts; self.span = span
     }
 
@@ -166,7 +172,8 @@ public struct ShardResult: Equatable {
 
     /// Bit-for-bit equality of what a duplicate computation must reproduce.
     public func sameBits(as o: ShardResult) -> Bool {
-        lossSum.bitPattern == o.lossSum.bitPattern && frames == o.frames && grad.count == o.grad.count
+        lossSum.bitPattern == o.lossSum.bitPattern && frames == o.frames && weightSum.bitPattern == o.weightSum.bitPattern
+            && grad.count == o.grad.count
             && memcmp(grad.ptr, o.grad.ptr, grad.count * 4) == 0 && counts == o.counts && span == o.span
     }
 }
@@ -293,13 +300,15 @@ extension Message {
             w.u8(m.model.bidirectional ? 1 : 0); w.u8(m.model.arch == .split ? 1 : 0); w.u32(m.model.dropout.bitPattern)
             w.string(m.sharedWeights); w.u64(m.sharedToken); w.int(m.maxShards); w.string(m.numerics.rawValue); w.string(m.dataHash)
             w.int(m.dataCount)
+            w.u32(UInt32(m.classWeights?.count ?? 0))
+            for v in m.classWeights ?? [] { w.u32(v.bitPattern) }
         case .refuse(let reason, let numerics):
             w.string(String(reason.utf8.prefix(4000)) ?? ""); w.string(String(numerics.utf8.prefix(2000)) ?? "")
         case .work(let work):
             let (header, sequences) = Message.encodeWork(work, weights: work.weights != nil ? .frame : work.weightsShared ? .shared : .none)
             return [header] + (work.weights.map { [$0.byteArray] } ?? []) + [sequences]
         case .result(let r):
-            w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames); w.u32(UInt32(r.span)); w.f64(r.computeSeconds)
+            w.int(r.step); w.int(r.shard); w.f64(r.lossSum); w.int(r.frames); w.f64(r.weightSum); w.u32(UInt32(r.span)); w.f64(r.computeSeconds)
             w.u8(r.counts != nil ? 2 : r.sharedGradient == nil ? 0 : 1)
             if let counts = r.counts {
                 frames.append(counts.withUnsafeBytes { Array($0) })
@@ -394,8 +403,17 @@ extension Message {
             let mode = try r.string(max: 64)
             guard let numerics = NumericsMode(rawValue: mode) else { throw WireError("welcome with numerics mode '\(mode)'") }
             let dataHash = try r.string(max: 64), dataCount = try r.int(max: 1 << 40)
+            let weightCount = Int(try r.u32())
+            guard weightCount == 0 || weightCount == model.classes else {
+                throw WireError("welcome with \(weightCount) class weights for \(model.classes) classes")
+            }
+            let weights = try (0..<weightCount).map { _ in Float(bitPattern: try r.u32()) }
+            if let problem = ClassWeights.problem(weights, classes: model.classes), weightCount > 0 {
+                throw WireError("welcome with bad class weights: \(problem)")
+            }
             msg = .welcome(Welcome(runId: runId, model: model, seed: seed, sharedWeights: shared, sharedToken: token, maxShards: maxShards,
-                                   numerics: numerics, dataHash: dataHash, dataCount: dataCount))
+                                   numerics: numerics, dataHash: dataHash, dataCount: dataCount,
+                                   classWeights: weightCount == 0 ? nil : weights))
         case 3:
             try expectFrames(1)
             msg = .refuse(try r.string(max: 8192), numerics: try r.string(max: 4096))
@@ -450,6 +468,8 @@ extension Message {
                              block: blockStart ..< blockStart + blockSpan, shardCount: shardCount))
         case 5:
             let step = try r.int(), shard = try r.int(max: 1 << 20), loss = try r.f64(), count = try r.int(max: 1 << 40)
+            let weightSum = try r.f64()
+            guard weightSum.isFinite, weightSum >= 0 else { throw WireError("result with weight sum \(weightSum)") }
             let span = Int(try r.u32())
             guard span >= 1, span <= 1 << 20 else { throw WireError("result over \(span) shards") }
             let seconds = try r.f64()
@@ -464,13 +484,13 @@ extension Message {
                     throw WireError("validation counts frame of \(b.count) bytes for \(count) frames")
                 }
                 let counts = b.withUnsafeBytes { Array($0.bindMemory(to: Int.self)) }
-                msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count, grad: FloatBuffer(count: 0),
+                msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count, weightSum: weightSum, grad: FloatBuffer(count: 0),
                                           computeSeconds: seconds, counts: counts, span: span))
                 break
             }
             let shared = code == 1 ? SharedGradient(path: try r.string(max: limits.maxStringBytes), token: try r.u64()) : nil
             try expectFrames(shared == nil ? 2 : 1)
-            msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count,
+            msg = .result(ShardResult(step: step, shard: shard, lossSum: loss, frames: count, weightSum: weightSum,
                                       grad: shared == nil ? try floats(frames[1], what: "gradient") : FloatBuffer(count: 0),
                                       computeSeconds: seconds, sharedGradient: shared, span: span))
         case 6: try expectFrames(1); msg = .heartbeat

@@ -72,6 +72,15 @@ public struct Dataset: Sendable {
         return examples[i]
     }
 
+    /// Labelled frames per class (a packed set is read whole for it).
+    public func labelCounts() throws -> [Int] {
+        var counts = [Int](repeating: 0, count: classes)
+        for i in 0..<count {
+            for v in try example(i).y where v >= 0 && Int(v) < classes { counts[Int(v)] += 1 }
+        }
+        return counts
+    }
+
     /// The longest sequence, in every mode (a sequence crosses the wire whole).
     public static let maxLength = 1 << 20
 

@@ -5,14 +5,16 @@ import Numerics
 
 /// What `coord grad` writes: one forward/backward of `params` on a whole dataset as one batch.
 /// `loss` is the mean NLL over valid frames, `logprobs` is `[B, Lmax, C]` in the dataset's order
-/// (0 on padding), `grad.<name>` is the gradient of that mean.
+/// (0 on padding), `grad.<name>` is the gradient of that mean. With `classWeights` the mean is
+/// `NLLLoss(weight=)`'s: Σ w[y]·nll / Σ w[y].
 public enum GradientReport {
-    public static func compute(model: ModelConfig, params: FloatBuffer, data: Dataset, dropout: Dropout.Key?) -> Safetensors {
-        let engine = Engine(model)
+    public static func compute(model: ModelConfig, params: FloatBuffer, data: Dataset, dropout: Dropout.Key?,
+                               classWeights: [Float]? = nil) -> Safetensors {
+        let engine = Engine(model, classWeights: classWeights)
         let batch = PackedBatch(data.examples, inputSize: model.inputSize)
         let grads = FloatBuffer(count: engine.layout.count)
         let r = engine.forwardBackward(params: params, grads: grads, batch: batch, dropout: dropout)
-        let frames = Float(max(r.frames, 1))
+        let frames = Float(r.weightSum > 0 ? r.weightSum : 1)
         for i in 0..<grads.count { grads[i] = grads[i] / frames }
         let C = model.classes, B = batch.count, lmax = batch.steps
         var logprobs = [Float](repeating: 0, count: B * lmax * C)
@@ -25,7 +27,7 @@ public enum GradientReport {
             }
         }
         var st = Safetensors()
-        st.add("loss", .init(floats: [Float(r.lossSum / Double(max(r.frames, 1)))], shape: []))
+        st.add("loss", .init(floats: [Float(r.lossSum / (r.weightSum > 0 ? r.weightSum : 1))], shape: []))
         st.add("logprobs", .init(floats: logprobs, shape: [B, lmax, C]))
         withExtendedLifetime(grads) {
             for t in engine.layout.tensors {
@@ -33,6 +35,7 @@ public enum GradientReport {
             }
         }
         st.metadata = ["frames": String(r.frames), "loss_sum": String(r.lossSum)]
+        if classWeights != nil { st.metadata["weight_sum"] = String(r.weightSum) }
         return st
     }
 }

@@ -68,6 +68,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var initFrom: String? = nil
     /// SHA-256 of the `--init` weights, set when they are read: part of the math.
     public var initHash: String? = nil
+    /// `--class-weights w0,w1,…`: the loss's per-class weights, part of the math; nil for the
+    /// plain mean. `auto` sets `autoClassWeights`, and the trainer fills these from the data.
+    public var classWeights: [Float]? = nil
+    public var autoClassWeights = false
     // Validation
     public var validData: String? = nil
     /// `--valid-split F`: validate on a deterministic fraction F of the training data instead
@@ -150,6 +154,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         p += schedule.problems()
         if validEvery < 0 { p.append("--valid-every must be >= 0; 0 validates at the end of every epoch (got \(validEvery))") }
         if patience < 0 { p.append("--patience must be >= 0; 0 never stops early (got \(patience))") }
+        if autoClassWeights && classWeights != nil { p.append("--class-weights is auto or a list, not both") }
+        if let w = classWeights, let bad = ClassWeights.problem(w, classes: classes ?? w.count) { p.append("--class-weights: \(bad)") }
         if let f = validSplit {
             if !(f > 0 && f <= 0.5) { p.append("--valid-split must be in (0, 0.5]: the fraction of the training data held out (got \(f))") }
             if validData != nil { p.append("--valid-split and --valid-data are two validation sets: give one") }
@@ -206,6 +212,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if numerics != .openblas { out.append(s("numerics", numerics.rawValue)) }
         if let initHash { out.append(MathField(name: "init", option: "init", recorded: initHash) { "weights with SHA-256 \($0.prefix(16))…" }) }
         if let validSplit { out.append(f("valid-split", validSplit)) }
+        if let w = classWeights {
+            out.append(MathField(name: "class-weights", option: "class-weights", recorded: w.map { "\($0.bitPattern)" }.joined(separator: ",")) {
+                $0.split(separator: ",").map { UInt32($0).map { "\(Float(bitPattern: $0))" } ?? String($0) }.joined(separator: ",")
+            })
+        }
         return out
     }
 
@@ -224,7 +235,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
             return "--\(f.option): the checkpoint has \(was == "(none)" ? was : f.show(was)), this run \(f.show(f.recorded))"
         }
         let names = Set(mathFields.map(\.name))
-        for (k, v) in old where !names.contains(k) { out.append("--\(k): the checkpoint has \(v), this run (none)") }
+        // A field this run lacks reads as any config that has it would show it.
+        var every = RunConfig()
+        every.schedule.kind = .plateau; every.schedule.warmupSteps = 1; every.numerics = .portable
+        every.initHash = ""; every.validSplit = 0.5; every.classWeights = []
+        let shows = Dictionary((every.mathFields + [MathField(name: "lr-step-size", option: "lr-step-size", recorded: "") { $0 }]).map { ($0.name, $0.show) },
+                               uniquingKeysWith: { a, _ in a })
+        for (k, v) in old where !names.contains(k) { out.append("--\(k): the checkpoint has \(shows[k]?(v) ?? v), this run (none)") }
         return out.sorted()
     }
 

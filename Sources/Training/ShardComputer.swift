@@ -8,8 +8,8 @@ public final class ShardComputer {
     public let engine: Engine
     public let seed: UInt64
 
-    public init(model: ModelConfig, seed: UInt64) {
-        engine = Engine(model)
+    public init(model: ModelConfig, seed: UInt64, classWeights: [Float]? = nil) {
+        engine = Engine(model, classWeights: classWeights)
         self.seed = seed
     }
 
@@ -33,10 +33,10 @@ public final class ShardComputerPool: @unchecked Sendable {
     private let available: DispatchSemaphore
     private let team: SpinningTeam
 
-    public init(model: ModelConfig, seed: UInt64, count: Int) {
+    public init(model: ModelConfig, seed: UInt64, count: Int, classWeights: [Float]? = nil) {
         self.count = max(1, count)
         team = SpinningTeam(helpers: self.count - 1)
-        free = (0..<self.count).map { _ in ShardComputer(model: model, seed: seed) }
+        free = (0..<self.count).map { _ in ShardComputer(model: model, seed: seed, classWeights: classWeights) }
         available = DispatchSemaphore(value: self.count)
     }
 

@@ -132,6 +132,11 @@ public enum TOMLConfig {
             case "init": c.initFrom = try str(key, v)
             case "valid-data": c.validData = try str(key, v)
             case "valid-split": c.validSplit = try float(key, v)
+            case "class-weights":
+                guard let t = v.string, let spec = ClassWeights.parse(t) else {
+                    throw bad(key, "\"auto\" or a string of one number per class, e.g. \"1,4,4,2\"")
+                }
+                c.autoClassWeights = spec.auto; c.classWeights = spec.weights
             case "valid-every": c.validEvery = try int(key, v)
             case "select": c.select = try pick(key, v)
             case "patience": c.patience = try int(key, v)
@@ -190,6 +195,8 @@ extension RunConfig {
         if let initFrom { lines.append("init = \(q(abs(initFrom)))") }
         if let validData { lines.append("valid-data = \(q(abs(validData)))") }
         if let validSplit { lines.append("valid-split = \(validSplit)") }
+        if let classWeights { lines.append("class-weights = \(q(classWeights.map { "\($0)" }.joined(separator: ",")))") }
+        else if autoClassWeights { lines.append("class-weights = \"auto\"") }
         lines += ["valid-every = \(validEvery)", "select = \(q(select.rawValue))", "patience = \(patience)",
                   "checkpoint-dir = \(q(abs(checkpointDir)))", "checkpoint-every = \(checkpointEvery)", "keep-last = \(keepLast)"]
         if !mode.isEmpty { lines += ["# How it ran (any mode gives the same bits; the command line overrides)."] + mode }

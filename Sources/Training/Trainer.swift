@@ -39,6 +39,13 @@ public final class Trainer {
         validationShards = validation.map { EvalPlan.shards(lengths: $0.lengths, batchSize: run.batchSize, shardSize: run.shardSize) } ?? []
         tracking = ValidationTracking(lr: Double(run.optimizer.lr))
         model = run.model(for: data)
+        if run.autoClassWeights {
+            self.run.classWeights = ClassWeights.balanced(counts: try data.labelCounts())
+            self.run.autoClassWeights = false
+        }
+        if let w = self.run.classWeights, let bad = ClassWeights.problem(w, classes: data.classes) {
+            throw LockstepError("--class-weights: \(bad)", hint: "the data \(data.source) has \(data.classes) classes; or give --class-weights auto")
+        }
         let modelProblems = model.problems()
         if !modelProblems.isEmpty { throw LockstepError("bad model: " + modelProblems.joined(separator: "; ")) }
         // Weights, gradients, optimizer state and the spare copy, before any of them is allocated.
@@ -53,8 +60,8 @@ public final class Trainer {
         }
         optimizer = Optimizer(run.optimizer, count: layout.count)
         if let ck = checkpoint {
-            if let h = ck.metadata["config_hash"], h != run.hash {
-                let diffs = ck.metadata["config_identity"].map(run.differences(fromIdentity:)) ?? []
+            if let h = ck.metadata["config_hash"], h != self.run.hash {
+                let diffs = ck.metadata["config_identity"].map(self.run.differences(fromIdentity:)) ?? []
                 let what = diffs.isEmpty ? "(\(ck.metadata["config"] ?? "?"))" : ": " + diffs.joined(separator: "; ")
                 throw LockstepError("cannot resume: the checkpoint was written with a different config\(what)",
                                     hint: "resume with the run's own options: coord start --config \(Trainer.runConfigPath(run)) --resume; or start a new run in another --checkpoint-dir")
@@ -198,10 +205,13 @@ public final class Trainer {
         let epoch = schedule.position(step: step).epoch
         let lossSum = TreeSum.reduce(parts.map(\.result.lossSum), spans: spans)
         let frames = parts.reduce(0) { $0 + $1.result.frames }
+        // With class weights the mean is over the frames' weights (NLLLoss's), tree-summed like the loss.
+        let weightSum = run.classWeights == nil ? Double(max(frames, 1)) : TreeSum.reduce(parts.map(\.result.weightSum), spans: spans)
+        let denominator = weightSum > 0 ? weightSum : 1
         // Divide by the frame count and clip inside the norm and optimizer passes, and take the
         // norm of each block of the sum as the tree's root addition finishes it: the same roundings
         // as separate passes, with one pass over the gradients instead of four on the step barrier.
-        let divisor = Float(max(frames, 1))
+        let divisor = run.classWeights == nil ? Float(max(frames, 1)) : Float(denominator)
         var norm = NormAccumulator(divisor: divisor)
         let sum = TreeSum.reduce(parts.map(\.grad), spans: spans) { norm.add($0, $1) }
         let shardCount = spans?.reduce(0, +) ?? parts.count
@@ -234,7 +244,7 @@ public final class Trainer {
         spareParams = params
         params = next
         step += 1
-        var r = StepReport(step: step, epoch: epoch, loss: lossSum / Double(max(frames, 1)), frames: frames,
+        var r = StepReport(step: step, epoch: epoch, loss: run.classWeights == nil ? lossSum / Double(max(frames, 1)) : lossSum / denominator, frames: frames,
                            gradNorm: gradNorm, clipped: clipped, seconds: seconds)
         r.shards = shardCount
         r.totalSteps = totalSteps

@@ -37,7 +37,8 @@ public final class CoordinatorServer {
         limits.inputSize = trainer.model.inputSize
         let runId = UInt64(strtoull(String(trainer.run.hash.prefix(16)), nil, 16))
         core = CoordinatorCore(numerics: NumericsIdentity.current(),
-                               welcome: Welcome(runId: runId, model: trainer.model, seed: trainer.run.seed, numerics: trainer.run.numerics),
+                               welcome: Welcome(runId: runId, model: trainer.model, seed: trainer.run.seed, numerics: trainer.run.numerics,
+                                                classWeights: trainer.run.classWeights),
                                minWorkers: minWorkers, maxWorkers: maxWorkers)
         core.data = (trainer.data.hash, trainer.data.count)
         core.welcome.dataHash = trainer.data.hash
@@ -157,7 +158,7 @@ public final class CoordinatorServer {
                 continue
             }
             let coordStart = monotonicSeconds()
-            let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames)) }
+            let parts = core.results.map { ($0.grad, BatchResult(lossSum: $0.lossSum, frames: $0.frames, weightSum: $0.weightSum)) }
             let spans = core.results.map(\.span)
             let reissued = core.reissuedThisStep, shardSeconds = core.results.map { $0.computeSeconds / Double($0.span) }  // a block's is its shards' total
             var workerSeconds: [String: Double] = [:]

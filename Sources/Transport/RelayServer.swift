@@ -64,7 +64,7 @@ public final class RelayServer {
     /// workers say hello again when it does not know them.
     func onWelcome(_ w: Welcome, numerics: NumericsIdentity) {
         let was = core.down.welcome
-        guard was.runId != w.runId || was.model != w.model || was.seed != w.seed else { return }
+        guard was.runId != w.runId || was.model != w.model || was.seed != w.seed || was.classWeights != w.classWeights else { return }
         limits.parameterCount = ParameterLayout(w.model).count
         limits.inputSize = w.model.inputSize; limits.classes = w.model.classes
         core = RelayCore(numerics: numerics, welcome: w, maxWorkers: options.maxWorkers)

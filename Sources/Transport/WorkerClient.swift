@@ -281,7 +281,7 @@ public final class WorkerClient {
         let ordered = block.map { parts[$0]! }
         let grad = TreeSum.reduceInPlace(ordered.map(\.grad))
         return ShardResult(step: r.step, shard: block.lowerBound, lossSum: TreeSum.reduce(ordered.map(\.lossSum)),
-                           frames: ordered.reduce(0) { $0 + $1.frames }, grad: grad,
+                           frames: ordered.reduce(0) { $0 + $1.frames }, weightSum: TreeSum.reduce(ordered.map(\.weightSum)), grad: grad,
                            computeSeconds: ordered.reduce(0) { $0 + $1.computeSeconds }, span: block.count)
     }
 
@@ -346,7 +346,7 @@ public final class WorkerClient {
             send(.result(r))
             return
         }
-        var frames = Message.result(ShardResult(step: r.step, shard: r.shard, lossSum: r.lossSum, frames: r.frames,
+        var frames = Message.result(ShardResult(step: r.step, shard: r.shard, lossSum: r.lossSum, frames: r.frames, weightSum: r.weightSum,
                                                 grad: FloatBuffer(count: 0), computeSeconds: r.computeSeconds, span: r.span)).encode()
         frames.removeLast()
         if socket.send(parts: frames.map { .bytes($0) } + [.floats(r.grad)], dontWait: true) { lastSent = monotonicSeconds() }

@@ -35,8 +35,8 @@ extension WorkerClient {
             }
             if BLAS.mode != w.numerics { log("computing with the run's numerics: \(w.numerics.rawValue)") }
             BLAS.mode = w.numerics
-            if options.relay == nil && (welcome?.model != w.model || welcome?.seed != w.seed) {
-                computers = ShardComputerPool(model: w.model, seed: w.seed, count: options.threads)
+            if options.relay == nil && (welcome?.model != w.model || welcome?.seed != w.seed || welcome?.classWeights != w.classWeights) {
+                computers = ShardComputerPool(model: w.model, seed: w.seed, count: options.threads, classWeights: w.classWeights)
                 cache = [:]
             }
             if welcome?.runId != w.runId { cache = [:] }
@@ -165,7 +165,7 @@ extension WorkerClient {
                 let seconds = monotonicSeconds() - started
                 lock.lock()
                 computed += 1
-                finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames,
+                finished.append(ShardResult(step: work.step, shard: work.shard, lossSum: r.lossSum, frames: r.frames, weightSum: r.weightSum,
                                             grad: slots == nil ? grad : FloatBuffer(count: 0), computeSeconds: seconds,
                                             sharedGradient: slots.map { SharedGradient(path: $0.path, token: $0.token) }, counts: counts))
                 lock.unlock()

@@ -76,6 +76,8 @@ struct TrainingOptions: ParsableArguments {
     var validData: String?
     @Option(help: "Validate on this fraction of the training data instead of --valid-data (0 < F <= 0.5): which sequences are held out is decided by their id and --seed alone, so the split is the same at any worker count, through --resume, and from an .npz or its packed copy; it is part of the run's config. A packed set is then read whole.")
     var validSplit: Float?
+    @Option(help: ArgumentHelp("Weight each class's frames in the loss, as PyTorch's NLLLoss(weight=): the mean is Σ w[y]·nll / Σ w[y] over labelled frames. auto: balanced weights from the training set, frames / (classes × frames of the class); or one number per class in class order, e.g. 1,4,4,2. Both sums are tree-summed, so the bits are the same at any worker count. Part of the math; the validation loss stays unweighted (default: none).", valueName: "auto|w0,w1,…"))
+    var classWeights: String?
     @Option(help: "Validate every N steps instead of at the end of every epoch (0: every epoch; default 0).")
     var validEvery: Int?
     @Option(help: "The validation figure that picks best.safetensors and counts for --patience: loss (lower is better), accuracy, or macro-f1 (the mean F1 over the classes: for skewed data) (default loss).")
@@ -132,6 +134,12 @@ struct TrainingOptions: ParsableArguments {
         if let v = numerics { c.numerics = v }
         if let v = validData { c.validData = v }
         if let v = validSplit { c.validSplit = v }
+        if let v = classWeights {
+            guard let spec = ClassWeights.parse(v) else {
+                throw LockstepError("--class-weights \(v.prefix(40)): not auto and not a list of numbers", hint: "give --class-weights auto, or one weight per class: --class-weights 1,4,4,2")
+            }
+            c.autoClassWeights = spec.auto; c.classWeights = spec.weights
+        }
         if let v = validEvery { c.validEvery = v }
         if let v = select { c.select = v }
         if let v = patience { c.patience = v }

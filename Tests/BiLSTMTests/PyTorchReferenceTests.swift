@@ -11,11 +11,12 @@ import XCTest
 final class PyTorchReferenceTests: XCTestCase {
     static let tolerance: Float = 2e-5
 
-    func compare(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    func compare(_ name: String, expectedFile: String? = nil, classWeights: [Float]? = nil,
+                 file: StaticString = #filePath, line: UInt = #line) throws {
         let ck = try Checkpoint.load(path: Fixture.path("\(name).weights.safetensors"))  // no metadata: inferred
         let data = try Dataset.load(npz: Fixture.path("\(name).data.npz"), classes: ck.model.classes)
-        let expected = try Safetensors.read(Fixture.path("\(name).expected.safetensors"))
-        let got = GradientReport.compute(model: ck.model, params: ck.params, data: data, dropout: nil)
+        let expected = try Safetensors.read(Fixture.path(expectedFile ?? "\(name).expected.safetensors"))
+        let got = GradientReport.compute(model: ck.model, params: ck.params, data: data, dropout: nil, classWeights: classWeights)
         var report: [String] = []
         var failed = false
         for tensorName in expected.order {
@@ -27,7 +28,20 @@ final class PyTorchReferenceTests: XCTestCase {
         }
         print(report.joined(separator: "\n"))
         XCTAssertFalse(failed, "\(name) disagrees with PyTorch:\n" + report.joined(separator: "\n"), file: file, line: line)
-        XCTAssertEqual(got.order.count, expected.order.count, "\(name): tensor count")
+        if classWeights == nil { XCTAssertEqual(got.order.count, expected.order.count, "\(name): tensor count") }
+    }
+
+    /// `--class-weights`: NLLLoss(weight=)'s weighted mean and its gradients, with a class weighted 0.
+    func testClassWeightedLossMatchesPyTorch() throws {
+        let expected = try Safetensors.read(Fixture.path("bi2.weighted.expected.safetensors"))
+        let weights = try XCTUnwrap(expected.metadata["class_weights"]).split(separator: ",").map { Float(String($0))! }
+        XCTAssertEqual(weights, [0.5, 3.0, 0.0, 1.25])
+        try compare("bi2", expectedFile: "bi2.weighted.expected.safetensors", classWeights: weights)
+        // The weights matter: the unweighted gradient is far from this fixture.
+        let ck = try Checkpoint.load(path: Fixture.path("bi2.weights.safetensors"))
+        let data = try Dataset.load(npz: Fixture.path("bi2.data.npz"), classes: ck.model.classes)
+        let plain = GradientReport.compute(model: ck.model, params: ck.params, data: data, dropout: nil)
+        XCTAssertGreaterThan(maxDiff(plain.tensors["grad.layer2.0.weight"]!.floats, expected.tensors["grad.layer2.0.weight"]!.floats).diff, 1e-3)
     }
 
     func testTwoLayerBiLSTMMatchesPyTorch() throws { try compare("bi2") }

@@ -27,6 +27,8 @@ final class WireTests: XCTestCase {
          .result(ShardResult(step: (1 << 40) + 4, shard: 0, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0), computeSeconds: 0.5,
                              counts: [2, 0, 2, 4, 1])),
          .result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]))),
+         .welcome(Welcome(runId: 5, model: ModelConfig(inputSize: 2, hidden: 4, layers: 1, classes: 3), seed: 1, classWeights: [0.5, 0, 3.25])),
+         .result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, weightSum: 4.75, grad: FloatBuffer([0.5, -1, 2]), span: 2)),
          .result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]), computeSeconds: 0.1875)),
          .result(ShardResult(step: 4, shard: 3, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0), computeSeconds: 0.5,
                              sharedGradient: SharedGradient(path: "/proc/9/fd/4", token: 77))),
@@ -107,6 +109,21 @@ final class WireTests: XCTestCase {
                            (Example(id: 1, x: [.infinity, 1], y: [0]), "non-finite")] {
             XCTAssertThrowsError(try Message.decode(work(e), limits: limits)) { XCTAssertTrue("\($0)".contains(words), "\($0)") }
         }
+    }
+
+    /// `--class-weights` cross the wire in the welcome: one finite weight >= 0 per class, or none.
+    func testClassWeightsThatCannotWeightTheModelAreRefused() {
+        let model = ModelConfig(inputSize: 2, hidden: 4, layers: 1, classes: 3)
+        for (weights, words) in [([Float](arrayLiteral: 1, 2), "2 class weights for 3 classes"), ([1, -1, 2], "class 1 has weight -1.0"),
+                                 ([1, .nan, 2], "class 1 has weight nan"), ([0, 0, 0], "every weight is 0")] {
+            let m = Message.welcome(Welcome(runId: 1, model: model, seed: 1, classWeights: weights)).encode()
+            XCTAssertThrowsError(try Message.decode(m, limits: WireLimits())) { XCTAssertTrue("\($0)".contains(words), "\($0)") }
+        }
+        // A result's weight sum is a sum of weights >= 0.
+        var m = Message.result(ShardResult(step: 1, shard: 0, lossSum: 1, frames: 1, weightSum: -2, grad: FloatBuffer([1]))).encode()
+        XCTAssertThrowsError(try Message.decode(m, limits: WireLimits())) { XCTAssertTrue("\($0)".contains("weight sum -2.0"), "\($0)") }
+        m = Message.result(ShardResult(step: 1, shard: 0, lossSum: 1, frames: 1, weightSum: .infinity, grad: FloatBuffer([1]))).encode()
+        XCTAssertThrowsError(try Message.decode(m, limits: WireLimits())) { XCTAssertTrue("\($0)".contains("weight sum inf"), "\($0)") }
     }
 
     func testRandomCorruptionNeverCrashesTheDecoder() {

@@ -317,6 +317,48 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertTrue(refused.contains("--valid-split"), refused)
     }
 
+    /// `--class-weights` with `--valid-split` on skewed data (75% of frames in class 0): one hash
+    /// locally, with 2 workers and after kill -9 and --resume; `auto` is written out as the
+    /// weights it found, so config.toml repeats the run; dropping the weights on resume is refused.
+    func testClassWeightsAndASplitGiveOneHashEverywhereOnSkewedData() throws {
+        let task = SyntheticTask(sequences: 96, inputSize: 16, classes: 8, minLength: 5, maxLength: 25)
+        let skewed = task.generate(seed: 5).examples.map { e in Example(id: e.id, x: e.x, y: e.y.map { $0 < 6 ? 0 : $0 - 5 }) }
+        let train = h.dir + "/skewed.npz"
+        try Data(Dataset(examples: skewed, inputSize: 16, classes: 3, source: "skewed").npzBytes()).write(to: URL(fileURLWithPath: train))
+        let base = ["start", "--data", train, "--steps", "12", "--valid-split", "0.25", "--valid-every", "4", "--select", "macro-f1"] + model
+        let weighted = base + ["--class-weights", "auto"]
+        try run("cw-plain", base + ["--local", "--checkpoint-dir", h.dir + "/cw-plain"])
+        try run("cw-local", weighted + ["--local", "--checkpoint-dir", h.dir + "/cw-local"])
+        XCTAssertNotEqual(h.hash("cw-local"), h.hash("cw-plain"), "the weights are part of the math")
+        let reference = validLines(h.dir + "/cw-local")
+        XCTAssertEqual(reference.count, 3)
+        let toml = h.text(h.dir + "/cw-local/config.toml")
+        let line = try XCTUnwrap(toml.split(separator: "\n").first { $0.hasPrefix("class-weights = ") }, toml)
+        // 72 training sequences: class 0 has most frames, so the smallest weight.
+        let weights = line.dropFirst("class-weights = \"".count).dropLast().split(separator: ",").compactMap { Float(String($0)) }
+        XCTAssertEqual(weights.count, 3, String(line))
+        XCTAssertTrue(weights[0] < 1 && weights[1] > 1 && weights[2] > 1, String(line))
+        try run("cw-spawn", weighted + ["--spawn", "2", "--checkpoint-dir", h.dir + "/cw-spawn"])
+        XCTAssertEqual(h.hash("cw-spawn"), h.hash("cw-local"))
+        XCTAssertEqual(validLines(h.dir + "/cw-spawn"), reference)
+        try run("cw-rerun", ["start", "--config", h.dir + "/cw-local/config.toml", "--local", "--checkpoint-dir", h.dir + "/cw-rerun"])
+        XCTAssertEqual(h.hash("cw-rerun"), h.hash("cw-local"), "config.toml repeats the run")
+        let c = try h.start("coord", weighted + ["--bind", "tcp://127.0.0.1:0", "--checkpoint-dir", h.dir + "/cw-killed"], name: "cw-killed")
+        let ep = try XCTUnwrap(h.endpoint("cw-killed"))
+        let w = try h.start("worker", ["join", ep, "--debug-delay", "0.05"], name: "cw-w")
+        XCTAssertTrue(h.until(120) { self.validLines(self.h.dir + "/cw-killed").count >= 1 })
+        h.kill9(c)
+        let again = try h.start("coord", weighted + ["--bind", ep, "--checkpoint-dir", h.dir + "/cw-killed", "--resume"], name: "cw-resumed")
+        XCTAssertEqual(h.wait(again, timeout: 180), 0, h.text(h.log("cw-resumed")))
+        XCTAssertEqual(h.hash("cw-resumed"), h.hash("cw-local"))
+        XCTAssertEqual(validLines(h.dir + "/cw-killed"), reference)
+        h.kill9(w)
+        let refused = try run("cw-dropped", base + ["--steps", "14", "--local", "--resume", "--checkpoint-dir", h.dir + "/cw-local"], expect: 1)
+        XCTAssertTrue(refused.contains("--class-weights"), refused)
+        let wrong = try run("cw-wrong", base + ["--class-weights", "1,2", "--local", "--checkpoint-dir", h.dir + "/cw-wrong"], expect: 1)
+        XCTAssertTrue(wrong.contains("--class-weights: 2 weights for 3 classes"), wrong)
+    }
+
     func testThePrometheusEndpointServesTheRunsFiguresWhileItTrains() throws {
         let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--metrics-port", "0", "--checkpoint-dir", h.dir + "/prom"]
                                 + ProcessHarness.options(steps: 40), name: "prom")

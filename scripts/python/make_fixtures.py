@@ -2,8 +2,11 @@
 
 For each config: <name>.weights.safetensors (a PyTorch state_dict, no Lockstep metadata),
 <name>.data.npz (x, lengths, y), <name>.expected.safetensors (loss, logprobs, grad.<name>).
-Also optim.safetensors: Adam, SGD and clip_grad_norm_ on fixed numbers.
+Also optim.safetensors: Adam, SGD and clip_grad_norm_ on fixed numbers, and
+bi2.weighted.expected.safetensors: bi2's loss and gradients under NLLLoss(weight=WEIGHTS).
 Usage: python3 scripts/python/make_fixtures.py Tests/BiLSTMTests/Fixtures
+       python3 scripts/python/make_fixtures.py --weighted Tests/BiLSTMTests/Fixtures  (that file alone,
+       from the committed bi2 weights and data)
 """
 import os
 import sys
@@ -74,5 +77,38 @@ def main(out):
     print("fixtures written to", out)
 
 
+# --class-weights on bi2 (4 classes): a weight of 0, weights above and below 1.
+WEIGHTS = [0.5, 3.0, 0.0, 1.25]
+
+
+def weighted(out):
+    """bi2 under nn.NLLLoss(weight=WEIGHTS, ignore_index=-1): the weighted mean and its gradients."""
+    from lockstep_torch import load_safetensors
+    w, _ = load_safetensors(f"{out}/bi2.weights.safetensors")
+    d = np.load(f"{out}/bi2.data.npz")
+    h = w["layer1.weight_hh_l0"].shape[1]
+    layers = 1 + max(int(k.split("_l")[-1].split("_")[0]) for k in w if k.startswith("layer1.weight_ih"))
+    c, d_in = w["layer2.0.weight"].shape[0], w["layer1.weight_ih_l0"].shape[1]
+    net = Net(d_in, h, layers, c, True, "stacked")
+    net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in w.items()})
+    x, lens, y = torch.from_numpy(d["x"]), torch.from_numpy(d["lengths"]), torch.from_numpy(d["y"]).long()
+    logp = net(x, lens)
+    loss = nn_weighted(logp, y, torch.tensor(WEIGHTS))
+    loss.backward()
+    expected = {"loss": np.array(loss.item(), dtype=np.float32)}
+    for k, p in net.named_parameters():
+        expected["grad." + k] = p.grad.numpy().astype(np.float32)
+    save_safetensors(f"{out}/bi2.weighted.expected.safetensors", expected,
+                     metadata={"class_weights": ",".join(str(v) for v in WEIGHTS)})
+    print("weighted fixture written to", out, "loss", loss.item())
+
+
+def nn_weighted(logp, y, weights):
+    return torch.nn.functional.nll_loss(logp.reshape(-1, logp.shape[-1]), y.reshape(-1), weight=weights, ignore_index=-1)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "Tests/BiLSTMTests/Fixtures")
+    if len(sys.argv) > 1 and sys.argv[1] == "--weighted":
+        weighted(sys.argv[2] if len(sys.argv) > 2 else "Tests/BiLSTMTests/Fixtures")
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "Tests/BiLSTMTests/Fixtures")
