@@ -24,6 +24,8 @@ let package = Package(
         .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
         // Structured logs of coord and worker (--log-level, --log-format).
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // `coord export`: ONNX's protobuf schema, generated once into Sources/OnnxExport (scripts/gen-onnx-schema).
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // C libraries from Debian.
@@ -64,13 +66,16 @@ let package = Package(
             "ClusterProtocol", "Observe", "Training", "Datasets", "FileIO", "Formats", "BiLSTM", "Numerics", "CZMQ", "CFutex",
         ]),
 
+        // 10. OnnxExport: a checkpoint as an ONNX graph (ONNX's schema, written by SwiftProtobuf). Pure: bytes out.
+        .target(name: "OnnxExport", dependencies: ["BiLSTM", "Numerics", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+
         // Every parser of untrusted bytes as a fuzz target (lockstep-fuzz runs them; tests replay the corpus).
         .target(name: "FuzzTargets", dependencies: ["ClusterProtocol", "Training", "Datasets", "FileIO", "Formats", "BiLSTM", "Numerics"]),
         // The log handler coord and worker share.
         .target(name: "LockstepLog", dependencies: [.product(name: "Logging", package: "swift-log")]),
 
         .executableTarget(name: "coord", dependencies: [
-            "Transport", "ClusterProtocol", "Observe", "Training", "Datasets", "FileIO", "Formats", "BiLSTM", "Numerics", "LockstepLog",
+            "Transport", "ClusterProtocol", "Observe", "OnnxExport", "Training", "Datasets", "FileIO", "Formats", "BiLSTM", "Numerics", "LockstepLog",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "worker", dependencies: [
@@ -93,6 +98,7 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Datasets", "FileIO", "Formats", "BiLSTM", "Numerics"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ObserveTests", dependencies: ["Observe", "Training", "Formats"]),
         .testTarget(name: "ClusterProtocolTests", dependencies: ["ClusterProtocol", "Training", "Datasets", "Formats", "BiLSTM", "Numerics"]),
+        .testTarget(name: "OnnxExportTests", dependencies: ["OnnxExport", "BiLSTM", "Numerics", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "ClusterProtocol", "Training", "BiLSTM", "Numerics"]),
         // Every fuzz target replays its committed corpus; the seeds are accepted.
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "ClusterProtocol", "Training", "Datasets", "Formats"], resources: [.copy("FuzzCorpus")]),

@@ -21,7 +21,7 @@ struct Coord: ParsableCommand {
         refused, or pin the coordinator's kernel. `coord start --local` is the \
         single-process reference every cluster run reproduces.
         """,
-        subcommands: [Start.self, Eval.self, Predict.self, DataCommand.self, Synthetic.self, Report.self, Status.self, Grad.self, Keygen.self])
+        subcommands: [Start.self, Eval.self, Predict.self, Export.self, DataCommand.self, Synthetic.self, Report.self, Status.self, Grad.self, Keygen.self])
 }
 
 /// Prints a user-facing error and exits 1 (argument errors go through ArgumentParser: exit 64).

@@ -359,6 +359,27 @@ final class WorkflowProcessTests: XCTestCase {
         XCTAssertTrue(wrong.contains("--class-weights: 2 weights for 3 classes"), wrong)
     }
 
+    /// `coord export` writes an ONNX file that names the weights it holds, and refuses to write
+    /// over its checkpoint, a device or a link. (scripts/check-onnx runs such files in ONNX Runtime.)
+    func testExportWritesAnOnnxModelAndRefusesABadOut() throws {
+        try run("ex-train", ["start", "--local", "--steps", "2", "--hidden", "8", "--arch", "split", "--checkpoint-dir", h.dir + "/ex"])
+        let ck = h.dir + "/ex/checkpoint.safetensors", out = h.dir + "/ex/model.onnx"
+        let said = try run("ex", ["export", "--checkpoint", ck, "--out", out])
+        XCTAssertTrue(said.contains("ONNX opset 17") && said.contains("logprobs float32 [N, T, 8]"), said)
+        XCTAssertTrue(said.contains("weights sha256: \(try Checkpoint.load(path: ck).params.sha256)"), said)
+        let bytes = try XCTUnwrap(FileManager.default.contents(atPath: out))
+        XCTAssertGreaterThan(bytes.count, 1000)
+        XCTAssertTrue(String(decoding: bytes, as: UTF8.self).contains("lockstep"), "the producer is named")
+        let same = try run("ex-self", ["export", "--checkpoint", ck, "--out", ck], expect: 64)
+        XCTAssertTrue(same.contains("is the --checkpoint file itself"), same)
+        let device = try run("ex-dev", ["export", "--checkpoint", ck, "--out", "/dev/null"], expect: 1)
+        XCTAssertTrue(device.contains("/dev/null"), device)
+        try FileManager.default.createSymbolicLink(atPath: h.dir + "/ex/link.onnx", withDestinationPath: h.dir + "/ex/elsewhere")
+        let link = try run("ex-link", ["export", "--checkpoint", ck, "--out", h.dir + "/ex/link.onnx"], expect: 1)
+        XCTAssertTrue(link.contains("link"), link)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: h.dir + "/ex/elsewhere"))
+    }
+
     func testThePrometheusEndpointServesTheRunsFiguresWhileItTrains() throws {
         let c = try h.start("coord", ["start", "--bind", "tcp://127.0.0.1:0", "--metrics-port", "0", "--checkpoint-dir", h.dir + "/prom"]
                                 + ProcessHarness.options(steps: 40), name: "prom")
