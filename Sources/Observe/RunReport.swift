@@ -8,6 +8,13 @@ public struct RunReport {
         public let name: String
         public let color: String
         public var points: [(x: Double, y: Double)]
+        /// A dot on every point (validations, which are few), and a faint line (the raw curve
+        /// beside its smoothed one).
+        public var dots = false
+        public var faint = false
+        public init(name: String, color: String, points: [(x: Double, y: Double)], dots: Bool = false, faint: Bool = false) {
+            self.name = name; self.color = color; self.points = points; self.dots = dots; self.faint = faint
+        }
         public static func == (a: Series, b: Series) -> Bool {
             a.name == b.name && a.points.map(\.x) == b.points.map(\.x) && a.points.map(\.y) == b.points.map(\.y)
         }
@@ -20,15 +27,38 @@ public struct RunReport {
         /// Steps marked with a dot on the first series (clipped steps on the gradient norm).
         public var marks: [(x: Double, y: Double)] = []
         public var marksLabel = ""
+        /// A dashed vertical line at a step, with its label (the best validation).
+        public var vline: (x: Double, label: String)? = nil
+    }
+
+    /// The validation that picked best.safetensors: its step, the figure it was picked by, and
+    /// its confusion counts (rows true class, columns predicted) and per-class figures.
+    public struct BestValidation {
+        public let step: Int
+        public let select: String, value: Double
+        public let confusion: [[Int]]
+        public let precision: [Double?], recall: [Double?], f1: [Double?]
+        public let macroF1: Double?, accuracy: Double?
     }
 
     public var charts: [Chart] = []
     public var steps = 0, validations = 0
     public var lastLine: String? = nil
+    public var best: BestValidation? = nil
 
-    /// The charts of a run's `metrics.jsonl` lines.
+    /// Debiased exponential moving average (TensorBoard's smoothing) with weight `w`.
+    public static func smoothed(_ p: [(x: Double, y: Double)], weight w: Double = 0.9) -> [(x: Double, y: Double)] {
+        var last = 0.0, debias = 0.0
+        return p.map { q in
+            last = last * w + (1 - w) * q.y
+            debias = debias * w + (1 - w)
+            return (q.x, last / debias)
+        }
+    }
+
     static let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
+    /// The charts of a run's `metrics.jsonl` lines.
     public init(metricsLines: [String]) {
         var train: [[String: Any]] = [], valid: [[String: Any]] = []
         for line in metricsLines {
@@ -44,13 +74,21 @@ public struct RunReport {
                 return (s, v * scale)
             }
         }
+        let trainLoss = pts(train, "loss")
         var loss = Chart(title: "Loss (mean NLL per frame)", yLabel: "loss",
-                         series: [Series(name: "train", color: "#1f77b4", points: pts(train, "loss"))])
-        if !valid.isEmpty { loss.series.append(Series(name: "validation", color: "#d62728", points: pts(valid, "valid_loss"))) }
+                         series: [Series(name: "train", color: "#1f77b4", points: trainLoss, faint: trainLoss.count > 10)])
+        if trainLoss.count > 10 { loss.series.append(Series(name: "train, smoothed (0.9)", color: "#1f77b4", points: RunReport.smoothed(trainLoss))) }
+        if !valid.isEmpty { loss.series.append(Series(name: "validation", color: "#d62728", points: pts(valid, "valid_loss"), dots: true)) }
+        best = RunReport.bestValidation(valid)
+        if let b = best { loss.vline = (Double(b.step), "best: step \(b.step)") }
         charts.append(loss)
         if !valid.isEmpty {
-            charts.append(Chart(title: "Validation accuracy (frames)", yLabel: "accuracy",
-                                series: [Series(name: "validation", color: "#d62728", points: pts(valid, "valid_accuracy"))]))
+            var acc = Chart(title: "Validation accuracy and macro-F1 (frames)", yLabel: "fraction",
+                            series: [Series(name: "accuracy", color: "#d62728", points: pts(valid, "valid_accuracy"), dots: true)])
+            let f1 = pts(valid, "valid_macro_f1")
+            if !f1.isEmpty { acc.series.append(Series(name: "macro-F1", color: "#9467bd", points: f1, dots: true)) }
+            acc.vline = loss.vline
+            charts.append(acc)
         }
         charts.append(Chart(title: "Learning rate", yLabel: "lr", series: [Series(name: "lr", color: "#2ca02c", points: pts(train, "lr"))]))
         var grad = Chart(title: "Gradient norm (before clipping)", yLabel: "norm",
@@ -63,9 +101,13 @@ public struct RunReport {
         grad.marksLabel = "clipped"
         charts.append(grad)
         charts.append(Chart(title: "Throughput", yLabel: "frames/s", series: [Series(name: "frames/s", color: "#ff7f0e", points: pts(train, "frames_per_s"))]))
-        charts.append(Chart(title: "Workers alive and shards re-issued", yLabel: "count",
-                            series: [Series(name: "workers alive", color: "#17becf", points: pts(train, "workers_alive")),
-                                     Series(name: "shards re-issued", color: "#d62728", points: pts(train, "shards_reissued"))]))
+        // A cluster's: a local run has no workers to show.
+        let alive = pts(train, "workers_alive"), reissued = pts(train, "shards_reissued")
+        if (alive + reissued).contains(where: { $0.y != 0 }) {
+            charts.append(Chart(title: "Workers alive and shards re-issued", yLabel: "count",
+                                series: [Series(name: "workers alive", color: "#17becf", points: alive),
+                                         Series(name: "shards re-issued", color: "#d62728", points: reissued)]))
+        }
         charts.append(Chart(title: "Shard compute time (as the workers measured it)", yLabel: "ms",
                             series: [Series(name: "slowest shard", color: "#8c564b", points: pts(train, "shard_seconds_max", scale: 1000)),
                                      Series(name: "mean shard", color: "#e377c2", points: pts(train, "shard_seconds_mean", scale: 1000))]))
@@ -83,66 +125,15 @@ public struct RunReport {
         }
     }
 
-    static func escape(_ s: String) -> String {
-        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
-    }
-
-    static func label(_ v: Double) -> String {
-        if v == 0 { return "0" }
-        let a = abs(v)
-        return a >= 1e5 || a < 1e-3 ? String(format: "%.3g", v) : String(format: a >= 100 ? "%.0f" : a >= 1 ? "%.3g" : "%.4f", v)
-    }
-
-    /// One chart as an inline SVG: axes with their ranges, a polyline per series, a legend.
-    public static func svg(_ c: Chart) -> String {
-        let w = 640.0, h = 220.0, left = 64.0, right = 16.0, top = 28.0, bottom = 34.0
-        let all = c.series.flatMap(\.points) + c.marks
-        var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" role=\"img\" aria-label=\"\(escape(c.title))\">"
-        out += "<text x=\"\(left)\" y=\"16\" font-size=\"13\" font-weight=\"bold\">\(escape(c.title))</text>"
-        guard let x0 = all.map(\.x).min(), let x1 = all.map(\.x).max(), var y0 = all.map(\.y).min(), var y1 = all.map(\.y).max() else {
-            return out + "<text x=\"\(left)\" y=\"\(h / 2)\" font-size=\"12\">no data yet</text></svg>"
-        }
-        if y0 == y1 { y0 -= 0.5 * max(abs(y0), 1); y1 += 0.5 * max(abs(y1), 1) }
-        let xs = x1 > x0 ? x1 - x0 : 1
-        func px(_ x: Double) -> Double { left + (x - x0) / xs * (w - left - right) }
-        func py(_ y: Double) -> Double { top + (y1 - y) / (y1 - y0) * (h - top - bottom) }
-        out += "<rect x=\"\(left)\" y=\"\(top)\" width=\"\(w - left - right)\" height=\"\(h - top - bottom)\" fill=\"none\" stroke=\"#999\"/>"
-        for (v, y) in [(y1, top + 4), (y0, h - bottom)] {
-            out += "<text x=\"\(left - 4)\" y=\"\(y)\" font-size=\"11\" text-anchor=\"end\">\(label(v))</text>"
-        }
-        out += "<text x=\"\(left)\" y=\"\(h - bottom + 14)\" font-size=\"11\">step \(Int(x0))</text>"
-        out += "<text x=\"\(w - right)\" y=\"\(h - bottom + 14)\" font-size=\"11\" text-anchor=\"end\">step \(Int(x1))</text>"
-        out += "<text x=\"12\" y=\"\(top + (h - top - bottom) / 2)\" font-size=\"11\" transform=\"rotate(-90 12 \(top + (h - top - bottom) / 2))\" text-anchor=\"middle\">\(escape(c.yLabel))</text>"
-        for s in c.series where !s.points.isEmpty {
-            let coords = s.points.map { String(format: "%.1f,%.1f", px($0.x), py($0.y)) }.joined(separator: " ")
-            out += s.points.count == 1
-                ? "<circle cx=\"\(px(s.points[0].x))\" cy=\"\(py(s.points[0].y))\" r=\"3\" fill=\"\(s.color)\" data-series=\"\(escape(s.name))\" data-points=\"1\"/>"
-                : "<polyline fill=\"none\" stroke=\"\(s.color)\" stroke-width=\"1.5\" points=\"\(coords)\" data-series=\"\(escape(s.name))\" data-points=\"\(s.points.count)\"/>"
-        }
-        for m in c.marks { out += "<circle cx=\"\(String(format: "%.1f", px(m.x)))\" cy=\"\(String(format: "%.1f", py(m.y)))\" r=\"2.5\" fill=\"#d62728\" data-mark=\"1\"/>" }
-        var lx = left + 8
-        let legend = c.series.map { ($0.name, $0.color) } + (c.marks.isEmpty ? [] : [("\(c.marksLabel) (\(c.marks.count))", "#d62728")])
-        for (name, color) in legend {
-            out += "<rect x=\"\(lx)\" y=\"\(top + 6)\" width=\"10\" height=\"10\" fill=\"\(color)\"/>"
-            out += "<text x=\"\(lx + 14)\" y=\"\(top + 15)\" font-size=\"11\">\(escape(name))</text>"
-            lx += 24 + Double(name.count) * 6.5
-        }
-        return out + "</svg>"
-    }
-
-    /// The whole page: title, summary, charts, the run's config and its final hash.
-    public func html(run: String, config: String?, hash: String?, numerics: String, step: Int? = nil) -> String {
-        var page = "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Lockstep run \(RunReport.escape(run))</title>"
-        page += "<style>body{font-family:sans-serif;margin:24px;color:#222}pre{background:#f4f4f4;padding:8px;font-size:12px}"
-        page += ".charts{display:flex;flex-wrap:wrap;gap:12px}</style></head><body>"
-        page += "<h1>Lockstep run: \(RunReport.escape(run))</h1>"
-        page += "<p>\(steps) steps and \(validations) validations in metrics.jsonl"
-        if let hash { page += "; checkpoint (step \(step ?? 0)) weights SHA-256 <code>\(hash)</code>, numerics: \(RunReport.escape(numerics))" }
-        page += ".</p><div class=\"charts\">"
-        for c in charts { page += "<div>" + RunReport.svg(c) + "</div>" }
-        page += "</div><h2>Config</h2><pre>\(RunReport.escape(config ?? "(no config.toml)"))</pre>"
-        if let lastLine { page += "<h2>Last metrics line</h2><pre>\(RunReport.escape(lastLine))</pre>" }
-        return page + "</body></html>\n"
+    /// The last validation line's best step, and that step's own line.
+    static func bestValidation(_ valid: [[String: Any]]) -> BestValidation? {
+        guard let last = valid.last, let step = (last["valid_best_step"] as? NSNumber)?.intValue,
+              let line = valid.last(where: { ($0["step"] as? NSNumber)?.intValue == step }) else { return nil }
+        let key = last.keys.first { $0.hasPrefix("valid_best_") && $0 != "valid_best_step" } ?? "valid_best_loss"
+        func column(_ k: String) -> [Double?] { (line[k] as? [Any])?.map { ($0 as? NSNumber)?.doubleValue } ?? [] }
+        let confusion = (line["valid_confusion"] as? [[Any]])?.map { $0.map { ($0 as? NSNumber)?.intValue ?? 0 } } ?? []
+        return BestValidation(step: step, select: String(key.dropFirst("valid_best_".count)), value: (last[key] as? NSNumber)?.doubleValue ?? .nan,
+                              confusion: confusion, precision: column("valid_precision"), recall: column("valid_recall"), f1: column("valid_f1"),
+                              macroF1: (line["valid_macro_f1"] as? NSNumber)?.doubleValue, accuracy: (line["valid_accuracy"] as? NSNumber)?.doubleValue)
     }
 }

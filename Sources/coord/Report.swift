@@ -10,10 +10,14 @@ struct Report: ParsableCommand {
         abstract: "Write a run's report: one self-contained HTML file of its curves, config and hash.",
         discussion: """
         Reads RUN_DIR/metrics.jsonl, config.toml and checkpoint.safetensors as they are now (a \
-        run still going included) and writes inline-SVG charts — training and validation loss, \
-        validation accuracy, learning rate, gradient norm with clipped steps marked, frames/s, \
-        workers alive and shards re-issued, shard compute times — with the config and the \
-        checkpoint's weights hash. No network, no JavaScript.
+        run still going included) and writes inline-SVG charts with ticks and gridlines — training \
+        loss raw and smoothed (TensorBoard's 0.9) beside the validation loss, validation accuracy \
+        and macro-F1, the best validation's step marked, learning rate, gradient norm with clipped \
+        steps marked, frames/s, workers alive and shards re-issued (cluster runs), shard compute \
+        times — then the best validation's confusion matrix as a heat map and its per-class \
+        precision, recall and F1, the config and the checkpoint's weights hash. The page scales \
+        from a phone's width to a desktop's (scripts/check-report renders both in Chromium). No \
+        network, no JavaScript.
         """)
 
     @Argument(help: "The run directory (--checkpoint-dir of coord start).")
