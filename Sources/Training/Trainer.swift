@@ -61,7 +61,13 @@ public final class Trainer {
         optimizer = Optimizer(run.optimizer, count: layout.count)
         if let ck = checkpoint {
             if let h = ck.metadata["config_hash"], h != self.run.hash {
-                let diffs = ck.metadata["config_identity"].map(self.run.differences(fromIdentity:)) ?? []
+                var diffs = ck.metadata["config_identity"].map(self.run.differences(fromIdentity:)) ?? []
+                // Other data too (a bare --resume trains the built-in task): say so beside the options.
+                if let trained = ck.metadata["data_content"] ?? ck.metadata["data_hash"], trained != data.contentHash {
+                    let was = ck.metadata["data_source"] ?? "other data"
+                    diffs.append(was == data.source ? "--data: \(was) holds other sequences than the checkpoint's"
+                                                    : "--data: the checkpoint trained on \(was), this run on \(data.source)")
+                }
                 let what = diffs.isEmpty ? "(\(ck.metadata["config"] ?? "?"))" : ": " + diffs.joined(separator: "; ")
                 throw LockstepError("cannot resume: the checkpoint was written with a different config\(what)",
                                     hint: "resume with the run's own options: coord start --config \(Trainer.runConfigPath(run)) --resume; or start a new run in another --checkpoint-dir")

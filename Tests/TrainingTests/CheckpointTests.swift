@@ -208,7 +208,13 @@ final class CheckpointTests: XCTestCase {
             XCTAssertTrue(s.contains("--seed: the checkpoint has 1, this run 9"), s)
             XCTAssertTrue(s.contains("--unidirectional: the checkpoint has false, this run true"), s)
             XCTAssertFalse(s.contains("--hidden"), s)
+            XCTAssertFalse(s.contains("--data"), "the same data: \(s)")
             XCTAssertTrue(s.contains("coord start --config \(self.dir!)/config.toml --resume"), "the way back names the run's own config: \(s)")
+        }
+        // A bare --resume gives other options and no --data: both are named.
+        var bare = changed; bare.synthetic.sequences = 40
+        XCTAssertThrowsError(try Trainer(run: bare, data: bare.synthetic.generate(seed: bare.seed), resumeFrom: ck)) { e in
+            XCTAssertTrue("\(e)".contains("--data: synthetic holds other sequences than the checkpoint's"), "\(e)")
         }
         let otherData = r.synthetic.generate(seed: 99)
         XCTAssertThrowsError(try Trainer(run: r, data: otherData, resumeFrom: ck)) { XCTAssertTrue("\($0)".contains("different data")) }
