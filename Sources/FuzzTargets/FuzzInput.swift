@@ -43,12 +43,13 @@ public enum FuzzInput {
         let model = ModelConfig(inputSize: 2, hidden: 4, layers: 2, classes: 3, arch: .split, dropout: 0.25)
         return [
             ("hello", Message.hello(Hello(fingerprint: "ab", blasCore: "Zen", threads: 1, pid: 7, incarnation: 99, sharedMemory: true)).encode()),
-            ("welcome", Message.welcome(Welcome(runId: 3, model: model, seed: 11, sharedWeights: "/proc/1/fd/3", sharedToken: 5, maxShards: 2)).encode()),
+            ("welcome", Message.welcome(Welcome(runId: 3, model: model, seed: 11, sharedWeights: "/proc/1/fd/3", sharedToken: 5, maxShards: 2,
+                                                 classWeights: [0.5, 2, 1])).encode()),
             ("refuse", Message.refuse("no", numerics: "mode=openblas;blas=Zen").encode()),
             ("work-weights", Message.work(Work(step: 4, shard: 1, sequenceIds: [5, 9], weights: FloatBuffer([1, 2, 3]), sequences: ex)).encode()),
             ("work-shared", Message.work(Work(step: 4, shard: 0, sequenceIds: [9], weights: nil, weightsShared: true, sequences: [])).encode()),
             ("work", Message.work(Work(step: 4, shard: 2, sequenceIds: [5], weights: nil, sequences: [], prefetchIds: [6, 7], block: 2..<4)).encode()),
-            ("result", Message.result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer([0.5, -1, 2]))).encode()),
+            ("result", Message.result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, weightSum: 4.5, grad: FloatBuffer([0.5, -1, 2]))).encode()),
             ("result-shared", Message.result(ShardResult(step: 4, shard: 1, lossSum: 2.5, frames: 3, grad: FloatBuffer(count: 0),
                                                          sharedGradient: SharedGradient(path: "/proc/1/fd/4", token: 6))).encode()),
             ("work-validation", Message.work(Work(step: (1 << 40) + 4, shard: 0, sequenceIds: [9], weights: nil, weightsShared: true,
