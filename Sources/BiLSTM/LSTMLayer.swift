@@ -133,6 +133,8 @@ public enum LSTMLayer {
     ) {
         let N = batch.rows, G = 4 * H
         dc.update(repeating: 0, count: N * H)
+        // W_hh packed once for every step's dh (portable mode; OpenBLAS packs it each step).
+        let packedWhh = batch.steps > 1 ? BLAS.PackedWeights(w: whh, ldw: H, n: H, k: G, transposed: false) : nil
         // Walk opposite to the forward: each row's successor is done before the row itself.
         for s in 0..<batch.steps {
             let t = reverse ? s : batch.steps - 1 - s
@@ -146,9 +148,13 @@ public enum LSTMLayer {
                 pointwiseBackward(dgates + r * G, dcp, dh + r * ldh, dc + r * H, gates + r * G, tc + r * H, cp, H)
             }
             // dh of the predecessors += dgates · W_hh
-            BLAS.sgemm(transA: false, transB: false, m: prev.count, n: H, k: G,
-                       a: dgates + base * G, lda: G, b: whh, ldb: H,
-                       beta: 1, c: dh + prev.base * ldh, ldc: ldh)
+            if let packedWhh {
+                packedWhh.accumulate(m: prev.count, a: dgates + base * G, lda: G, c: dh + prev.base * ldh, ldc: ldh)
+            } else {
+                BLAS.sgemm(transA: false, transB: false, m: prev.count, n: H, k: G,
+                           a: dgates + base * G, lda: G, b: whh, ldb: H,
+                           beta: 1, c: dh + prev.base * ldh, ldc: ldh)
+            }
         }
         // The recurrent input of every row, so dW_hh is one GEMM over all time steps.
         for t in 0..<batch.steps {

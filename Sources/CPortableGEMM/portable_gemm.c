@@ -63,13 +63,16 @@ static void pack_a(float *dst, const float *a, long lda, int transA, long p0, lo
         for (int ii = 0; ii < MR; ii++) dst[p * MR + ii] = ii < r ? A_at(a, lda, transA, i0 + ii, p0 + p) : 0.0f;
 }
 
+// Each tile continues the chains of an r x w block (r <= MR rows, w = 8·h columns) over one
+// chunk of k: from `src` (the chains so far) or from zero when src is NULL, and stores them to
+// `dst`, or, with `add`, stores dst + chain: the one rounded addition of `c + acc`.
 #ifdef HAVE_X86
-// An r x (8·h) tile (r <= MR, h = 1 or 2): s holds the chains so far (or nothing when first).
 __attribute__((target("avx2,fma")))
-static void tile(int r, int h, long kc, const float *pa, const float *pb, int first, float *s, long lds) {
+static void tile(int r, int h, long kc, const float *pa, const float *pb, const float *src, long lds,
+                 float *dst, long ldd, int add) {
     __m256 acc[MR][2];
     for (int i = 0; i < r; i++)
-        for (int v = 0; v < h; v++) acc[i][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(s + i * lds + 8 * v);
+        for (int v = 0; v < h; v++) acc[i][v] = src ? _mm256_loadu_ps(src + i * lds + 8 * v) : _mm256_setzero_ps();
     const int w = 8 * h;
     if (r == MR && h == 2) {
         __m256 c00 = acc[0][0], c01 = acc[0][1], c10 = acc[1][0], c11 = acc[1][1];
@@ -102,16 +105,20 @@ static void tile(int r, int h, long kc, const float *pa, const float *pb, int fi
                     acc[i][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR + i), _mm256_loadu_ps(pb + p * w + 8 * v), acc[i][v]);
     }
     for (int i = 0; i < r; i++)
-        for (int v = 0; v < h; v++) _mm256_storeu_ps(s + i * lds + 8 * v, acc[i][v]);
+        for (int v = 0; v < h; v++) {
+            float *d = dst + i * ldd + 8 * v;
+            _mm256_storeu_ps(d, add ? _mm256_add_ps(_mm256_loadu_ps(d), acc[i][v]) : acc[i][v]);
+        }
 }
 
 // The same chains, 16 lanes a register (AVX-512F): an r x (16·h) tile, h = 1 or 2.
 __attribute__((target("avx512f")))
-static void tile512(int r, int h, long kc, const float *pa, const float *pb, int first, float *s, long lds) {
+static void tile512(int r, int h, long kc, const float *pa, const float *pb, const float *src, long lds,
+                    float *dst, long ldd, int add) {
     __m512 acc[MR][2];
     const int w = 16 * h;
     for (int i = 0; i < r; i++)
-        for (int v = 0; v < h; v++) acc[i][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(s + i * lds + 16 * v);
+        for (int v = 0; v < h; v++) acc[i][v] = src ? _mm512_loadu_ps(src + i * lds + 16 * v) : _mm512_setzero_ps();
     if (r == MR && h == 2) {
         __m512 c00 = acc[0][0], c01 = acc[0][1], c10 = acc[1][0], c11 = acc[1][1];
         __m512 c20 = acc[2][0], c21 = acc[2][1], c30 = acc[3][0], c31 = acc[3][1];
@@ -133,18 +140,22 @@ static void tile512(int r, int h, long kc, const float *pa, const float *pb, int
                     acc[i][v] = _mm512_fmadd_ps(_mm512_set1_ps(pa[p * MR + i]), _mm512_loadu_ps(pb + p * w + 16 * v), acc[i][v]);
     }
     for (int i = 0; i < r; i++)
-        for (int v = 0; v < h; v++) _mm512_storeu_ps(s + i * lds + 16 * v, acc[i][v]);
+        for (int v = 0; v < h; v++) {
+            float *d = dst + i * ldd + 16 * v;
+            _mm512_storeu_ps(d, add ? _mm512_add_ps(_mm512_loadu_ps(d), acc[i][v]) : acc[i][v]);
+        }
 }
 #endif
 
 #ifdef HAVE_NEON
 // The same tile in NEON: 8 columns are two 4-lane registers, and each lane's vfmaq_f32 is the
 // fmaf of the scalar chain (a fused multiply-add, rounded once), so the bits are the same.
-static void tile(int r, int h, long kc, const float *pa, const float *pb, int first, float *s, long lds) {
+static void tile(int r, int h, long kc, const float *pa, const float *pb, const float *src, long lds,
+                 float *dst, long ldd, int add) {
     float32x4_t acc[MR][4];
     const int q = 2 * h, w = 8 * h;   // registers a row, columns a row
     for (int i = 0; i < r; i++)
-        for (int v = 0; v < q; v++) acc[i][v] = first ? vdupq_n_f32(0.0f) : vld1q_f32(s + i * lds + 4 * v);
+        for (int v = 0; v < q; v++) acc[i][v] = src ? vld1q_f32(src + i * lds + 4 * v) : vdupq_n_f32(0.0f);
     if (r == MR) {
         for (long p = 0; p < kc; p++) {
             float32x4_t bv[4];
@@ -161,7 +172,10 @@ static void tile(int r, int h, long kc, const float *pa, const float *pb, int fi
                     acc[i][v] = vfmaq_f32(acc[i][v], vdupq_n_f32(pa[p * MR + i]), vld1q_f32(pb + p * w + 4 * v));
     }
     for (int i = 0; i < r; i++)
-        for (int v = 0; v < q; v++) vst1q_f32(s + i * lds + 4 * v, acc[i][v]);
+        for (int v = 0; v < q; v++) {
+            float *d = dst + i * ldd + 4 * v;
+            vst1q_f32(d, add ? vaddq_f32(vld1q_f32(d), acc[i][v]) : acc[i][v]);
+        }
 }
 #endif
 
@@ -173,42 +187,66 @@ static inline int panel(int width, long left) {
     return 8;
 }
 
+// op(B)'s first nv columns (nv a multiple of 8) packed for `width`: chunk by chunk of KC rows
+// (chunk p0 starts at p0·nv), each chunk panel by panel of the widths `panel` picks, [kc][w].
+static void pack_b_all(int width, float *dst, const float *b, long ldb, int transB, long k, long nv) {
+    for (long p0 = 0; p0 < k; p0 += KC) {
+        long kc = k - p0 < KC ? k - p0 : KC, j = 0, off = p0 * nv;
+        while (j < nv) {
+            int w = panel(width, nv - j);
+            pack_b(dst + off, b, ldb, transB, p0, kc, j, w);
+            off += kc * w; j += w;
+        }
+    }
+}
+
+// C[m x nv] = op(A) · packed op(B) (+ C): the chains chunk by chunk of k; a product whose k
+// fits one chunk (the recurrences' k = H) goes straight to C, longer ones keep the chains in s
+// between chunks and add to C on the last.
+LANES_TARGET
+static void lanes_packed(int width, int transA, long m, long nv, long k, const float *a, long lda,
+                         const float *pb, int accumulate, float *c, long ldc) {
+    float pa[KC * MR];
+    if (k == 0) {
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < nv; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + 0.0f : 0.0f;
+        return;
+    }
+    float *s = k > KC ? malloc((size_t)(m * nv) * sizeof(float)) : NULL;
+    for (long p0 = 0; p0 < k; p0 += KC) {
+        long kc = k - p0 < KC ? k - p0 : KC;
+        int last = p0 + kc >= k;
+        const float *chunk = pb + p0 * nv;
+        for (long i = 0; i < m; i += MR) {
+            int r = m - i < MR ? (int)(m - i) : MR;
+            pack_a(pa, a, lda, transA, p0, kc, i, r);
+            long j = 0, off = 0;
+            while (j < nv) {
+                int w = panel(width, nv - j);
+                const float *src = p0 == 0 ? NULL : s + i * nv + j;
+                float *dst = last ? c + i * ldc + j : s + i * nv + j;
+                long ldd = last ? ldc : nv;
+                int add = last && accumulate;
+#ifdef HAVE_X86
+                if (width == 32 && w >= 16) tile512(r, w / 16, kc, pa, chunk + off, src, nv, dst, ldd, add); else
+#endif
+                tile(r, w / 8, kc, pa, chunk + off, src, nv, dst, ldd, add);
+                off += kc * w; j += w;
+            }
+        }
+    }
+    free(s);
+}
+
 LANES_TARGET
 static void gemm_lanes(int width, int transA, int transB, long m, long n, long k,
                        const float *a, long lda, const float *b, long ldb, int accumulate, float *c, long ldc) {
     long nv = n / 8 * 8;   // columns the tiles compute; the rest go to the scalar chains
     if (nv > 0) {
-        // The chains live in s (m x nv) while k is walked chunk by chunk.
-        float *s = malloc((size_t)(m * nv) * sizeof(float));
-        float *pb = malloc((size_t)(KC * nv) * sizeof(float));
-        float *pa = malloc((size_t)(KC * MR) * sizeof(float));
-        if (k == 0) memset(s, 0, (size_t)(m * nv) * sizeof(float));
-        for (long p0 = 0; p0 < k; p0 += KC) {
-            long kc = k - p0 < KC ? k - p0 : KC;
-            // Panels of `width` columns (16: two registers a row; 8: one), then one of 8 if left.
-            long j = 0, off = 0;
-            while (j < nv) {
-                int w = panel(width, nv - j);
-                pack_b(pb + off, b, ldb, transB, p0, kc, j, w);
-                off += kc * w; j += w;
-            }
-            for (long i = 0; i < m; i += MR) {
-                int r = m - i < MR ? (int)(m - i) : MR;
-                pack_a(pa, a, lda, transA, p0, kc, i, r);
-                j = 0; off = 0;
-                while (j < nv) {
-                    int w = panel(width, nv - j);
-#ifdef HAVE_X86
-                    if (width == 32 && w >= 16) tile512(r, w / 16, kc, pa, pb + off, p0 == 0, s + i * nv + j, nv); else
-#endif
-                    tile(r, w / 8, kc, pa, pb + off, p0 == 0, s + i * nv + j, nv);
-                    off += kc * w; j += w;
-                }
-            }
-        }
-        for (long i = 0; i < m; i++)
-            for (long jj = 0; jj < nv; jj++) c[i * ldc + jj] = accumulate ? c[i * ldc + jj] + s[i * nv + jj] : s[i * nv + jj];
-        free(s); free(pb); free(pa);
+        float *pb = malloc((size_t)(k * nv + 1) * sizeof(float));
+        pack_b_all(width, pb, b, ldb, transB, k, nv);
+        lanes_packed(width, transA, m, nv, k, a, lda, pb, accumulate, c, ldc);
+        free(pb);
     }
     if (nv < n) gemm_scalar(transA, transB, 0, m, nv, n, k, a, lda, b, ldb, accumulate, c, ldc);
 }
@@ -228,31 +266,64 @@ int lockstep_gemm_best_path(void) {
     return LOCKSTEP_GEMM_SCALAR;
 }
 
+// The lanes width a path runs with on this CPU (32, 16 or 8), or 0 for the scalar chain.
+static int path_width(int *path) {
+    if (*path == LOCKSTEP_GEMM_AUTO) *path = lockstep_gemm_best_path();
+#ifdef HAVE_X86
+    if (*path == LOCKSTEP_GEMM_AVX512) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 32;
+        *path = LOCKSTEP_GEMM_SCALAR;   // a CPU without AVX-512 runs the scalar chain: the same bits
+    }
+    if (*path == LOCKSTEP_GEMM_LANES8 || *path == LOCKSTEP_GEMM_LANES16) return *path == LOCKSTEP_GEMM_LANES16 ? 16 : 8;
+#endif
+#ifdef HAVE_NEON
+    if (*path == LOCKSTEP_GEMM_NEON || *path == LOCKSTEP_GEMM_NEON8) return *path == LOCKSTEP_GEMM_NEON ? 16 : 8;
+#endif
+    *path = LOCKSTEP_GEMM_SCALAR;
+    return 0;
+}
+
 int lockstep_gemm(int transA, int transB, long m, long n, long k,
                   const float *a, long lda, const float *b, long ldb,
                   int accumulate, float *c, long ldc, int path) {
     if (m <= 0 || n <= 0) return path;
-    if (path == LOCKSTEP_GEMM_AUTO) path = lockstep_gemm_best_path();
-#ifdef HAVE_X86
-    if (path == LOCKSTEP_GEMM_AVX512) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-            gemm_lanes(32, transA, transB, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
-            return path;
-        }
-        path = LOCKSTEP_GEMM_SCALAR;   // a CPU without AVX-512 runs the scalar chain: the same bits
-    }
-    if (path == LOCKSTEP_GEMM_LANES8 || path == LOCKSTEP_GEMM_LANES16) {
-        gemm_lanes(path == LOCKSTEP_GEMM_LANES16 ? 16 : 8, transA, transB, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
+    int width = path_width(&path);
+#ifdef HAVE_LANES
+    if (width > 0) {
+        gemm_lanes(width, transA, transB, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
         return path;
     }
 #endif
-#ifdef HAVE_NEON
-    if (path == LOCKSTEP_GEMM_NEON || path == LOCKSTEP_GEMM_NEON8) {
-        gemm_lanes(path == LOCKSTEP_GEMM_NEON ? 16 : 8, transA, transB, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
+    gemm_scalar(transA, transB, 0, m, 0, n, k, a, lda, b, ldb, accumulate, c, ldc);
+    return LOCKSTEP_GEMM_SCALAR;
+}
+
+long lockstep_gemm_packed_size(long n, long k) { return k * (n / 8 * 8) + 1; }
+
+int lockstep_gemm_pack_b(int transB, long n, long k, const float *b, long ldb, float *dst, int path) {
+    int width = path_width(&path);
+#ifdef HAVE_LANES
+    if (width > 0 && n >= 8) pack_b_all(width, dst, b, ldb, transB, k, n / 8 * 8);
+#endif
+    (void)width; (void)dst; (void)b; (void)ldb; (void)transB; (void)k;
+    return path;
+}
+
+int lockstep_gemm_packed(int transA, long m, long n, long k, const float *a, long lda,
+                         const float *packed, const float *b, long ldb, int transB,
+                         int accumulate, float *c, long ldc, int path) {
+    if (m <= 0 || n <= 0) return path;
+    int width = path_width(&path);
+#ifdef HAVE_LANES
+    long nv = n / 8 * 8;
+    if (width > 0 && nv > 0) {
+        lanes_packed(width, transA, m, nv, k, a, lda, packed, accumulate, c, ldc);
+        if (nv < n) gemm_scalar(transA, transB, 0, m, nv, n, k, a, lda, b, ldb, accumulate, c, ldc);
         return path;
     }
 #endif
+    (void)packed;
     gemm_scalar(transA, transB, 0, m, 0, n, k, a, lda, b, ldb, accumulate, c, ldc);
     return LOCKSTEP_GEMM_SCALAR;
 }

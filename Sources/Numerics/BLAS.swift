@@ -34,46 +34,60 @@ public enum BLAS {
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
-    /// A weight matrix W [n x k] packed once for many products `C += A · Wᵀ` (a recurrence's
-    /// every time step), through OpenBLAS's own kernel and copy routines replayed in its
-    /// driver's order (CPortableGEMM/prepacked_gemm.c): the bits of `sgemm`, without packing
-    /// W again on each call. nil where that cannot be shown: another numerics mode, BLAS
-    /// threads above 1, a kernel the replay does not know, `LOCKSTEP_PREPACK=off`, or a
-    /// shape whose products differed from `cblas_sgemm`'s in the bit-for-bit check run once
-    /// per shape in this process, or no memory for the packed copy; callers then use `sgemm`.
+    /// A weight matrix packed once for many products `C += A · Wᵀ` (W [n x k]) or, not
+    /// `transposed`, `C += A · W` (W [k x n]): a recurrence's every time step.
+    ///
+    /// Portable mode: packed in the layout Lockstep's kernels read (`lockstep_gemm_pack_b`); the
+    /// chains are the same, so the bits are `sgemm`'s by construction, for any row blocks.
+    /// OpenBLAS mode (`transposed` only): OpenBLAS's own kernel and copy routines replayed in its
+    /// driver's order (CPortableGEMM/prepacked_gemm.c); nil where that cannot be shown: BLAS
+    /// threads above 1, a kernel the replay does not know, `LOCKSTEP_PREPACK=off`, or a shape
+    /// whose products differed from `cblas_sgemm`'s in the bit-for-bit check run once per shape
+    /// in this process. nil too when memory is short; callers then use `sgemm`.
     public final class PackedWeights {
         private let packed: UnsafeMutablePointer<Float>
-        private let w: UnsafePointer<Float>, ldw: Int  // for row counts beyond the replay's panel
+        private let w: UnsafePointer<Float>, ldw: Int  // for row counts beyond the replay's panel, and the portable n mod 8 columns
+        private let portable: Bool, transposed: Bool
         public let n: Int, k: Int
 
         /// Rows that may be cut into blocks at multiples of `panel` and still get the bits of one
         /// product over all rows, when built with `blockedRows` (checked like the rest).
         public static let panel = 12
 
-        public init?(w: UnsafePointer<Float>, ldw: Int, n: Int, k: Int, blockedRows: Bool = false) {
-            guard n > 0, k > 0, BLAS.prepackEnabled, BLAS.mode == .openblas, BLAS.threads == 1,
-                  BLAS.prepackVerified(n: n, k: k, blockedRows: blockedRows),
-                  let packed = PackedWeights.allocate(n: n, k: k) else { return nil }
-            self.n = n; self.k = k; self.w = w; self.ldw = ldw
+        public init?(w: UnsafePointer<Float>, ldw: Int, n: Int, k: Int, blockedRows: Bool = false, transposed: Bool = true) {
+            guard n > 0, k > 0, BLAS.prepackAllowed else { return nil }
+            self.n = n; self.k = k; self.w = w; self.ldw = ldw; self.transposed = transposed
+            if BLAS.mode == .portable {
+                guard let packed = PackedWeights.allocate(count: lockstep_gemm_packed_size(n, k)) else { return nil }
+                self.packed = packed
+                portable = true
+                lockstep_gemm_pack_b(transposed ? 1 : 0, n, k, w, ldw, packed, BLAS.portablePath)
+                return
+            }
+            guard transposed, BLAS.prepackEnabled, BLAS.threads == 1, BLAS.prepackVerified(n: n, k: k, blockedRows: blockedRows),
+                  let packed = PackedWeights.allocate(count: lockstep_prepack_size(n, k)) else { return nil }
             self.packed = packed
+            portable = false
             lockstep_prepack_w(w, ldw, n, k, packed)
         }
 
         deinit { free(packed) }
 
         /// A 4 KiB-aligned buffer for the packed W; nil when memory is short (then `sgemm` packs as it goes).
-        fileprivate static func allocate(n: Int, k: Int) -> UnsafeMutablePointer<Float>? {
+        fileprivate static func allocate(count: Int) -> UnsafeMutablePointer<Float>? {
             var raw: UnsafeMutableRawPointer? = nil
-            let status = posix_memalign(&raw, 4096, lockstep_prepack_size(n, k) * MemoryLayout<Float>.size)
+            let status = posix_memalign(&raw, 4096, count * MemoryLayout<Float>.size)
             guard status == 0, let raw else { return nil }
-            return raw.bindMemory(to: Float.self, capacity: lockstep_prepack_size(n, k))
+            return raw.bindMemory(to: Float.self, capacity: count)
         }
 
-        /// Row-major C[m x n] += A[m x k] · Wᵀ.
+        /// Row-major C[m x n] += A[m x k] · Wᵀ (or · W).
         @inline(__always)
         public func accumulate(m: Int, a: UnsafePointer<Float>, lda: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
             if m == 0 { return }
-            if lockstep_prepacked_gemm(m, n, k, a, lda, packed, c, ldc) == 0 {
+            if portable {
+                lockstep_gemm_packed(0, m, n, k, a, lda, packed, w, ldw, transposed ? 1 : 0, 1, c, ldc, BLAS.portablePath)
+            } else if lockstep_prepacked_gemm(m, n, k, a, lda, packed, c, ldc) == 0 {
                 BLAS.sgemm(transA: false, transB: true, m: m, n: n, k: k, a: a, lda: lda, b: w, ldb: ldw, beta: 1, c: c, ldc: ldc)
             }
         }
@@ -105,7 +119,7 @@ public enum BLAS {
         let w = (0..<(n * k)).map { _ in next() }
         let a = (0..<(maxRows * k)).map { _ in next() }
         let c0 = (0..<(maxRows * n)).map { _ in next() }
-        guard let packed = PackedWeights.allocate(n: n, k: k) else { return false }  // not cached: may succeed later
+        guard let packed = PackedWeights.allocate(count: lockstep_prepack_size(n, k)) else { return false }  // not cached: may succeed later
         defer { free(packed) }
         var ok = true
         w.withUnsafeBufferPointer { W in a.withUnsafeBufferPointer { A in
@@ -137,7 +151,7 @@ public enum BLAS {
     }
 
     /// This process's numerics mode: set once, before any product (a worker takes the run's from its welcome).
-    nonisolated(unsafe) public static var mode = NumericsMode.openblas
+    nonisolated(unsafe) public static var mode = NumericsMode.portable
 
     /// The portable kernels' code path: the widest this CPU runs, or the one named by
     /// `LOCKSTEP_GEMM_PATH` (scalar, lanes8, lanes16, avx512 on x86-64; neon, neon8 on ARM64): a test hook;

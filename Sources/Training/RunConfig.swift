@@ -62,8 +62,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var seed: UInt64 = 1
     public var onNonfinite: NonfinitePolicy = .stop
     public var schedule = LRScheduleConfig()
-    /// How products are computed: part of the math (another mode, another hash).
-    public var numerics: NumericsMode = .openblas
+    /// How products are computed: part of the math (another mode, another hash). Portable by
+    /// default (one hash on every CPU); the identity names it only when it is not openblas, the
+    /// old default, so checkpoints of either mode keep their config hash.
+    public var numerics: NumericsMode = .portable
     /// Start from these weights (a fresh optimizer); model shape from the file.
     public var initFrom: String? = nil
     /// SHA-256 of the `--init` weights, set when they are read: part of the math.

@@ -12,14 +12,16 @@ struct Coord: ParsableCommand {
         abstract: "Lockstep coordinator: trains a BiLSTM sequence labeller with bit-reproducible results.",
         discussion: """
         The final weights' SHA-256 depends on exactly these: the options that define the math \
-        (model, batch and shard sizes, optimizer, clipping, schedule, --init weights, seed, \
-        non-finite policy, --numerics), the data, and, with --numerics openblas (the default), \
-        the numerics printed under the hash (OpenBLAS version and the kernel it picked for the \
-        CPU, overridable with OPENBLAS_CORETYPE; the build). With --numerics portable it depends \
-        on nothing else: the same on any CPU with FMA. It never depends on the number of workers \
-        or threads, on crashes, or on stop-and-resume: workers whose numerics differ are \
-        refused, or pin the coordinator's kernel. `coord start --local` is the \
-        single-process reference every cluster run reproduces.
+        (model, batch and shard sizes, optimizer, clipping, schedule, class weights, validation \
+        split, --init weights, seed, non-finite policy, --numerics) and the data. With \
+        --numerics portable (the default: Lockstep's own kernels, one fixed chain of fused \
+        multiply-adds per element) it depends on nothing else: the same hash on any x86-64 or \
+        ARM64 CPU, whatever vector path the kernels take. With --numerics openblas it also \
+        depends on the numerics printed under the hash (OpenBLAS version and the kernel it \
+        picked for the CPU, overridable with OPENBLAS_CORETYPE; the build). It never depends on \
+        the number of workers or threads, on crashes, or on stop-and-resume: workers whose \
+        numerics differ are refused, or pin the coordinator's kernel. `coord start --local` is \
+        the single-process reference every cluster run reproduces.
         """,
         subcommands: [Start.self, Eval.self, Predict.self, Export.self, DataCommand.self, Synthetic.self, Report.self, Status.self, Grad.self, Keygen.self])
 }

@@ -16,7 +16,7 @@ struct InferenceOptions: ParsableArguments {
     var batchSize = 64
     @Option(help: "Batches computed at once, each on a thread of its own with single-threaded BLAS: the results do not depend on it (default 1).")
     var threads = 1
-    @Option(help: "openblas or portable: how products are computed (default: the checkpoint's, else openblas).")
+    @Option(help: "portable or openblas: how products are computed (default: the checkpoint's, else portable).")
     var numerics: NumericsMode?
 
     /// The checkpoint and data, checked against each other, with this process set to compute in
@@ -24,7 +24,7 @@ struct InferenceOptions: ParsableArguments {
     func load(labels: Dataset.Labels) throws -> (Checkpoint, Dataset) {
         BLAS.setThreads(1)
         let (ck, set) = try Inference.load(checkpoint: checkpoint, data: data, labels: labels)
-        BLAS.mode = numerics ?? (ck.metadata["numerics"]?.hasPrefix("portable") == true ? .portable : .openblas)
+        BLAS.mode = numerics ?? ck.metadata["numerics"].map { $0.hasPrefix("portable") ? .portable : .openblas } ?? RunConfig().numerics
         return (ck, set)
     }
 

@@ -17,9 +17,9 @@ struct Start: ParsableCommand {
         discussion: """
         At the end it prints the final weights' SHA-256, the checkpoint path and the numerics. \
         For a fixed config and data the hash is the same with --local, with any number of \
-        workers or --threads, and after any crash followed by --resume; with --numerics \
-        openblas (the default) it also depends on the OpenBLAS kernel, with --numerics portable \
-        on nothing else (any CPU with FMA). A loopback coordinator \
+        workers or --threads, and after any crash followed by --resume, and with --numerics \
+        portable (the default) on any x86-64 or ARM64 CPU with FMA; with --numerics openblas it \
+        also depends on the OpenBLAS kernel. A loopback coordinator \
         admits only its own user's workers: it writes a per-run join key (0600) that `worker \
         join` reads by itself; --insecure turns that off. One run owns its --checkpoint-dir.
         """)
@@ -174,6 +174,7 @@ struct Start: ParsableCommand {
             let lock = try RunLock(directory: config.checkpointDir, wait: s.resume ? s.wait : 0, log: log)
             defer { withExtendedLifetime(lock) {} }
             let (trainer, heldOut) = try prepare(config, resume: s.resume, fresh: s.fresh, explicit: s.explicitModel)
+            BLAS.mode = trainer.run.numerics  // a resumed run's own
             nonisolated(unsafe) let progress = trainer
             LockstepLog.context = { ["step": "\(progress.step)"] }
             try writeRunConfig(trainer.run, mode: s.modeLines)
@@ -229,6 +230,13 @@ func prepare(_ original: RunConfig, resume: Bool, fresh: Bool, explicit: Set<Str
         if resume {
             checkpoint = try Checkpoint.load(path: path)
             if !checkpoint!.verified { log("WARNING: \(path) predates checksums (format 1): it is used unverified") }
+            // A run resumes in its own numerics unless told otherwise (runs from before portable became the default).
+            let identity = checkpoint!.metadata["config_identity"] ?? ""
+            let recordedMode: NumericsMode = identity.split(separator: ";").contains("numerics=portable") ? .portable : .openblas
+            if !explicit.contains("numerics"), checkpoint!.metadata["config_identity"] != nil, recordedMode != config.numerics {
+                log("resuming in the checkpoint's numerics: \(recordedMode.rawValue)")
+                config.numerics = recordedMode
+            }
             // A run started with --init took its shape from that file: it resumes with the checkpoint's.
             let recorded = (checkpoint!.metadata["config_identity"] ?? "").split(separator: ";").first { $0.hasPrefix("init=") }
             if let recorded {

@@ -68,7 +68,7 @@ struct TrainingOptions: ParsableArguments {
     var minLr: Float?
     @Option(help: "plateau schedule: validations without improvement before the rate is reduced (default 10).")
     var plateauPatience: Int?
-    @Option(help: "How matrix products are computed: openblas (OpenBLAS's kernel for this CPU: the hash depends on the kernel) or portable (Lockstep's own GEMM, fused multiply-adds in a fixed order: one hash on any x86-64 with AVX2+FMA or ARM64). Part of the math (default openblas).")
+    @Option(help: "How matrix products are computed: portable (Lockstep's own kernels, fused multiply-adds in a fixed order: one hash on any x86-64 or ARM64 CPU) or openblas (OpenBLAS's kernel for this CPU: faster on CPUs without AVX-512, and the hash depends on the kernel). Part of the math (default portable; --resume keeps the checkpoint's).")
     var numerics: NumericsMode?
     @Option(help: "Start from these weights with a fresh optimizer: a Lockstep checkpoint (e.g. best.safetensors) or a PyTorch state_dict saved as safetensors with the seed's names. Hidden size, layers and architecture come from the file. Not with --resume.")
     var `init`: String?
@@ -154,6 +154,7 @@ struct TrainingOptions: ParsableArguments {
         if layers != nil || file.given.contains("layers") { out.insert("layers") }
         if arch != nil || file.given.contains("arch") { out.insert("arch") }
         if unidirectional || file.given.contains("unidirectional") { out.insert("unidirectional") }
+        if numerics != nil || file.given.contains("numerics") { out.insert("numerics") }
         return out
     }
 }

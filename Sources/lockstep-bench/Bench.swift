@@ -24,6 +24,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Dropout between layers.") var dropout: Float = 0.3
     @Option(help: "Timed training steps (after 2 warm-up steps).") var steps = 20
     @Option(help: "OpenBLAS threads.") var threads = 1
+    @Option(help: "How products are computed: portable (Lockstep's own fixed-order kernels) or openblas (default: coord start's default).") var numerics: String?
     @Flag(help: "Skip the training figures: time inference only (for profiling).") var inferenceOnly = false
     @Option(help: "Also time `coord eval`'s path (Inference.run, one thread) on a generated set written here as .npz, for PyTorch to read the same sequences.") var evalData: String?
     @Option(help: "Sequences per batch of the inference timing (random lengths, PyTorch's `forward` mode).") var inferBatchSize = 64
@@ -48,6 +49,11 @@ struct Bench: ParsableCommand {
         }
         BLAS.setThreads(threads)
         var run = RunConfig()
+        if let numerics {
+            guard let m = NumericsMode(rawValue: numerics) else { throw ValidationError("--numerics must be portable or openblas") }
+            run.numerics = m
+        }
+        BLAS.mode = run.numerics
         run.synthetic = SyntheticTask(sequences: batchSize * (steps + 2), inputSize: inputSize, classes: classes,
                                       minLength: minLength, maxLength: maxLength)
         run.hidden = hidden; run.layers = layers; run.dropout = dropout
@@ -98,8 +104,9 @@ struct Bench: ParsableCommand {
         var usage = rusage()
         getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
         let rssMiB = Double(usage.ru_maxrss) / 1024
-        print(String(format: "{\"engine\":\"lockstep\",\"train_frames_per_s\":%.0f,\"gflops\":%.2f,\"infer_frames_per_s\":%.0f,\"infer_batch\":%d,\"peak_rss_mib\":%.1f,\"frames\":%d,\"mflop_per_frame\":%.2f,\"blas_core\":\"%@\"%@}",
-                     fps, fps * flopsPerFrame / 1e9, Double(inferFrames) / inferSeconds, inferBatchSize, rssMiB, frames, flopsPerFrame / 1e6, BLAS.coreName, evalFields))
+        print(String(format: "{\"engine\":\"lockstep\",\"train_frames_per_s\":%.0f,\"gflops\":%.2f,\"infer_frames_per_s\":%.0f,\"infer_batch\":%d,\"peak_rss_mib\":%.1f,\"frames\":%d,\"mflop_per_frame\":%.2f,\"blas_core\":\"%@\",\"numerics\":\"%@\",\"gemm_path\":\"%@\"%@}",
+                     fps, fps * flopsPerFrame / 1e9, Double(inferFrames) / inferSeconds, inferBatchSize, rssMiB, frames, flopsPerFrame / 1e6, BLAS.coreName,
+                     run.numerics.rawValue, BLAS.portablePathName, evalFields))
     }
 
     /// Multiply-adds ×2 of forward + backward per valid frame (backward ≈ 2× forward).

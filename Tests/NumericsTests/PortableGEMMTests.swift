@@ -69,6 +69,42 @@ final class PortableGEMMTests: XCTestCase {
         XCTAssertLessThan(worst, 1e-6)
     }
 
+    /// `BLAS.PackedWeights` in portable mode (W packed once, as a recurrence does): the bits of the
+    /// unpacked product on every path, for A·Wᵀ and A·W, every row count, and rows done in blocks
+    /// of any size in any order.
+    func testPackedWeightsGiveTheUnpackedBitsOnEveryPathForAnyRowBlocks() throws {
+        let saved = (BLAS.mode, BLAS.portablePath)
+        defer { BLAS.mode = saved.0; BLAS.portablePath = saved.1 }
+        BLAS.mode = .portable
+        var r = Rand(s: 11)
+        for path in paths() {
+            BLAS.portablePath = path
+            for (n, k, transposed) in [(512, 128, true), (128, 512, false), (512, 40, true), (37, 300, true), (64, 9, false), (5, 3, true)] {
+                let w = (0..<(n * k)).map { _ in r.next() }
+                let ldw = transposed ? k : n
+                let packed = try XCTUnwrap(BLAS.PackedWeights(w: w, ldw: ldw, n: n, k: k, transposed: transposed))
+                for m in [1, 4, 5, 13, 32, 77] {
+                    let a = (0..<(m * k)).map { _ in r.next() }, c0 = (0..<(m * n)).map { _ in r.next() }
+                    var direct = c0, viaPacked = c0, viaBlocks = c0
+                    lockstep_gemm(0, transposed ? 1 : 0, m, n, k, a, k, w, ldw, 1, &direct, n, path)
+                    a.withUnsafeBufferPointer { A in
+                        viaPacked.withUnsafeMutableBufferPointer { C in packed.accumulate(m: m, a: A.baseAddress!, lda: k, c: C.baseAddress!, ldc: n) }
+                        viaBlocks.withUnsafeMutableBufferPointer { C in
+                            var hi = m
+                            while hi > 0 {  // last rows first, blocks of 1, 2, 3, … rows
+                                let lo = max(0, hi - (1 + hi % 3))
+                                packed.accumulate(m: hi - lo, a: A.baseAddress! + lo * k, lda: k, c: C.baseAddress! + lo * n, ldc: n)
+                                hi = lo
+                            }
+                        }
+                    }
+                    XCTAssertEqual(viaPacked.map(\.bitPattern), direct.map(\.bitPattern), "path \(path) \(m)x\(n)x\(k) transposed \(transposed)")
+                    XCTAssertEqual(viaBlocks.map(\.bitPattern), direct.map(\.bitPattern), "path \(path) \(m)x\(n)x\(k) in blocks")
+                }
+            }
+        }
+    }
+
     /// The chain is the one written: a 1x1 product is fma over k in order, from zero.
     func testOneElementIsAChainOfFusedMultiplyAddsInOrder() {
         let a: [Float] = [1e8, 1, -1e8], b: [Float] = [1, 1e-8, 1]

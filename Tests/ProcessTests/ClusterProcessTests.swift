@@ -203,15 +203,18 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertEqual(h.metricsLines(dir).count, 40, "metrics has each step once after the resume")
     }
 
-    /// Workers started on other OpenBLAS kernels pin the coordinator's and reach the `--local`
-    /// hash; a worker whose numerics differ in anything pinning cannot fix is refused by name.
+    /// `--numerics openblas`: workers started on other OpenBLAS kernels pin the coordinator's and
+    /// reach the `--local` hash; a worker whose numerics differ in anything pinning cannot fix is
+    /// refused by name.
     func testWorkersOnOtherKernelsPinTheCoordinatorsAndOtherNumericsAreRefusedByName() throws {
         let mine = BLAS.coreName
         let flags = CPUFeatures.current()
         let others = ["Sandybridge", "Nehalem", "Haswell", "Zen"].filter { $0 != mine && CPUFeatures.cannotRun($0, flags: flags) == nil }
         try XCTSkipIf(others.count < 2, "this CPU (\(mine)) runs fewer than two other x86-64 kernels")
-        let ref = try reference(steps: 8)
-        let c = try coordinator("pin", steps: 8, extra: ["--bind", "tcp://127.0.0.1:0", "--min-workers", "2"])
+        let local = try coordinator("pin-local", steps: 8, extra: ["--local", "--numerics", "openblas"])
+        XCTAssertEqual(h.wait(local, timeout: 120), 0, h.text(h.log("pin-local")))
+        let ref = try XCTUnwrap(h.hash("pin-local"))
+        let c = try coordinator("pin", steps: 8, extra: ["--bind", "tcp://127.0.0.1:0", "--min-workers", "2", "--numerics", "openblas"])
         let ep = try XCTUnwrap(h.endpoint("pin"))
         let refused: [(name: String, args: [String], env: [String: String], says: [String])] = [
             ("probe", ["--debug-numerics", "probe=00ff00ff"], [:], ["probe: worker 00ff00ff", "same Lockstep build"]),

@@ -97,21 +97,23 @@ final class ThreadsProcessTests: XCTestCase {
     }
 }
 
-/// Tier 3: `--numerics portable` gives one hash whatever code path its kernels take (scalar,
-/// 8- or 16-column AVX2+FMA tiles, 32-column AVX-512 tiles), at any thread count, locally and on workers that each take
-/// another path; and it is not the OpenBLAS mode's hash.
+/// Tier 3: the default numerics (portable) give one hash whatever code path its kernels take
+/// (scalar, 8- or 16-column AVX2+FMA tiles, 32-column AVX-512 tiles) and whatever OpenBLAS
+/// kernel is set, at any thread count, locally and on workers that each take another path; it
+/// is not the OpenBLAS mode's hash; and a run of the OpenBLAS mode resumes in it by itself.
 final class PortableNumericsProcessTests: XCTestCase {
     var h: ProcessHarness!
     override func setUp() { h = ProcessHarness() }
     override func tearDown() { h.finish(testRun) }
 
     func testOneHashOnEveryKernelPathThreadCountAndWorker() throws {
-        let opts = ["--numerics", "portable"] + ProcessHarness.options(steps: 6)
+        let opts = ProcessHarness.options(steps: 6)
         var hashes: [String: String] = [:]
         for (path, threads) in [("scalar", 1), ("lanes8", 2), ("lanes16", 1), ("lanes16", 3), ("avx512", 2)] {
             let name = "\(path)-\(threads)"
+            // Any OpenBLAS kernel: the portable mode never calls it for the math.
             let p = try h.start("coord", ["start", "--local", "--threads", "\(threads)", "--checkpoint-dir", h.dir + "/" + name] + opts,
-                                name: name, env: ["LOCKSTEP_GEMM_PATH": path])
+                                name: name, env: ["LOCKSTEP_GEMM_PATH": path, "OPENBLAS_CORETYPE": threads == 2 ? "Sandybridge" : "Haswell"])
             XCTAssertEqual(h.wait(p, timeout: 120), 0, h.text(h.log(name)))
             hashes[name] = h.hash(name)
         }
@@ -128,6 +130,16 @@ final class PortableNumericsProcessTests: XCTestCase {
         XCTAssertEqual(hashes.count, 6)
         XCTAssertEqual(Set(hashes.values).count, 1, "\(hashes)")
         XCTAssertTrue(h.text(h.out("scalar-1")).contains("numerics: portable"), h.text(h.out("scalar-1")))
-        XCTAssertNotEqual(hashes.values.first, try h.reference(steps: 6), "portable is its own math")
+        let blas = try h.start("coord", ["start", "--local", "--numerics", "openblas", "--checkpoint-dir", h.dir + "/openblas"] + opts, name: "openblas")
+        XCTAssertEqual(h.wait(blas, timeout: 120), 0, h.text(h.log("openblas")))
+        XCTAssertNotEqual(hashes.values.first, h.hash("openblas"), "portable is its own math")
+        // A run of the OpenBLAS mode (as every run was before portable became the default) resumes in its own mode.
+        let half = try h.start("coord", ["start", "--local", "--numerics", "openblas", "--checkpoint-dir", h.dir + "/old"]
+                                   + ProcessHarness.options(steps: 3), name: "old")
+        XCTAssertEqual(h.wait(half, timeout: 120), 0, h.text(h.log("old")))
+        let resumed = try h.start("coord", ["start", "--local", "--resume", "--checkpoint-dir", h.dir + "/old"] + opts, name: "old-resumed")
+        XCTAssertEqual(h.wait(resumed, timeout: 120), 0, h.text(h.log("old-resumed")))
+        XCTAssertTrue(h.text(h.log("old-resumed")).contains("resuming in the checkpoint's numerics: openblas"), h.text(h.log("old-resumed")))
+        XCTAssertEqual(h.hash("old-resumed"), h.hash("openblas"))
     }
 }

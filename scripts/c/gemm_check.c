@@ -1,6 +1,8 @@
 // The portable GEMM's products on many shapes, one line each: the case and a 64-bit FNV-1a hash
 // of the output's bytes. scripts/check-arm64 builds this for x86-64 (every path this CPU runs)
-// and for ARM64 (under qemu-aarch64) and compares the lines: the same bits everywhere.
+// and for ARM64 (under qemu-aarch64) and compares the lines: the same bits everywhere. Each
+// product is also computed with op(B) packed first (lockstep_gemm_pack_b, _packed: what a
+// recurrence does), which must give the same bytes, else the harness exits 1.
 // Usage: gemm_check PATH   (0 auto, 1 scalar, 2 lanes8, 3 lanes16; a path this CPU lacks runs scalar)
 #include "portable_gemm.h"
 #include <stdint.h>
@@ -48,10 +50,19 @@ int main(int argc, char **argv) {
         for (long i = 0; i < arows * lda; i++) a[i] = next_float();
         for (long i = 0; i < brows * ldb; i++) b[i] = next_float();
         for (long i = 0; i < m * ldc; i++) c[i] = next_float();
+        float *c2 = malloc(sizeof(float) * (size_t)(m * ldc));
+        memcpy(c2, c, sizeof(float) * (size_t)(m * ldc));
         used = lockstep_gemm(tA, tB, m, n, k, a, lda, b, ldb, acc, c, ldc, path);
+        float *packed = malloc(sizeof(float) * (size_t)lockstep_gemm_packed_size(n, k));
+        lockstep_gemm_pack_b(tB, n, k, b, ldb, packed, path);
+        lockstep_gemm_packed(tA, m, n, k, a, lda, packed, b, ldb, tB, acc, c2, ldc, path);
+        if (memcmp(c, c2, sizeof(float) * (size_t)(m * ldc)) != 0) {
+            fprintf(stderr, "packed product differs: m=%ld n=%ld k=%ld tA=%d tB=%d acc=%d path %d\n", m, n, k, tA, tB, acc, path);
+            return 1;
+        }
         printf("m=%ld n=%ld k=%ld tA=%d tB=%d acc=%d %016llx\n", m, n, k, tA, tB, acc,
                (unsigned long long)fnv1a(c, sizeof(float) * (size_t)(m * ldc)));
-        free(a); free(b); free(c);
+        free(a); free(b); free(c); free(c2); free(packed);
         cases++;
     }
     fprintf(stderr, "%d products on path %d\n", cases, used);

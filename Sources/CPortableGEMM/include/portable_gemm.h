@@ -24,4 +24,14 @@ int lockstep_gemm(int transA, int transB, long m, long n, long k,
 /// The widest path this CPU can run.
 int lockstep_gemm_best_path(void);
 
+/// op(B) [k x n] packed once for many products on `path` (a recurrence's every time step):
+/// `lockstep_gemm_packed_size(n, k)` floats, filled by `lockstep_gemm_pack_b`, read by
+/// `lockstep_gemm_packed` on the same path, which also takes B itself for the last n mod 8
+/// columns. The same bits as `lockstep_gemm`: packing only moves the operands.
+long lockstep_gemm_packed_size(long n, long k);
+int lockstep_gemm_pack_b(int transB, long n, long k, const float *b, long ldb, float *dst, int path);
+int lockstep_gemm_packed(int transA, long m, long n, long k, const float *a, long lda,
+                         const float *packed, const float *b, long ldb, int transB,
+                         int accumulate, float *c, long ldc, int path);
+
 #endif
