@@ -57,101 +57,102 @@ static void pack_b(float *dst, const float *b, long ldb, int transB, long p0, lo
     }
 }
 
-// op(A)'s rows i0..i0+r-1 (r <= MR), columns p0..p0+kc-1, packed as [kc][MR].
-static void pack_a(float *dst, const float *a, long lda, int transA, long p0, long kc, long i0, int r) {
+// The most rows a tile holds on any path (AVX-512's), and the rows of a tile on a lanes width.
+#define MR_MAX 8
+static inline int tile_rows(int width) {
+#ifdef HAVE_X86
+    return width == 32 ? 8 : 6;    // 8x32 zmm and 6x16 ymm tiles: 16 and 12 accumulators
+#else
+    (void)width; return MR;
+#endif
+}
+
+// op(A)'s rows i0..i0+r-1 (r <= mr), columns p0..p0+kc-1, packed as [kc][mr].
+static void pack_a(float *dst, const float *a, long lda, int transA, long p0, long kc, long i0, int r, int mr) {
+    if (!transA && r == mr) {
+        for (int ii = 0; ii < mr; ii++) {
+            const float *row = a + (i0 + ii) * lda + p0;
+            for (long p = 0; p < kc; p++) dst[p * mr + ii] = row[p];
+        }
+        return;
+    }
     for (long p = 0; p < kc; p++)
-        for (int ii = 0; ii < MR; ii++) dst[p * MR + ii] = ii < r ? A_at(a, lda, transA, i0 + ii, p0 + p) : 0.0f;
+        for (int ii = 0; ii < mr; ii++) dst[p * mr + ii] = ii < r ? A_at(a, lda, transA, i0 + ii, p0 + p) : 0.0f;
 }
 
 // Each tile continues the chains of an r x w block (r <= MR rows, w = 8·h columns) over one
 // chunk of k: from `src` (the chains so far) or from zero when src is NULL, and stores them to
 // `dst`, or, with `add`, stores dst + chain: the one rounded addition of `c + acc`.
 #ifdef HAVE_X86
-__attribute__((target("avx2,fma")))
-static void tile(int r, int h, long kc, const float *pa, const float *pb, const float *src, long lds,
-                 float *dst, long ldd, int add) {
-    __m256 acc[MR][2];
-    for (int i = 0; i < r; i++)
-        for (int v = 0; v < h; v++) acc[i][v] = src ? _mm256_loadu_ps(src + i * lds + 8 * v) : _mm256_setzero_ps();
-    const int w = 8 * h;
-    if (r == MR && h == 2) {
-        __m256 c00 = acc[0][0], c01 = acc[0][1], c10 = acc[1][0], c11 = acc[1][1];
-        __m256 c20 = acc[2][0], c21 = acc[2][1], c30 = acc[3][0], c31 = acc[3][1];
-        for (long p = 0; p < kc; p++) {
-            __m256 b0 = _mm256_loadu_ps(pb + p * 16), b1 = _mm256_loadu_ps(pb + p * 16 + 8);
-            __m256 a0 = _mm256_broadcast_ss(pa + p * MR), a1 = _mm256_broadcast_ss(pa + p * MR + 1);
-            __m256 a2 = _mm256_broadcast_ss(pa + p * MR + 2), a3 = _mm256_broadcast_ss(pa + p * MR + 3);
-            c00 = _mm256_fmadd_ps(a0, b0, c00); c01 = _mm256_fmadd_ps(a0, b1, c01);
-            c10 = _mm256_fmadd_ps(a1, b0, c10); c11 = _mm256_fmadd_ps(a1, b1, c11);
-            c20 = _mm256_fmadd_ps(a2, b0, c20); c21 = _mm256_fmadd_ps(a2, b1, c21);
-            c30 = _mm256_fmadd_ps(a3, b0, c30); c31 = _mm256_fmadd_ps(a3, b1, c31);
+// R rows x H registers of 8 lanes: R and H are constants where it is inlined, so the
+// accumulators stay in registers for every row count, the edges included.
+__attribute__((target("avx2,fma"), always_inline))
+static inline void tile_avx2_body(const int R, const int H, long kc, const float *pa, int mr, const float *pb,
+                                  const float *src, long lds, float *dst, long ldd, int add) {
+    __m256 acc[8][2];
+    for (int i = 0; i < R; i++)
+        for (int v = 0; v < H; v++) acc[i][v] = src ? _mm256_loadu_ps(src + i * lds + 8 * v) : _mm256_setzero_ps();
+    for (long p = 0; p < kc; p++) {
+        __m256 b[2];
+        for (int v = 0; v < H; v++) b[v] = _mm256_loadu_ps(pb + p * 8 * H + 8 * v);
+        for (int i = 0; i < R; i++) {
+            __m256 av = _mm256_broadcast_ss(pa + p * mr + i);
+            for (int v = 0; v < H; v++) acc[i][v] = _mm256_fmadd_ps(av, b[v], acc[i][v]);
         }
-        acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
-        acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
-    } else if (r == MR && h == 1) {
-        __m256 c0 = acc[0][0], c1 = acc[1][0], c2 = acc[2][0], c3 = acc[3][0];
-        for (long p = 0; p < kc; p++) {
-            __m256 bv = _mm256_loadu_ps(pb + p * 8);
-            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR), bv, c0);
-            c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR + 1), bv, c1);
-            c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR + 2), bv, c2);
-            c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR + 3), bv, c3);
-        }
-        acc[0][0] = c0; acc[1][0] = c1; acc[2][0] = c2; acc[3][0] = c3;
-    } else {
-        for (long p = 0; p < kc; p++)
-            for (int i = 0; i < r; i++)
-                for (int v = 0; v < h; v++)
-                    acc[i][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(pa + p * MR + i), _mm256_loadu_ps(pb + p * w + 8 * v), acc[i][v]);
     }
-    for (int i = 0; i < r; i++)
-        for (int v = 0; v < h; v++) {
+    for (int i = 0; i < R; i++)
+        for (int v = 0; v < H; v++) {
             float *d = dst + i * ldd + 8 * v;
             _mm256_storeu_ps(d, add ? _mm256_add_ps(_mm256_loadu_ps(d), acc[i][v]) : acc[i][v]);
         }
 }
 
-// The same chains, 16 lanes a register (AVX-512F): an r x (16·h) tile, h = 1 or 2.
-__attribute__((target("avx512f")))
-static void tile512(int r, int h, long kc, const float *pa, const float *pb, const float *src, long lds,
-                    float *dst, long ldd, int add) {
-    __m512 acc[MR][2];
-    const int w = 16 * h;
-    for (int i = 0; i < r; i++)
-        for (int v = 0; v < h; v++) acc[i][v] = src ? _mm512_loadu_ps(src + i * lds + 16 * v) : _mm512_setzero_ps();
-    if (r == MR && h == 2) {
-        __m512 c00 = acc[0][0], c01 = acc[0][1], c10 = acc[1][0], c11 = acc[1][1];
-        __m512 c20 = acc[2][0], c21 = acc[2][1], c30 = acc[3][0], c31 = acc[3][1];
-        for (long p = 0; p < kc; p++) {
-            __m512 b0 = _mm512_loadu_ps(pb + p * 32), b1 = _mm512_loadu_ps(pb + p * 32 + 16);
-            __m512 a0 = _mm512_set1_ps(pa[p * MR]), a1 = _mm512_set1_ps(pa[p * MR + 1]);
-            __m512 a2 = _mm512_set1_ps(pa[p * MR + 2]), a3 = _mm512_set1_ps(pa[p * MR + 3]);
-            c00 = _mm512_fmadd_ps(a0, b0, c00); c01 = _mm512_fmadd_ps(a0, b1, c01);
-            c10 = _mm512_fmadd_ps(a1, b0, c10); c11 = _mm512_fmadd_ps(a1, b1, c11);
-            c20 = _mm512_fmadd_ps(a2, b0, c20); c21 = _mm512_fmadd_ps(a2, b1, c21);
-            c30 = _mm512_fmadd_ps(a3, b0, c30); c31 = _mm512_fmadd_ps(a3, b1, c31);
+#define AVX2_CASE(R) case R: if (h == 2) tile_avx2_body(R, 2, kc, pa, mr, pb, src, lds, dst, ldd, add); \
+                             else tile_avx2_body(R, 1, kc, pa, mr, pb, src, lds, dst, ldd, add); break;
+__attribute__((target("avx2,fma")))
+static void tile(int r, int h, long kc, const float *pa, int mr, const float *pb, const float *src, long lds,
+                 float *dst, long ldd, int add) {
+    // Up to 6 rows on the AVX2 path; 7 and 8 for the last 8 columns of an AVX-512 product.
+    switch (r) { AVX2_CASE(1) AVX2_CASE(2) AVX2_CASE(3) AVX2_CASE(4) AVX2_CASE(5) AVX2_CASE(6) AVX2_CASE(7) AVX2_CASE(8) }
+}
+
+// The same chains, 16 lanes a register (AVX-512F): R rows x H registers, H = 1 or 2.
+__attribute__((target("avx512f"), always_inline))
+static inline void tile512_body(const int R, const int H, long kc, const float *pa, int mr, const float *pb,
+                                const float *src, long lds, float *dst, long ldd, int add) {
+    __m512 acc[8][2];
+    for (int i = 0; i < R; i++)
+        for (int v = 0; v < H; v++) acc[i][v] = src ? _mm512_loadu_ps(src + i * lds + 16 * v) : _mm512_setzero_ps();
+    for (long p = 0; p < kc; p++) {
+        __m512 b[2];
+        for (int v = 0; v < H; v++) b[v] = _mm512_loadu_ps(pb + p * 16 * H + 16 * v);
+        for (int i = 0; i < R; i++) {
+            __m512 av = _mm512_set1_ps(pa[p * mr + i]);
+            for (int v = 0; v < H; v++) acc[i][v] = _mm512_fmadd_ps(av, b[v], acc[i][v]);
         }
-        acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
-        acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
-    } else {
-        for (long p = 0; p < kc; p++)
-            for (int i = 0; i < r; i++)
-                for (int v = 0; v < h; v++)
-                    acc[i][v] = _mm512_fmadd_ps(_mm512_set1_ps(pa[p * MR + i]), _mm512_loadu_ps(pb + p * w + 16 * v), acc[i][v]);
     }
-    for (int i = 0; i < r; i++)
-        for (int v = 0; v < h; v++) {
+    for (int i = 0; i < R; i++)
+        for (int v = 0; v < H; v++) {
             float *d = dst + i * ldd + 16 * v;
             _mm512_storeu_ps(d, add ? _mm512_add_ps(_mm512_loadu_ps(d), acc[i][v]) : acc[i][v]);
         }
+}
+
+#define AVX512_CASE(R) case R: if (h == 2) tile512_body(R, 2, kc, pa, mr, pb, src, lds, dst, ldd, add); \
+                               else tile512_body(R, 1, kc, pa, mr, pb, src, lds, dst, ldd, add); break;
+__attribute__((target("avx512f")))
+static void tile512(int r, int h, long kc, const float *pa, int mr, const float *pb, const float *src, long lds,
+                    float *dst, long ldd, int add) {
+    switch (r) { AVX512_CASE(1) AVX512_CASE(2) AVX512_CASE(3) AVX512_CASE(4) AVX512_CASE(5) AVX512_CASE(6) AVX512_CASE(7) AVX512_CASE(8) }
 }
 #endif
 
 #ifdef HAVE_NEON
 // The same tile in NEON: 8 columns are two 4-lane registers, and each lane's vfmaq_f32 is the
 // fmaf of the scalar chain (a fused multiply-add, rounded once), so the bits are the same.
-static void tile(int r, int h, long kc, const float *pa, const float *pb, const float *src, long lds,
+static void tile(int r, int h, long kc, const float *pa, int mr, const float *pb, const float *src, long lds,
                  float *dst, long ldd, int add) {
+    (void)mr;   // MR: NEON's tiles are 4 rows
     float32x4_t acc[MR][4];
     const int q = 2 * h, w = 8 * h;   // registers a row, columns a row
     for (int i = 0; i < r; i++)
@@ -206,7 +207,8 @@ static void pack_b_all(int width, float *dst, const float *b, long ldb, int tran
 LANES_TARGET
 static void lanes_packed(int width, int transA, long m, long nv, long k, const float *a, long lda,
                          const float *pb, int accumulate, float *c, long ldc) {
-    float pa[KC * MR];
+    float pa[KC * MR_MAX];
+    const int mr = tile_rows(width);
     if (k == 0) {
         for (long i = 0; i < m; i++)
             for (long j = 0; j < nv; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + 0.0f : 0.0f;
@@ -217,9 +219,9 @@ static void lanes_packed(int width, int transA, long m, long nv, long k, const f
         long kc = k - p0 < KC ? k - p0 : KC;
         int last = p0 + kc >= k;
         const float *chunk = pb + p0 * nv;
-        for (long i = 0; i < m; i += MR) {
-            int r = m - i < MR ? (int)(m - i) : MR;
-            pack_a(pa, a, lda, transA, p0, kc, i, r);
+        for (long i = 0; i < m; i += mr) {
+            int r = m - i < mr ? (int)(m - i) : mr;
+            pack_a(pa, a, lda, transA, p0, kc, i, r, mr);
             long j = 0, off = 0;
             while (j < nv) {
                 int w = panel(width, nv - j);
@@ -228,9 +230,9 @@ static void lanes_packed(int width, int transA, long m, long nv, long k, const f
                 long ldd = last ? ldc : nv;
                 int add = last && accumulate;
 #ifdef HAVE_X86
-                if (width == 32 && w >= 16) tile512(r, w / 16, kc, pa, chunk + off, src, nv, dst, ldd, add); else
+                if (width == 32 && w >= 16) tile512(r, w / 16, kc, pa, mr, chunk + off, src, nv, dst, ldd, add); else
 #endif
-                tile(r, w / 8, kc, pa, chunk + off, src, nv, dst, ldd, add);
+                tile(r, w / 8, kc, pa, mr, chunk + off, src, nv, dst, ldd, add);
                 off += kc * w; j += w;
             }
         }

@@ -31,6 +31,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Sequences per batch of the eval timing.") var evalBatchSize = 64
     @Option(help: "Batches in the eval set.") var evalBatches = 40
     @Option(help: "Instead of training: hash this many MiB with SHA-256 (checkpoints, data, shards) and print MB/s.") var hashMib: Int?
+    @Flag(help: "Also measure the core's big-sgemm peak: GF/s of a 1536x1536x1536 product, one thread, by OpenBLAS and by the portable kernels (best of 3 each).") var peak = false
 
     func validate() throws {
         if inferBatchSize < 1 || evalBatchSize < 1 || evalBatches < 1 { throw ValidationError("batch sizes and --eval-batches must be >= 1") }
@@ -87,6 +88,16 @@ struct Bench: ParsableCommand {
         }
         let inferSeconds = Date().timeIntervalSince(ti)
         var evalFields = ""
+        if peak {
+            let saved = BLAS.mode
+            var fields: [String] = []
+            for mode in [NumericsMode.openblas, .portable] {
+                BLAS.mode = mode
+                fields.append(String(format: "\"peak_gflops_%@\":%.1f", mode.rawValue, Bench.bigSgemmGFlops()))
+            }
+            BLAS.mode = saved
+            evalFields += "," + fields.joined(separator: ",")
+        }
         if let path = evalData {
             // What `coord eval --threads 1` runs per batch: packing, forward, argmax, sums.
             let task = SyntheticTask(sequences: evalBatchSize * evalBatches, inputSize: inputSize, classes: classes,
@@ -97,7 +108,7 @@ struct Bench: ParsableCommand {
             let te = Date()
             let out = try Inference.run(model: trainer.model, params: trainer.params, data: set, batchSize: evalBatchSize, threads: 1, predictions: true)
             let evalSeconds = Date().timeIntervalSince(te)
-            evalFields = String(format: ",\"eval_frames_per_s\":%.0f,\"eval_batch\":%d,\"eval_frames\":%d", Double(set.frames) / evalSeconds, evalBatchSize, out.sums.frames)
+            evalFields += String(format: ",\"eval_frames_per_s\":%.0f,\"eval_batch\":%d,\"eval_frames\":%d", Double(set.frames) / evalSeconds, evalBatchSize, out.sums.frames)
         }
         let fps = frames > 0 ? Double(frames) / seconds : 0
         let flopsPerFrame = Bench.trainingFlopsPerFrame(trainer.model)
@@ -107,6 +118,19 @@ struct Bench: ParsableCommand {
         print(String(format: "{\"engine\":\"lockstep\",\"train_frames_per_s\":%.0f,\"gflops\":%.2f,\"infer_frames_per_s\":%.0f,\"infer_batch\":%d,\"peak_rss_mib\":%.1f,\"frames\":%d,\"mflop_per_frame\":%.2f,\"blas_core\":\"%@\",\"numerics\":\"%@\",\"gemm_path\":\"%@\"%@}",
                      fps, fps * flopsPerFrame / 1e9, Double(inferFrames) / inferSeconds, inferBatchSize, rssMiB, frames, flopsPerFrame / 1e6, BLAS.coreName,
                      run.numerics.rawValue, BLAS.portablePathName, evalFields))
+    }
+
+    /// GF/s of one big square product in the current mode, one thread: the most this core does.
+    static func bigSgemmGFlops(n: Int = 1536) -> Double {
+        let a = FloatBuffer((0..<(n * n)).map { Float($0 % 97) / 97 - 0.5 }), b = FloatBuffer((0..<(n * n)).map { Float($0 % 89) / 89 - 0.5 })
+        let c = FloatBuffer(count: n * n)
+        var best = Double.infinity
+        for _ in 0..<3 {
+            let t0 = Date()
+            BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, a: a.ptr, lda: n, b: b.ptr, ldb: n, beta: 0, c: c.ptr, ldc: n)
+            best = min(best, Date().timeIntervalSince(t0))
+        }
+        return 2 * pow(Double(n), 3) / best / 1e9
     }
 
     /// Multiply-adds ×2 of forward + backward per valid frame (backward ≈ 2× forward).
