@@ -42,17 +42,22 @@ static void gemm_scalar(int transA, int transB, long i0, long i1, long j0, long 
 // The lanes paths split k into chunks of KC so the packed panels stay in cache. A chunk
 // continues each element's chain from the float the previous chunk stored: storing and
 // reloading a float does not change it, so the chain is the unsplit one.
-#define KC 256
+// 512 rows: the recurrences' backward product (k = 4H = 512) and dx stay one chunk.
+#define KC 512
 #define MR 4
 
-// op(B)'s columns j0..j0+w-1, rows p0..p0+kc-1, packed as [kc][w].
-static void pack_b(float *dst, const float *b, long ldb, int transB, long p0, long kc, long j0, int w) {
+// op(B)'s columns j0..j0+w-1, rows p0..p0+kc-1, packed as [kc][w]; columns from `valid` on
+// (past n) are zeros, whose chains are computed and never stored.
+static void pack_b(float *dst, const float *b, long ldb, int transB, long p0, long kc, long j0, int w, int valid) {
     if (!transB) {
-        for (long p = 0; p < kc; p++) memcpy(dst + p * w, b + (p0 + p) * ldb + j0, (size_t)w * sizeof(float));
+        for (long p = 0; p < kc; p++) {
+            memcpy(dst + p * w, b + (p0 + p) * ldb + j0, (size_t)valid * sizeof(float));
+            for (int jj = valid; jj < w; jj++) dst[p * w + jj] = 0.0f;
+        }
     } else {
         for (int jj = 0; jj < w; jj++) {
             const float *col = b + (j0 + jj) * ldb + p0;
-            for (long p = 0; p < kc; p++) dst[p * w + jj] = col[p];
+            for (long p = 0; p < kc; p++) dst[p * w + jj] = jj < valid ? col[p] : 0.0f;
         }
     }
 }
@@ -188,51 +193,64 @@ static inline int panel(int width, long left) {
     return 8;
 }
 
-// op(B)'s first nv columns (nv a multiple of 8) packed for `width`: chunk by chunk of KC rows
-// (chunk p0 starts at p0·nv), each chunk panel by panel of the widths `panel` picks, [kc][w].
-static void pack_b_all(int width, float *dst, const float *b, long ldb, int transB, long k, long nv) {
+// Columns of the packed op(B): n rounded up to a multiple of 8 (the last panel zero-padded).
+static inline long padded(long n) { return (n + 7) / 8 * 8; }
+
+// op(B) [k x n] packed for `width`: chunk by chunk of KC rows (chunk p0 starts at p0·np, np =
+// padded(n)), each chunk panel by panel of the widths `panel` picks, [kc][w].
+static void pack_b_all(int width, float *dst, const float *b, long ldb, int transB, long k, long n) {
+    long np = padded(n);
     for (long p0 = 0; p0 < k; p0 += KC) {
-        long kc = k - p0 < KC ? k - p0 : KC, j = 0, off = p0 * nv;
-        while (j < nv) {
-            int w = panel(width, nv - j);
-            pack_b(dst + off, b, ldb, transB, p0, kc, j, w);
+        long kc = k - p0 < KC ? k - p0 : KC, j = 0, off = p0 * np;
+        while (j < np) {
+            int w = panel(width, np - j);
+            pack_b(dst + off, b, ldb, transB, p0, kc, j, w, n - j < w ? (int)(n - j) : w);
             off += kc * w; j += w;
         }
     }
 }
 
-// C[m x nv] = op(A) · packed op(B) (+ C): the chains chunk by chunk of k; a product whose k
-// fits one chunk (the recurrences' k = H) goes straight to C, longer ones keep the chains in s
-// between chunks and add to C on the last.
+// C[m x n] = op(A) · packed op(B) (+ C): the chains chunk by chunk of k; a product whose k
+// fits one chunk goes straight to C, longer ones keep the chains in s between chunks and add to
+// C on the last. A panel that runs past n is computed into `edge` and only its n columns stored.
 LANES_TARGET
-static void lanes_packed(int width, int transA, long m, long nv, long k, const float *a, long lda,
+static void lanes_packed(int width, int transA, long m, long n, long k, const float *a, long lda,
                          const float *pb, int accumulate, float *c, long ldc) {
-    float pa[KC * MR_MAX];
+    float pa[KC * MR_MAX], edge[MR_MAX * 32];
     const int mr = tile_rows(width);
+    const long np = padded(n);
     if (k == 0) {
         for (long i = 0; i < m; i++)
-            for (long j = 0; j < nv; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + 0.0f : 0.0f;
+            for (long j = 0; j < n; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + 0.0f : 0.0f;
         return;
     }
-    float *s = k > KC ? malloc((size_t)(m * nv) * sizeof(float)) : NULL;
+    float *s = k > KC ? malloc((size_t)(m * np) * sizeof(float)) : NULL;
     for (long p0 = 0; p0 < k; p0 += KC) {
         long kc = k - p0 < KC ? k - p0 : KC;
         int last = p0 + kc >= k;
-        const float *chunk = pb + p0 * nv;
+        const float *chunk = pb + p0 * np;
         for (long i = 0; i < m; i += mr) {
             int r = m - i < mr ? (int)(m - i) : mr;
             pack_a(pa, a, lda, transA, p0, kc, i, r, mr);
             long j = 0, off = 0;
-            while (j < nv) {
-                int w = panel(width, nv - j);
-                const float *src = p0 == 0 ? NULL : s + i * nv + j;
-                float *dst = last ? c + i * ldc + j : s + i * nv + j;
-                long ldd = last ? ldc : nv;
-                int add = last && accumulate;
+            while (j < np) {
+                int w = panel(width, np - j);
+                int cut = last && j + w > n;   // the last panel, past n: through `edge`
+                const float *src = p0 == 0 ? NULL : s + i * np + j;
+                float *dst = cut ? edge : last ? c + i * ldc + j : s + i * np + j;
+                long ldd = cut ? w : last ? ldc : np;
+                int add = last && accumulate && !cut;
 #ifdef HAVE_X86
-                if (width == 32 && w >= 16) tile512(r, w / 16, kc, pa, mr, chunk + off, src, nv, dst, ldd, add); else
+                if (width == 32 && w >= 16) tile512(r, w / 16, kc, pa, mr, chunk + off, src, np, dst, ldd, add); else
 #endif
-                tile(r, w / 8, kc, pa, mr, chunk + off, src, nv, dst, ldd, add);
+                tile(r, w / 8, kc, pa, mr, chunk + off, src, np, dst, ldd, add);
+                if (cut) {
+                    for (int ii = 0; ii < r; ii++)
+                        for (long jj = 0; jj < n - j; jj++) {
+                            float *d = c + (i + ii) * ldc + j + jj;
+                            *d = accumulate ? *d + edge[ii * w + jj] : edge[ii * w + jj];
+                        }
+                }
                 off += kc * w; j += w;
             }
         }
@@ -243,14 +261,10 @@ static void lanes_packed(int width, int transA, long m, long nv, long k, const f
 LANES_TARGET
 static void gemm_lanes(int width, int transA, int transB, long m, long n, long k,
                        const float *a, long lda, const float *b, long ldb, int accumulate, float *c, long ldc) {
-    long nv = n / 8 * 8;   // columns the tiles compute; the rest go to the scalar chains
-    if (nv > 0) {
-        float *pb = malloc((size_t)(k * nv + 1) * sizeof(float));
-        pack_b_all(width, pb, b, ldb, transB, k, nv);
-        lanes_packed(width, transA, m, nv, k, a, lda, pb, accumulate, c, ldc);
-        free(pb);
-    }
-    if (nv < n) gemm_scalar(transA, transB, 0, m, nv, n, k, a, lda, b, ldb, accumulate, c, ldc);
+    float *pb = malloc((size_t)(k * padded(n) + 1) * sizeof(float));
+    pack_b_all(width, pb, b, ldb, transB, k, n);
+    lanes_packed(width, transA, m, n, k, a, lda, pb, accumulate, c, ldc);
+    free(pb);
 }
 #endif
 
@@ -301,12 +315,12 @@ int lockstep_gemm(int transA, int transB, long m, long n, long k,
     return LOCKSTEP_GEMM_SCALAR;
 }
 
-long lockstep_gemm_packed_size(long n, long k) { return k * (n / 8 * 8) + 1; }
+long lockstep_gemm_packed_size(long n, long k) { return k * ((n + 7) / 8 * 8) + 1; }
 
 int lockstep_gemm_pack_b(int transB, long n, long k, const float *b, long ldb, float *dst, int path) {
     int width = path_width(&path);
 #ifdef HAVE_LANES
-    if (width > 0 && n >= 8) pack_b_all(width, dst, b, ldb, transB, k, n / 8 * 8);
+    if (width > 0) pack_b_all(width, dst, b, ldb, transB, k, n);
 #endif
     (void)width; (void)dst; (void)b; (void)ldb; (void)transB; (void)k;
     return path;
@@ -318,10 +332,8 @@ int lockstep_gemm_packed(int transA, long m, long n, long k, const float *a, lon
     if (m <= 0 || n <= 0) return path;
     int width = path_width(&path);
 #ifdef HAVE_LANES
-    long nv = n / 8 * 8;
-    if (width > 0 && nv > 0) {
-        lanes_packed(width, transA, m, nv, k, a, lda, packed, accumulate, c, ldc);
-        if (nv < n) gemm_scalar(transA, transB, 0, m, nv, n, k, a, lda, b, ldb, accumulate, c, ldc);
+    if (width > 0) {
+        lanes_packed(width, transA, m, n, k, a, lda, packed, accumulate, c, ldc);
         return path;
     }
 #endif

@@ -26,8 +26,8 @@ int lockstep_gemm_best_path(void);
 
 /// op(B) [k x n] packed once for many products on `path` (a recurrence's every time step):
 /// `lockstep_gemm_packed_size(n, k)` floats, filled by `lockstep_gemm_pack_b`, read by
-/// `lockstep_gemm_packed` on the same path, which also takes B itself for the last n mod 8
-/// columns. The same bits as `lockstep_gemm`: packing only moves the operands.
+/// `lockstep_gemm_packed` on the same path (B itself is read only on the scalar path). The same
+/// bits as `lockstep_gemm`: packing only moves the operands.
 long lockstep_gemm_packed_size(long n, long k);
 int lockstep_gemm_pack_b(int transB, long n, long k, const float *b, long ldb, float *dst, int path);
 int lockstep_gemm_packed(int transA, long m, long n, long k, const float *a, long lda,
