@@ -134,7 +134,7 @@ public enum TOMLConfig {
             case "valid-split": c.validSplit = try float(key, v)
             case "class-weights":
                 guard let t = v.string, let spec = ClassWeights.parse(t) else {
-                    throw bad(key, "\"auto\" or a string of one number per class, e.g. \"1,4,4,2\"")
+                    throw bad(key, "\"auto\" or a string of one number per class (at most \(ModelConfig.maxClasses)), e.g. \"1,4,4,2\"")
                 }
                 c.autoClassWeights = spec.auto; c.classWeights = spec.weights
             case "valid-every": c.validEvery = try int(key, v)

@@ -136,7 +136,7 @@ struct TrainingOptions: ParsableArguments {
         if let v = validSplit { c.validSplit = v }
         if let v = classWeights {
             guard let spec = ClassWeights.parse(v) else {
-                throw LockstepError("--class-weights \(v.prefix(40)): not auto and not a list of numbers", hint: "give --class-weights auto, or one weight per class: --class-weights 1,4,4,2")
+                throw LockstepError("--class-weights \(v.prefix(40)): not auto and not a list of at most \(ModelConfig.maxClasses) numbers", hint: "give --class-weights auto, or one weight per class: --class-weights 1,4,4,2")
             }
             c.autoClassWeights = spec.auto; c.classWeights = spec.weights
         }
