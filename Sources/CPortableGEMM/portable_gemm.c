@@ -51,8 +51,11 @@ static void gemm_scalar(int transA, int transB, long i0, long i1, long j0, long 
 static void pack_b(float *dst, const float *b, long ldb, int transB, long p0, long kc, long j0, int w, int valid) {
     if (!transB) {
         for (long p = 0; p < kc; p++) {
-            memcpy(dst + p * w, b + (p0 + p) * ldb + j0, (size_t)valid * sizeof(float));
-            for (int jj = valid; jj < w; jj++) dst[p * w + jj] = 0.0f;
+            const float *row = b + (p0 + p) * ldb + j0;
+            float *d = dst + p * w;
+            int jj = 0;
+            for (; jj < valid; jj++) d[jj] = row[jj];
+            for (; jj < w; jj++) d[jj] = 0.0f;
         }
     } else {
         for (int jj = 0; jj < w; jj++) {
@@ -72,17 +75,26 @@ static inline int tile_rows(int width) {
 #endif
 }
 
-// op(A)'s rows i0..i0+r-1 (r <= mr), columns p0..p0+kc-1, packed as [kc][mr].
+// op(A)'s rows i0..i0+r-1 (r <= mr), columns p0..p0+kc-1, packed as [kc][mr]; rows past r are zeros.
 static void pack_a(float *dst, const float *a, long lda, int transA, long p0, long kc, long i0, int r, int mr) {
-    if (!transA && r == mr) {
-        for (int ii = 0; ii < mr; ii++) {
-            const float *row = a + (i0 + ii) * lda + p0;
-            for (long p = 0; p < kc; p++) dst[p * mr + ii] = row[p];
+    if (transA) {   // op(A)'s rows are a's columns: r contiguous floats from each of a's kc rows
+        const float *src = a + p0 * lda + i0;
+        for (long p = 0; p < kc; p++, src += lda) {
+            float *d = dst + p * mr;
+            int ii = 0;
+            for (; ii < r; ii++) d[ii] = src[ii];
+            for (; ii < mr; ii++) d[ii] = 0.0f;
         }
         return;
     }
-    for (long p = 0; p < kc; p++)
-        for (int ii = 0; ii < mr; ii++) dst[p * mr + ii] = ii < r ? A_at(a, lda, transA, i0 + ii, p0 + p) : 0.0f;
+    for (int ii = 0; ii < mr; ii++) {
+        if (ii < r) {
+            const float *row = a + (i0 + ii) * lda + p0;
+            for (long p = 0; p < kc; p++) dst[p * mr + ii] = row[p];
+        } else {
+            for (long p = 0; p < kc; p++) dst[p * mr + ii] = 0.0f;
+        }
+    }
 }
 
 // Each tile continues the chains of an r x w block (r <= MR rows, w = 8·h columns) over one
@@ -196,75 +208,131 @@ static inline int panel(int width, long left) {
 // Columns of the packed op(B): n rounded up to a multiple of 8 (the last panel zero-padded).
 static inline long padded(long n) { return (n + 7) / 8 * 8; }
 
-// op(B) [k x n] packed for `width`: chunk by chunk of KC rows (chunk p0 starts at p0·np, np =
-// padded(n)), each chunk panel by panel of the widths `panel` picks, [kc][w].
-static void pack_b_all(int width, float *dst, const float *b, long ldb, int transB, long k, long n) {
-    long np = padded(n);
-    for (long p0 = 0; p0 < k; p0 += KC) {
-        long kc = k - p0 < KC ? k - p0 : KC, j = 0, off = p0 * np;
-        while (j < np) {
-            int w = panel(width, np - j);
-            pack_b(dst + off, b, ldb, transB, p0, kc, j, w, n - j < w ? (int)(n - j) : w);
-            off += kc * w; j += w;
-        }
+// Rows p0..p0+kc-1 of op(B) [k x n] packed for `width`: panel by panel of the widths `panel`
+// picks, [kc][w], so the panel at column j starts at kc·j.
+static void pack_b_chunk(int width, float *dst, const float *b, long ldb, int transB, long p0, long kc, long n) {
+    long np = padded(n), j = 0;
+    while (j < np) {
+        int w = panel(width, np - j);
+        pack_b(dst + kc * j, b, ldb, transB, p0, kc, j, w, n - j < w ? (int)(n - j) : w);
+        j += w;
     }
 }
 
-// C[m x n] = op(A) · packed op(B) (+ C): the chains chunk by chunk of k; a product whose k
-// fits one chunk goes straight to C, longer ones keep the chains in s between chunks and add to
-// C on the last. A panel that runs past n is computed into `edge` and only its n columns stored.
+// op(B) [k x n] packed whole: chunk by chunk of KC rows, chunk p0 at p0·np (np = padded(n)).
+static void pack_b_all(int width, float *dst, const float *b, long ldb, int transB, long k, long n) {
+    for (long p0 = 0; p0 < k; p0 += KC)
+        pack_b_chunk(width, dst + p0 * padded(n), b, ldb, transB, p0, k - p0 < KC ? k - p0 : KC, n);
+}
+
+// Rows of op(A) packed at a time (whole tiles), and the packed B a block of them sweeps
+// before the next: about 256 KiB of B (kc x nc floats), so both stay in L2.
+#define MC 96
+static inline long group_cols(long kc) { long nc = 65536 / kc / 32 * 32; return nc < 32 ? 32 : nc; }
+
+// Buffers per thread, grown to the largest call and kept: 0 the packed rows of op(A), 1 a
+// chunk of packed op(B), 2 the chains between chunks.
+static float *scratch(int which, size_t floats) {
+    static __thread float *buf[3];
+    static __thread size_t cap[3];
+    if (floats > cap[which]) { free(buf[which]); buf[which] = malloc(floats * sizeof(float)); cap[which] = floats; }
+    return buf[which];
+}
+
+// One chunk of k (rows p0..p0+kc-1) of C[m x n] = op(A) · op(B) (+ C), `chunk` its packed
+// op(B) rows: the chains start from zero (p0 = 0) or continue from s [m x np], and the last
+// chunk stores them to C (an addition when accumulating), the others to s. A panel that runs
+// past n is computed into `edge` and only its n columns stored; with `ct` every tile goes through
+// `edge` and is stored transposed: C is [n x m] at ldc. Blocking (MC rows, group_cols columns)
+// only orders the tiles: each chain still runs its chunks in order.
 LANES_TARGET
-static void lanes_packed(int width, int transA, long m, long n, long k, const float *a, long lda,
-                         const float *pb, int accumulate, float *c, long ldc) {
-    float pa[KC * MR_MAX], edge[MR_MAX * 32];
+static void lanes_chunk(int width, int transA, long m, long n, long p0, long kc, int last,
+                        const float *a, long lda, const float *chunk, float *s,
+                        int accumulate, float *c, long ldc, int ct) {
+    float edge[MR_MAX * 32];
     const int mr = tile_rows(width);
     const long np = padded(n);
-    if (k == 0) {
-        for (long i = 0; i < m; i++)
-            for (long j = 0; j < n; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + 0.0f : 0.0f;
-        return;
-    }
-    float *s = k > KC ? malloc((size_t)(m * np) * sizeof(float)) : NULL;
-    for (long p0 = 0; p0 < k; p0 += KC) {
-        long kc = k - p0 < KC ? k - p0 : KC;
-        int last = p0 + kc >= k;
-        const float *chunk = pb + p0 * np;
-        for (long i = 0; i < m; i += mr) {
-            int r = m - i < mr ? (int)(m - i) : mr;
-            pack_a(pa, a, lda, transA, p0, kc, i, r, mr);
-            long j = 0, off = 0;
-            while (j < np) {
-                int w = panel(width, np - j);
-                int cut = last && j + w > n;   // the last panel, past n: through `edge`
-                const float *src = p0 == 0 ? NULL : s + i * np + j;
-                float *dst = cut ? edge : last ? c + i * ldc + j : s + i * np + j;
-                long ldd = cut ? w : last ? ldc : np;
-                int add = last && accumulate && !cut;
+    const long mc = m < MC ? (m + mr - 1) / mr * mr : MC / mr * mr;
+    float *pa = scratch(0, (size_t)(mc * kc));
+    const long nc = group_cols(kc);
+    for (long i0 = 0; i0 < m; i0 += mc) {
+        long i1 = i0 + mc < m ? i0 + mc : m;
+        for (long i = i0; i < i1; i += mr)
+            pack_a(pa + (i - i0) * kc, a, lda, transA, p0, kc, i, i1 - i < mr ? (int)(i1 - i) : mr, mr);
+        for (long j0 = 0; j0 < np; j0 += nc) {
+            long j1 = j0 + nc < np ? j0 + nc : np;
+            for (long i = i0; i < i1; i += mr) {
+                int r = i1 - i < mr ? (int)(i1 - i) : mr;
+                const float *ta = pa + (i - i0) * kc;
+                for (long j = j0; j < j1; ) {
+                    int w = panel(width, np - j);
+                    int cut = last && (ct || j + w > n);   // through `edge`
+                    const float *src = p0 == 0 ? NULL : s + i * np + j;
+                    float *dst = cut ? edge : last ? c + i * ldc + j : s + i * np + j;
+                    long ldd = cut ? w : last ? ldc : np;
+                    int add = last && accumulate && !cut;
+                    const float *tb = chunk + kc * j;   // the panels before j hold kc·j floats
 #ifdef HAVE_X86
-                if (width == 32 && w >= 16) tile512(r, w / 16, kc, pa, mr, chunk + off, src, np, dst, ldd, add); else
+                    if (width == 32 && w >= 16) tile512(r, w / 16, kc, ta, mr, tb, src, np, dst, ldd, add); else
 #endif
-                tile(r, w / 8, kc, pa, mr, chunk + off, src, np, dst, ldd, add);
-                if (cut) {
-                    for (int ii = 0; ii < r; ii++)
-                        for (long jj = 0; jj < n - j; jj++) {
-                            float *d = c + (i + ii) * ldc + j + jj;
-                            *d = accumulate ? *d + edge[ii * w + jj] : edge[ii * w + jj];
-                        }
+                    tile(r, w / 8, kc, ta, mr, tb, src, np, dst, ldd, add);
+                    if (cut) {
+                        long cols = n - j < w ? n - j : w;
+                        for (int ii = 0; ii < r; ii++)
+                            for (long jj = 0; jj < cols; jj++) {
+                                float *d = ct ? c + (j + jj) * ldc + i + ii : c + (i + ii) * ldc + j + jj;
+                                *d = accumulate ? *d + edge[ii * w + jj] : edge[ii * w + jj];
+                            }
+                    }
+                    j += w;
                 }
-                off += kc * w; j += w;
             }
         }
     }
-    free(s);
 }
 
+// k = 0: every chain is the empty sum, +0.
+static void empty_product(long m, long n, int accumulate, float *c, long ldc) {
+    for (long i = 0; i < m; i++)
+        for (long j = 0; j < n; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + 0.0f : 0.0f;
+}
+
+// C = op(A) · op(B) with op(B) packed whole (pack_b_all): chunk by chunk.
+LANES_TARGET
+static void lanes_packed(int width, int transA, long m, long n, long k, const float *a, long lda,
+                         const float *pb, int accumulate, float *c, long ldc) {
+    if (k == 0) { empty_product(m, n, accumulate, c, ldc); return; }
+    const long np = padded(n);
+    float *s = k > KC ? scratch(2, (size_t)(m * np)) : NULL;
+    for (long p0 = 0; p0 < k; p0 += KC) {
+        long kc = k - p0 < KC ? k - p0 : KC;
+        lanes_chunk(width, transA, m, n, p0, kc, p0 + kc >= k, a, lda, pb + p0 * np, s, accumulate, c, ldc, 0);
+    }
+}
+
+// C = op(A) · op(B), op(B) packed a chunk at a time while it is used. A weight gradient
+// (aᵀ·b over k = every frame, n < m) is computed as Cᵀ = bᵀ·a: the operand read across rows is
+// then the narrow one, and the wide one is packed in contiguous panels. Element (i, j) is the
+// same chain: fma(a, b, acc) == fma(b, a, acc), since the product is exact before the rounding.
 LANES_TARGET
 static void gemm_lanes(int width, int transA, int transB, long m, long n, long k,
                        const float *a, long lda, const float *b, long ldb, int accumulate, float *c, long ldc) {
-    float *pb = malloc((size_t)(k * padded(n) + 1) * sizeof(float));
-    pack_b_all(width, pb, b, ldb, transB, k, n);
-    lanes_packed(width, transA, m, n, k, a, lda, pb, accumulate, c, ldc);
-    free(pb);
+    if (k == 0) { empty_product(m, n, accumulate, c, ldc); return; }
+    int swap = transA && !transB && n < m;
+    if (swap) {
+        const float *t = a; a = b; b = t;
+        long tl = lda; lda = ldb; ldb = tl;
+        long tm = m; m = n; n = tm;
+        transB = 0;   // a, [k x m]: row p holds op(B')'s row p
+    }
+    const long np = padded(n);
+    float *s = k > KC ? scratch(2, (size_t)(m * np)) : NULL;
+    float *pb = scratch(1, (size_t)((k < KC ? k : KC) * np));
+    for (long p0 = 0; p0 < k; p0 += KC) {
+        long kc = k - p0 < KC ? k - p0 : KC;
+        pack_b_chunk(width, pb, b, ldb, transB, p0, kc, n);
+        lanes_chunk(width, transA, m, n, p0, kc, p0 + kc >= k, a, lda, pb, s, accumulate, c, ldc, swap);
+    }
 }
 #endif
 

@@ -31,7 +31,10 @@ final class PortableGEMMTests: XCTestCase {
         var r = Rand(s: 42)
         var worst = 0.0, cases = 0
         let shapes = [(1, 1, 1), (3, 5, 7), (4, 8, 16), (5, 17, 3), (9, 33, 40), (32, 512, 128), (13, 16, 300), (64, 40, 1), (7, 23, 0),
-                      (1, 72, 257), (6, 48, 513)]
+                      (1, 72, 257), (6, 48, 513),
+                      // more rows than a packed block (96), column groups, chunks of k, and Aᵀ·B with
+                      // m > n (computed as its transpose): every blocking the kernels do
+                      (130, 70, 530), (70, 130, 530), (200, 300, 1100)]
         for (m, n, k) in shapes {
             for transA in [false, true] {
                 for transB in [false, true] {
@@ -48,7 +51,7 @@ final class PortableGEMMTests: XCTestCase {
                         for (p, c) in results.enumerated().dropFirst() {
                             XCTAssertEqual(c.map(\.bitPattern), results[0].map(\.bitPattern), "path \(paths()[p]) vs scalar, \(m)x\(n)x\(k) tA \(transA) tB \(transB)")
                         }
-                        for i in 0..<m {
+                        for i in 0..<m where m * n * k < 10_000_000 {   // the doubles: a debug-build loop
                             for j in 0..<n {
                                 var ref = accumulate ? Double(c0[i * n + j]) : 0
                                 var scale = abs(ref)
