@@ -24,6 +24,8 @@ public final class Engine {
     private var slotIndex = 0
     private var zeros: FloatBuffer
     private var sink: FloatBuffer
+    private var dwcat: FloatBuffer   // [4H, widest input + H]: a cell's joint weight gradient
+    private let widestInput: Int
 
     /// Per-class loss weights `[C]` (`--class-weights`), or nil for the plain mean.
     public let classWeights: FloatBuffer?
@@ -34,6 +36,8 @@ public final class Engine {
         layout = ParameterLayout(config)
         zeros = FloatBuffer(count: config.hidden)
         sink = FloatBuffer(count: config.hidden)
+        widestInput = layout.cells.flatMap { $0.flatMap { $0 } }.map(\.inputSize).max() ?? 0
+        dwcat = FloatBuffer(count: 4 * config.hidden * (widestInput + config.hidden))
     }
 
     /// Cached activations of the last forward, per stream and layer.
@@ -150,7 +154,7 @@ public final class Engine {
                           logp: logp!, input: headIn!, w: P + layout.headWeight, y: y.baseAddress!,
                           classWeights: classWeights.map { UnsafePointer($0.ptr) }, rows: N, inputSize: D, classes: config.classes)
         }
-        let dgates = take(4 * H), dc = take(H), hprev = take(H)
+        let dgates = take(4 * H), dc = take(H), hprev = take(widestInput + H)
         let width = layout.streamWidth
         for (s, stream) in layout.cells.enumerated() {
             // dOut of the current layer: for the last layer, this stream's columns of dHead.
@@ -166,7 +170,7 @@ public final class Engine {
                     LSTMLayer.backward(dx: dIn, accumulateDx: k > 0,
                                        dwih: dP + cell.wih, dwhh: dP + cell.whh, dbih: dP + cell.bih, dbhh: dP + cell.bhh,
                                        dh: dOut + dOutColumn + cell.column, ldh: dOutLd,
-                                       dgates: dgates, dc: dc, hprev: hprev, sink: sink.ptr,
+                                       dgates: dgates, dc: dc, hprev: hprev, dwcat: dwcat.ptr, sink: sink.ptr,
                                        gates: cc.gates, c: cc.c, tc: cc.tc, h: lc.out + lc.outColumn + cell.column,
                                        x: lc.input, ldx: lc.inputLd, wih: P + cell.wih, whh: P + cell.whh, zeros: zeros.ptr,
                                        batch: batch, inputSize: cell.inputSize, hidden: H, reverse: cell.reverse)

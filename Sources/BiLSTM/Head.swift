@@ -1,3 +1,4 @@
+import CPortableGEMM
 import Numerics
 
 /// `Linear(D → C)` + `LogSoftmax` + NLL summed over frames whose label is not -1.
@@ -81,6 +82,24 @@ public enum Dropout {
     /// `firstDirection + u / H` (a stacked layer holds both directions side by side).
     public static func makeMask(mask: FPtr, key: Key, layer: Int, firstDirection: Int,
                                 batch: PackedBatch, width: Int, hidden H: Int, p: Float) {
+        let scale = 1 / (1 - p)
+        for t in 0..<batch.steps {
+            for j in 0..<batch.batchSizes[t] {
+                let row = mask + batch.row(t, j) * width
+                let seq = UInt32(truncatingIfNeeded: batch.ids[j])
+                for d in 0..<(width / H) {
+                    let dir = UInt32(firstDirection + d)
+                    // counter (step, sequence, t, purpose|layer|dir|u/4) for units u..u+3 (in C: 8 blocks at once)
+                    lockstep_dropout_mask(row + d * H, H, key.seed, UInt32(truncatingIfNeeded: key.step), seq, UInt32(t),
+                                          RandomPurpose.dropout.rawValue << 24 | UInt32(layer) << 12 | dir << 11, p, scale)
+                }
+            }
+        }
+    }
+
+    /// The mask `makeMask` writes, in Swift from `Philox.block` (the reference the C kernel is tested against).
+    public static func referenceMask(mask: FPtr, key: Key, layer: Int, firstDirection: Int,
+                                     batch: PackedBatch, width: Int, hidden H: Int, p: Float) {
         let scale = 1 / (1 - p)
         for t in 0..<batch.steps {
             for j in 0..<batch.batchSizes[t] {

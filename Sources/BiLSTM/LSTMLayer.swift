@@ -125,7 +125,8 @@ public enum LSTMLayer {
         dh: FPtr, ldh: Int,            // [N, ldh] in: dLoss/dh from above; used as scratch
         dgates: FPtr,                  // [N, 4H] scratch
         dc: FPtr,                      // [N, H] scratch
-        hprev: FPtr,                   // [N, H] scratch
+        hprev: FPtr,                   // [N, in + H] scratch
+        dwcat: FPtr,                   // [4H, in + H] scratch
         sink: FPtr,                    // [H] scratch for rows with no predecessor
         gates: CFPtr, c: CFPtr, tc: CFPtr, h: CFPtr, // as cached by forward (h at ldh)
         x: CFPtr, ldx: Int, wih: CFPtr, whh: CFPtr, zeros: CFPtr,
@@ -156,20 +157,34 @@ public enum LSTMLayer {
                            beta: 1, c: dh + prev.base * ldh, ldc: ldh)
             }
         }
-        // The recurrent input of every row, so dW_hh is one GEMM over all time steps.
+        // The recurrent input of every row, so dW_hh is one GEMM over all time steps. In portable
+        // mode each row is [x | h_prev] and [dW_ih | dW_hh] one product: dgates is read once, and
+        // every element is the chain it is in two products (the kernels never split k by n).
+        let joint = BLAS.mode == .portable
+        let K = joint ? inputSize + H : H, hcol = joint ? inputSize : 0
         for t in 0..<batch.steps {
             let base = batch.offsets[t], rows = batch.batchSizes[t]
             let prev = batch.predecessors(t, reverse: reverse)
             for j in 0..<rows {
-                let dst = hprev + (base + j) * H
-                if j < prev.count { dst.update(from: h + (prev.base + j) * ldh, count: H) }
-                else { dst.update(repeating: 0, count: H) }
+                let dst = hprev + (base + j) * K
+                if joint { dst.update(from: x + (base + j) * ldx, count: inputSize) }
+                if j < prev.count { (dst + hcol).update(from: h + (prev.base + j) * ldh, count: H) }
+                else { (dst + hcol).update(repeating: 0, count: H) }
             }
         }
-        BLAS.sgemm(transA: true, transB: false, m: G, n: inputSize, k: N,
-                   a: dgates, lda: G, b: x, ldb: ldx, beta: 0, c: dwih, ldc: inputSize)
-        BLAS.sgemm(transA: true, transB: false, m: G, n: H, k: N,
-                   a: dgates, lda: G, b: hprev, ldb: H, beta: 0, c: dwhh, ldc: H)
+        if joint {
+            BLAS.sgemm(transA: true, transB: false, m: G, n: K, k: N,
+                       a: dgates, lda: G, b: hprev, ldb: K, beta: 0, c: dwcat, ldc: K)
+            for g in 0..<G {
+                (dwih + g * inputSize).update(from: dwcat + g * K, count: inputSize)
+                (dwhh + g * H).update(from: dwcat + g * K + inputSize, count: H)
+            }
+        } else {
+            BLAS.sgemm(transA: true, transB: false, m: G, n: inputSize, k: N,
+                       a: dgates, lda: G, b: x, ldb: ldx, beta: 0, c: dwih, ldc: inputSize)
+            BLAS.sgemm(transA: true, transB: false, m: G, n: H, k: N,
+                       a: dgates, lda: G, b: hprev, ldb: H, beta: 0, c: dwhh, ldc: H)
+        }
         columnSum(dbih, dgates, rows: N, cols: G)
         dbhh.update(from: dbih, count: G)
         if let dx {

@@ -257,13 +257,18 @@ static void lanes_chunk(int width, int transA, long m, long n, long p0, long kc,
     const long nc = group_cols(kc);
     for (long i0 = 0; i0 < m; i0 += mc) {
         long i1 = i0 + mc < m ? i0 + mc : m;
-        for (long i = i0; i < i1; i += mr)
-            pack_a(pa + (i - i0) * kc, a, lda, transA, p0, kc, i, i1 - i < mr ? (int)(i1 - i) : mr, mr);
+        // The block's rows in tiles of nearly equal height (32 rows: 6,6,5,5,5,5, not 6x5 and a 2):
+        // a short tile has too few chains in flight to cover the multiply-add latency.
+        const long tiles = (i1 - i0 + mr - 1) / mr, base = (i1 - i0) / tiles, extra = (i1 - i0) % tiles;
+        for (long t = 0; t < tiles; t++)
+            pack_a(pa + t * mr * kc, a, lda, transA, p0, kc, i0 + t * base + (t < extra ? t : extra),
+                   (int)(base + (t < extra)), mr);
         for (long j0 = 0; j0 < np; j0 += nc) {
             long j1 = j0 + nc < np ? j0 + nc : np;
-            for (long i = i0; i < i1; i += mr) {
-                int r = i1 - i < mr ? (int)(i1 - i) : mr;
-                const float *ta = pa + (i - i0) * kc;
+            for (long t = 0; t < tiles; t++) {
+                const long i = i0 + t * base + (t < extra ? t : extra);
+                const int r = (int)(base + (t < extra));
+                const float *ta = pa + t * mr * kc;
                 for (long j = j0; j < j1; ) {
                     int w = panel(width, np - j);
                     int cut = last && (ct || j + w > n);   // through `edge`

@@ -101,3 +101,27 @@ final class PrepackedForwardTests: XCTestCase {
         XCTAssertEqual(replayed.grads, plain.grads)
     }
 }
+
+/// Tier 1: the C dropout mask (Philox in AVX2, eight blocks at once) is the Swift one, bit for bit.
+final class DropoutMaskTests: XCTestCase {
+    func testTheCMaskIsPhiloxInSwiftBitForBit() {
+        // H a multiple of the 32 units a vector pass fills, and not (the scalar tail); both directions
+        // side by side; sequence ids past 2^31; a high seed word.
+        for (H, width, first) in [(128, 256, 0), (12, 12, 1), (36, 72, 0), (160, 160, 1)] {
+            let ids = [0, 3_000_000_000, 7, 65_537]
+            let examples = Fixture.examples(lengths: [9, 4, 7, 1], inputSize: 3, classes: 2).enumerated().map { i, e in
+                Example(id: ids[i], x: e.x, y: e.y)
+            }
+            let renumbered = PackedBatch(examples, inputSize: 3)
+            let key = Dropout.Key(seed: 0xDEAD_BEEF_0000_0042, step: 1_234_567)
+            for p: Float in [0.3, 0.5] {
+                var fast = [Float](repeating: -1, count: renumbered.rows * width), slow = fast
+                Dropout.makeMask(mask: &fast, key: key, layer: 2, firstDirection: first, batch: renumbered, width: width, hidden: H, p: p)
+                Dropout.referenceMask(mask: &slow, key: key, layer: 2, firstDirection: first, batch: renumbered, width: width, hidden: H, p: p)
+                XCTAssertEqual(fast.map(\.bitPattern), slow.map(\.bitPattern), "H \(H), width \(width), p \(p)")
+                let dropped = Double(slow.filter { $0 == 0 }.count) / Double(slow.count)
+                XCTAssertEqual(dropped, Double(p), accuracy: 0.1, "H \(H): the mask drops about p of the units")
+            }
+        }
+    }
+}
