@@ -1,4 +1,4 @@
-// The LSTM cell's pointwise forward in AVX2: see include/lstm_cell.h. Built with
+// The LSTM cell's pointwise forward in AVX2 and AVX-512: see include/lstm_cell.h. Built with
 // -ffp-contract=off and without the FMA target, so no multiply-add is ever fused.
 #include "lstm_cell.h"
 #include <stdlib.h>
@@ -85,27 +85,130 @@ static void cell_rows(float *gates, float *c, float *tc, float *h, long ldh,
         }
     }
 }
+
+// The same cell in AVX-512F, sixteen lanes: every operation is the AVX2 one lane by lane (IEEE
+// arithmetic is per lane), so the bits are the same; xor/and go through the integer unit
+// (AVX-512F has no float xor).
+typedef __m512 v16;
+#define K16(x) _mm512_set1_ps(x)
+#define XOR16(a, b) _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+
+__attribute__((target("avx512f")))
+static inline v16 det_exp16(v16 x) {
+    v16 lo = K16(-87.0f), hi = K16(88.0f);
+    v16 l = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GT_OQ), lo, x);
+    v16 xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(l, hi, _CMP_GT_OQ), l, hi);
+    v16 t = _mm512_mul_ps(xc, K16(1.44269504f));
+    v16 k = _mm512_add_ps(t, K16(12582912.0f));
+    v16 n = _mm512_sub_ps(k, K16(12582912.0f));
+    v16 r = _mm512_sub_ps(_mm512_sub_ps(xc, _mm512_mul_ps(n, K16(0.693145751953125f))),
+                          _mm512_mul_ps(n, K16(1.428606765330187e-6f)));
+    v16 p = K16(1.0f / 5040.0f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f / 720.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f / 120.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f / 24.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f / 6.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(0.5f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f));
+    __m512i kb = _mm512_castps_si512(k);
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(kb, _mm512_set1_epi32(0x4B400000)),
+                                                   _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+__attribute__((target("avx512f")))
+static inline v16 det_sigmoid16(v16 x) {
+    return _mm512_div_ps(K16(1.0f), _mm512_add_ps(K16(1.0f), det_exp16(XOR16(x, K16(-0.0f)))));
+}
+
+__attribute__((target("avx512f")))
+static inline v16 det_tanh16(v16 x) {
+    v16 a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7FFFFFFF)));
+    v16 e = det_exp16(_mm512_mul_ps(K16(-2.0f), a));
+    v16 m = _mm512_div_ps(_mm512_sub_ps(K16(1.0f), e), _mm512_add_ps(K16(1.0f), e));
+    __mmask16 isSmall = _mm512_cmp_ps_mask(a, K16(0.0625f), _CMP_LT_OQ);
+    if (isSmall) {
+        v16 a2 = _mm512_mul_ps(a, a);
+        v16 poly = _mm512_add_ps(K16(-1.0f / 3.0f), _mm512_mul_ps(a2, _mm512_sub_ps(K16(2.0f / 15.0f), _mm512_mul_ps(a2, K16(17.0f / 315.0f)))));
+        v16 small = _mm512_add_ps(a, _mm512_mul_ps(_mm512_mul_ps(a, a2), poly));
+        m = _mm512_mask_blend_ps(isSmall, m, small);
+    }
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, K16(0.0f), _CMP_LT_OQ), m, XOR16(m, K16(-0.0f)));
+}
+
+__attribute__((target("avx512f")))
+static void cell_rows16(float *gates, float *c, float *tc, float *h, long ldh,
+                        const float *cprev, long with_prev, long rows, long H, int store_cache) {
+    static const float zero16[16] = {0};
+    for (long j = 0; j < rows; j++) {
+        float *g = gates + j * 4 * H, *cr = c + j * H, *tr = tc + j * H, *hr = h + j * ldh;
+        const float *cp = j < with_prev ? cprev + j * H : NULL;
+        for (long u = 0; u < H; u += 16) {
+            v16 i = det_sigmoid16(_mm512_loadu_ps(g + u));
+            v16 f = det_sigmoid16(_mm512_loadu_ps(g + H + u));
+            v16 gg = det_tanh16(_mm512_loadu_ps(g + 2 * H + u));
+            v16 o = det_sigmoid16(_mm512_loadu_ps(g + 3 * H + u));
+            v16 cpv = _mm512_loadu_ps(cp ? cp + u : zero16);
+            v16 cn = _mm512_add_ps(_mm512_mul_ps(f, cpv), _mm512_mul_ps(i, gg));
+            v16 t = det_tanh16(cn);
+            if (store_cache) {
+                _mm512_storeu_ps(g + u, i); _mm512_storeu_ps(g + H + u, f);
+                _mm512_storeu_ps(g + 2 * H + u, gg); _mm512_storeu_ps(g + 3 * H + u, o);
+                _mm512_storeu_ps(tr + u, t);
+            }
+            _mm512_storeu_ps(cr + u, cn);
+            _mm512_storeu_ps(hr + u, _mm512_mul_ps(o, t));
+        }
+    }
+}
 #endif
 
-int lockstep_lstm_cell_available(void) {
+// The lanes this CPU's cell runs (16 AVX-512F, 8 AVX2, 0 none), chosen once: AVX-512 only where
+// the GEMM runs it too (LOCKSTEP_GEMM_PATH unset or avx512, so forcing lanes16 measures an AVX2
+// machine); LOCKSTEP_CELL_PATH=swift|avx2 forces the Swift loop or the 8 lanes.
+static int cell_lanes(void) {
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v >= 0) return v;
+    v = 0;
 #if defined(__x86_64__)
-    const char *force = getenv("LOCKSTEP_CELL_PATH");
-    if (force && strcmp(force, "swift") == 0) return 0;
-    return __builtin_cpu_supports("avx2") ? 1 : 0;
-#else
-    return 0;
+    __builtin_cpu_init();
+    const char *force = getenv("LOCKSTEP_CELL_PATH"), *gemm = getenv("LOCKSTEP_GEMM_PATH");
+    if (!(force && strcmp(force, "swift") == 0) && __builtin_cpu_supports("avx2")) {
+        v = 8;
+        if (__builtin_cpu_supports("avx512f") && !(force && strcmp(force, "avx2") == 0)
+            && (!gemm || !*gemm || strcmp(gemm, "avx512") == 0)) v = 16;
+    }
 #endif
+    __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    return v;
+}
+
+int lockstep_lstm_cell_available(void) { return cell_lanes() > 0 ? 1 : 0; }
+
+int lockstep_lstm_cell_lanes(void) { return cell_lanes(); }
+
+int lockstep_lstm_cell_forward_lanes(int lanes, float *gates, float *c, float *tc, float *h, long ldh,
+                                     const float *cprev, long with_prev, long rows, long hidden, int store_cache) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (lanes == 16 && hidden % 16 == 0 && __builtin_cpu_supports("avx512f")) {
+        cell_rows16(gates, c, tc, h, ldh, cprev, with_prev, rows, hidden, store_cache);
+        return 1;
+    }
+    if (lanes >= 8 && hidden % 8 == 0 && __builtin_cpu_supports("avx2")) {
+        cell_rows(gates, c, tc, h, ldh, cprev, with_prev, rows, hidden, store_cache);
+        return 1;
+    }
+#endif
+    (void)lanes; (void)gates; (void)c; (void)tc; (void)h; (void)ldh; (void)cprev; (void)with_prev; (void)rows; (void)hidden; (void)store_cache;
+    return 0;
 }
 
 int lockstep_lstm_cell_forward(float *gates, float *c, float *tc, float *h, long ldh,
                                const float *cprev, long with_prev, long rows, long hidden,
                                int store_cache) {
-#if defined(__x86_64__)
-    if (hidden % 8 != 0 || !__builtin_cpu_supports("avx2")) return 0;
-    cell_rows(gates, c, tc, h, ldh, cprev, with_prev, rows, hidden, store_cache);
-    return 1;
-#else
-    (void)gates; (void)c; (void)tc; (void)h; (void)ldh; (void)cprev; (void)with_prev; (void)rows; (void)hidden; (void)store_cache;
-    return 0;
-#endif
+    int lanes = cell_lanes();
+    return lanes ? lockstep_lstm_cell_forward_lanes(lanes, gates, c, tc, h, ldh, cprev, with_prev, rows, hidden, store_cache) : 0;
 }

@@ -1,8 +1,8 @@
 #ifndef LOCKSTEP_LSTM_CELL_H
 #define LOCKSTEP_LSTM_CELL_H
 
-/// One time step of an LSTM direction's pointwise forward, in AVX2 (eight lanes per
-/// instruction, where Swift's SIMD8 compiles to two SSE halves on a generic x86-64 build).
+/// One time step of an LSTM direction's pointwise forward, in AVX2 or AVX-512 (eight or sixteen
+/// lanes per instruction, where Swift's SIMD8 compiles to two SSE halves on a generic x86-64 build).
 ///
 /// The same IEEE-754 operations in the same order as `Numerics.detSigmoid`/`detTanh` and
 /// `LSTMLayer.pointwiseForward`, without FMA: the results are those functions' bits
@@ -18,5 +18,15 @@ int lockstep_lstm_cell_forward(float *gates, float *c, float *tc, float *h, long
 /// 1 when lockstep_lstm_cell_forward runs on this CPU and the environment does not force
 /// the Swift loop (LOCKSTEP_CELL_PATH=swift, so tests can compare both paths end to end).
 int lockstep_lstm_cell_available(void);
+
+/// The lanes lockstep_lstm_cell_forward uses: 16 (AVX-512F, where the GEMM path is AVX-512
+/// too), 8 (AVX2; LOCKSTEP_CELL_PATH=avx2 forces it), 0 (the Swift loop). A hidden size that
+/// is not a multiple of the lanes takes the narrower kernel.
+int lockstep_lstm_cell_lanes(void);
+
+/// lockstep_lstm_cell_forward on a chosen width (16 or 8), for tests; 0 where this CPU or the
+/// hidden size cannot run it.
+int lockstep_lstm_cell_forward_lanes(int lanes, float *gates, float *c, float *tc, float *h, long ldh,
+                                     const float *cprev, long with_prev, long rows, long hidden, int store_cache);
 
 #endif
