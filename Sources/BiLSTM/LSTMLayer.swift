@@ -65,7 +65,7 @@ public enum LSTMLayer {
                            a: h + prev.base * ldh, lda: ldh, b: whh, ldb: H,
                            beta: 1, c: gates + base * G, ldc: G)
             }
-            if CellKernel.avx2, lockstep_lstm_cell_forward(gates + base * G, c + base * H, tc + base * H, h + base * ldh, ldh,
+            if CellKernel.available, lockstep_lstm_cell_forward(gates + base * G, c + base * H, tc + base * H, h + base * ldh, ldh,
                                                           c + prev.base * H, prev.count, rows, H, cacheForBackward ? 1 : 0) == 1 {
                 continue
             }
@@ -80,11 +80,12 @@ public enum LSTMLayer {
     /// Rows of the input projection done at a time: about 200 KiB of gates at 4H = 512.
     static let projectionBlock = 96
 
-    /// Whether the cell's pointwise forward runs in the C AVX2 kernel (the same bits as
-    /// `pointwiseForward`, twice the lanes per instruction). `LOCKSTEP_CELL_PATH=swift`
-    /// forces the Swift loop, so tests can compare the two paths end to end.
+    /// Whether the cell's pointwise forward and backward run in the C kernels (AVX2, or AVX-512
+    /// where the GEMM runs it: the same bits as `pointwiseForward`/`pointwiseBackward`, two or four
+    /// times the lanes per instruction). `LOCKSTEP_CELL_PATH=swift` forces the Swift loops, so
+    /// tests can compare the paths end to end.
     public enum CellKernel {
-        public static let avx2: Bool = lockstep_lstm_cell_available() == 1
+        public static let available: Bool = lockstep_lstm_cell_available() == 1
     }
 
     @inline(__always)
@@ -141,12 +142,17 @@ public enum LSTMLayer {
             let t = reverse ? s : batch.steps - 1 - s
             let base = batch.offsets[t], rows = batch.batchSizes[t]
             let prev = batch.predecessors(t, reverse: reverse)
-            for j in 0..<rows {
-                let r = base + j
-                let has = j < prev.count
-                let cp = has ? CFPtr(c + (prev.base + j) * H) : zeros
-                let dcp = has ? dc + (prev.base + j) * H : sink
-                pointwiseBackward(dgates + r * G, dcp, dh + r * ldh, dc + r * H, gates + r * G, tc + r * H, cp, H)
+            // The step's pointwise backward: in C (AVX2/AVX-512, the same bits) where it runs, else Swift.
+            if !CellKernel.available || lockstep_lstm_cell_backward(dgates + base * G, dc + base * H, dh + base * ldh, ldh, gates + base * G,
+                                                               tc + base * H, c + prev.base * H, dc + prev.base * H, prev.count,
+                                                               zeros, sink, rows, H) == 0 {
+                for j in 0..<rows {
+                    let r = base + j
+                    let has = j < prev.count
+                    let cp = has ? CFPtr(c + (prev.base + j) * H) : zeros
+                    let dcp = has ? dc + (prev.base + j) * H : sink
+                    pointwiseBackward(dgates + r * G, dcp, dh + r * ldh, dc + r * H, gates + r * G, tc + r * H, cp, H)
+                }
             }
             // dh of the predecessors += dgates · W_hh
             if let packedWhh {
@@ -195,7 +201,7 @@ public enum LSTMLayer {
     }
 
     @inline(__always)
-    static func pointwiseBackward(_ dg: FPtr, _ dcp: FPtr, _ dh: CFPtr, _ dcIn: CFPtr,
+    public static func pointwiseBackward(_ dg: FPtr, _ dcp: FPtr, _ dh: CFPtr, _ dcIn: CFPtr,
                                   _ g: CFPtr, _ tc: CFPtr, _ cp: CFPtr, _ H: Int) {
         var u = 0
         while u + 8 <= H {

@@ -162,6 +162,35 @@ static void cell_rows16(float *gates, float *c, float *tc, float *h, long ldh,
         }
     }
 }
+// The cell's pointwise backward for one time step, `LSTMLayer.pointwiseBackward`'s operations in
+// its order (mul, add, sub; no fusion), LANES lanes at a time: one body for both widths.
+#define CELL_BACKWARD(NAME, TARGET, V, LANES, LD, ST, MUL, ADD, SUB, SET1)                          \
+__attribute__((target(TARGET)))                                                                  \
+static void NAME(float *dgates, float *dc, const float *dh, long ldh, const float *gates,         \
+                 const float *tc, const float *cprev, float *dcprev, long with_prev,              \
+                 const float *zeros, float *sink, long rows, long H) {                            \
+    const V one = SET1(1.0f);                                                                    \
+    for (long j = 0; j < rows; j++) {                                                            \
+        float *dg = dgates + j * 4 * H;                                                          \
+        const float *g = gates + j * 4 * H, *t = tc + j * H, *dhr = dh + j * ldh, *dcin = dc + j * H; \
+        const float *cp = j < with_prev ? cprev + j * H : zeros;                                 \
+        float *dcp = j < with_prev ? dcprev + j * H : sink;                                      \
+        for (long u = 0; u < H; u += LANES) {                                                    \
+            V i = LD(g + u), f = LD(g + H + u), gg = LD(g + 2 * H + u), o = LD(g + 3 * H + u);   \
+            V tv = LD(t + u), dhv = LD(dhr + u);                                                 \
+            V dcv = ADD(LD(dcin + u), MUL(MUL(dhv, o), SUB(one, MUL(tv, tv))));                  \
+            ST(dg + u, MUL(MUL(dcv, gg), MUL(i, SUB(one, i))));                                  \
+            ST(dg + H + u, MUL(MUL(dcv, LD(cp + u)), MUL(f, SUB(one, f))));                      \
+            ST(dg + 2 * H + u, MUL(MUL(dcv, i), SUB(one, MUL(gg, gg))));                         \
+            ST(dg + 3 * H + u, MUL(MUL(dhv, tv), MUL(o, SUB(one, o))));                          \
+            ST(dcp + u, ADD(LD(dcp + u), MUL(dcv, f)));                                          \
+        }                                                                                        \
+    }                                                                                            \
+}
+CELL_BACKWARD(cell_back8, "avx2", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_mul_ps, _mm256_add_ps,
+              _mm256_sub_ps, _mm256_set1_ps)
+CELL_BACKWARD(cell_back16, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_mul_ps, _mm512_add_ps,
+              _mm512_sub_ps, _mm512_set1_ps)
 #endif
 
 // The lanes this CPU's cell runs (16 AVX-512F, 8 AVX2, 0 none), chosen once: AVX-512 only where
@@ -211,4 +240,31 @@ int lockstep_lstm_cell_forward(float *gates, float *c, float *tc, float *h, long
                                int store_cache) {
     int lanes = cell_lanes();
     return lanes ? lockstep_lstm_cell_forward_lanes(lanes, gates, c, tc, h, ldh, cprev, with_prev, rows, hidden, store_cache) : 0;
+}
+
+int lockstep_lstm_cell_backward_lanes(int lanes, float *dgates, float *dc, const float *dh, long ldh, const float *gates,
+                                      const float *tc, const float *cprev, float *dcprev, long with_prev,
+                                      const float *zeros, float *sink, long rows, long hidden) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (lanes == 16 && hidden % 16 == 0 && __builtin_cpu_supports("avx512f")) {
+        cell_back16(dgates, dc, dh, ldh, gates, tc, cprev, dcprev, with_prev, zeros, sink, rows, hidden);
+        return 1;
+    }
+    if (lanes >= 8 && hidden % 8 == 0 && __builtin_cpu_supports("avx2")) {
+        cell_back8(dgates, dc, dh, ldh, gates, tc, cprev, dcprev, with_prev, zeros, sink, rows, hidden);
+        return 1;
+    }
+#endif
+    (void)lanes; (void)dgates; (void)dc; (void)dh; (void)ldh; (void)gates; (void)tc; (void)cprev; (void)dcprev;
+    (void)with_prev; (void)zeros; (void)sink; (void)rows; (void)hidden;
+    return 0;
+}
+
+int lockstep_lstm_cell_backward(float *dgates, float *dc, const float *dh, long ldh, const float *gates,
+                                const float *tc, const float *cprev, float *dcprev, long with_prev,
+                                const float *zeros, float *sink, long rows, long hidden) {
+    int lanes = cell_lanes();
+    return lanes ? lockstep_lstm_cell_backward_lanes(lanes, dgates, dc, dh, ldh, gates, tc, cprev, dcprev, with_prev,
+                                                     zeros, sink, rows, hidden) : 0;
 }

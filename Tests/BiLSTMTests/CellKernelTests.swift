@@ -6,19 +6,7 @@ import XCTest
 
 /// Tier 1: the C AVX2 cell kernel is the Swift cell loop, bit for bit, on every kind of input.
 final class CellKernelTests: XCTestCase {
-    /// Pre-activations from tiny to beyond exp's clamp, the tanh polynomial's switch point,
-    /// signed zeros, subnormals and infinities, then random values at several scales.
-    func values(_ n: Int, seed: UInt64) -> [Float] {
-        let special: [Float] = [0, -0.0, 1e-30, -1e-30, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, 0.0625, -0.0625,
-                                Float(0.0625).nextDown, -Float(0.0625).nextDown, Float(0.0625).nextUp, 43.5, -43.5, 44, -44, 87, -87, 88, -88,
-                                89, -89, 1e4, -1e4, .infinity, -.infinity, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]
-        return (0..<n).map { k in
-            if k < special.count { return special[k] }
-            let scale: Float = [0.01, 0.3, 1, 4, 30, 120][k % 6]
-            let u = Philox.block(key: seed, counter: SIMD4(UInt32(k), 0, 0, 0))
-            return scale * (Philox.unit(u[0]) + Philox.unit(u[1]) + Philox.unit(u[2]) - 1.5) * 2
-        }
-    }
+    func values(_ n: Int, seed: UInt64) -> [Float] { kernelTestValues(n, seed: seed) }
 
     func same(_ a: Float, _ b: Float) -> Bool { a.bitPattern == b.bitPattern || (a.isNaN && b.isNaN) }
 
@@ -133,5 +121,59 @@ final class DropoutMaskTests: XCTestCase {
                 XCTAssertEqual(dropped, Double(p), accuracy: 0.1, "H \(H): the mask drops about p of the units")
             }
         }
+    }
+}
+
+/// Tier 1: the C pointwise backward is `LSTMLayer.pointwiseBackward`, bit for bit, on 8 and 16 lanes.
+final class CellBackwardKernelTests: XCTestCase {
+    func testCBackwardEqualsTheSwiftLoopBitForBit() throws {
+        let values = { (n: Int, seed: UInt64) in kernelTestValues(n, seed: seed) }
+        var ran: [Int32] = []
+        for lanes: Int32 in [8, 16] {
+            for H in [8, 16, 48, 128] {
+                let rows = 7, withPrev = 4, G = 4 * H, ldh = 2 * H + 3
+                // Gates as the forward caches them (activated: in [0, 1] and [-1, 1]) and raw extremes too.
+                let gates = values(rows * G, UInt64(H)), tc = values(rows * H, UInt64(H) + 1)
+                let dh = values(rows * ldh, UInt64(H) + 2), dcIn = values(rows * H, UInt64(H) + 3)
+                let cprev = values(withPrev * H, UInt64(H) + 4), dcprev0 = values(withPrev * H, UInt64(H) + 5)
+                let zeros = [Float](repeating: 0, count: H)
+                var dg = [Float](repeating: 0, count: rows * G), dc = dcIn, dcprev = dcprev0, sink = zeros
+                guard lockstep_lstm_cell_backward_lanes(lanes, &dg, &dc, dh, ldh, gates, tc, cprev, &dcprev, withPrev, zeros, &sink, rows, H) == 1 else {
+                    continue
+                }
+                if !ran.contains(lanes) { ran.append(lanes) }
+                var rdg = [Float](repeating: 0, count: rows * G), rdcprev = dcprev0, rsink = zeros
+                for j in 0..<rows {
+                    rdg.withUnsafeMutableBufferPointer { g in rdcprev.withUnsafeMutableBufferPointer { dcp in rsink.withUnsafeMutableBufferPointer { sk in
+                        let target = j < withPrev ? dcp.baseAddress! + j * H : sk.baseAddress!
+                        let cp = j < withPrev ? cprev.withUnsafeBufferPointer { $0.baseAddress! + j * H } : zeros.withUnsafeBufferPointer { $0.baseAddress! }
+                        LSTMLayer.pointwiseBackward(g.baseAddress! + j * G, target, dh.withUnsafeBufferPointer { $0.baseAddress! + j * ldh },
+                                                    dcIn.withUnsafeBufferPointer { $0.baseAddress! + j * H },
+                                                    gates.withUnsafeBufferPointer { $0.baseAddress! + j * G },
+                                                    tc.withUnsafeBufferPointer { $0.baseAddress! + j * H }, cp, H)
+                    } } }
+                }
+                let same = { (a: Float, b: Float) in a.bitPattern == b.bitPattern || (a.isNaN && b.isNaN) }
+                XCTAssertEqual(zip(dg, rdg).filter { !same($0, $1) }.count, 0, "\(lanes) lanes, H \(H): dgates differ")
+                XCTAssertEqual(zip(dcprev, rdcprev).filter { !same($0, $1) }.count, 0, "\(lanes) lanes, H \(H): dc of the predecessors differs")
+                XCTAssertEqual(dc.map { $0.bitPattern }, dcIn.map { $0.bitPattern }, "the row's own dc is read, not written")
+            }
+        }
+        XCTAssertTrue(ran.contains(8), "the AVX2 backward ran")
+        if !ran.contains(16) { print("CellBackwardKernelTests: no AVX-512F here, the 16-lane backward is skipped (checked on an AVX-512 machine)") }
+    }
+}
+
+/// Pre-activations from tiny to beyond exp's clamp, the tanh polynomial's switch point,
+/// signed zeros, subnormals and infinities, then random values at several scales.
+func kernelTestValues(_ n: Int, seed: UInt64) -> [Float] {
+    let special: [Float] = [0, -0.0, 1e-30, -1e-30, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, 0.0625, -0.0625,
+                            Float(0.0625).nextDown, -Float(0.0625).nextDown, Float(0.0625).nextUp, 43.5, -43.5, 44, -44, 87, -87, 88, -88,
+                            89, -89, 1e4, -1e4, .infinity, -.infinity, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]
+    return (0..<n).map { k in
+        if k < special.count { return special[k] }
+        let scale: Float = [0.01, 0.3, 1, 4, 30, 120][k % 6]
+        let u = Philox.block(key: seed, counter: SIMD4(UInt32(k), 0, 0, 0))
+        return scale * (Philox.unit(u[0]) + Philox.unit(u[1]) + Philox.unit(u[2]) - 1.5) * 2
     }
 }

@@ -29,4 +29,16 @@ int lockstep_lstm_cell_lanes(void);
 int lockstep_lstm_cell_forward_lanes(int lanes, float *gates, float *c, float *tc, float *h, long ldh,
                                      const float *cprev, long with_prev, long rows, long hidden, int store_cache);
 
+/// One time step of the pointwise backward, `LSTMLayer.pointwiseBackward` for rows j < `rows`
+/// (the same operations in the same order, no FMA): dgates[j] [4H] from the cached gates[j],
+/// tc[j], dh[j * ldh] and dc[j] (dc of row j, complete); adds dc[j]·f into dcprev[j] when
+/// j < `with_prev` (cprev[j] its c), else into `sink` (with `zeros` as c). 1 when done; 0 when
+/// this CPU or width cannot (nothing written).
+int lockstep_lstm_cell_backward(float *dgates, float *dc, const float *dh, long ldh, const float *gates,
+                                const float *tc, const float *cprev, float *dcprev, long with_prev,
+                                const float *zeros, float *sink, long rows, long hidden);
+int lockstep_lstm_cell_backward_lanes(int lanes, float *dgates, float *dc, const float *dh, long ldh, const float *gates,
+                                      const float *tc, const float *cprev, float *dcprev, long with_prev,
+                                      const float *zeros, float *sink, long rows, long hidden);
+
 #endif
