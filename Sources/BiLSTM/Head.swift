@@ -82,18 +82,10 @@ public enum Dropout {
     /// `firstDirection + u / H` (a stacked layer holds both directions side by side).
     public static func makeMask(mask: FPtr, key: Key, layer: Int, firstDirection: Int,
                                 batch: PackedBatch, width: Int, hidden H: Int, p: Float) {
-        let scale = 1 / (1 - p)
-        for t in 0..<batch.steps {
-            for j in 0..<batch.batchSizes[t] {
-                let row = mask + batch.row(t, j) * width
-                let seq = UInt32(truncatingIfNeeded: batch.ids[j])
-                for d in 0..<(width / H) {
-                    let dir = UInt32(firstDirection + d)
-                    // counter (step, sequence, t, purpose|layer|dir|u/4) for units u..u+3 (in C: 8 blocks at once)
-                    lockstep_dropout_mask(row + d * H, H, key.seed, UInt32(truncatingIfNeeded: key.step), seq, UInt32(t),
-                                          RandomPurpose.dropout.rawValue << 24 | UInt32(layer) << 12 | dir << 11, p, scale)
-                }
-            }
+        forEachDirectionRow(mask: mask, layer: layer, firstDirection: firstDirection, batch: batch, width: width, hidden: H) {
+            out, seq, t, c3 in
+            // Philox counter (step, sequence, t, c3 | u/4) for units u..u+3, eight blocks at once in C
+            lockstep_dropout_mask(out, H, key.seed, UInt32(truncatingIfNeeded: key.step), seq, t, c3, p, 1 / (1 - p))
         }
     }
 
@@ -101,21 +93,26 @@ public enum Dropout {
     public static func referenceMask(mask: FPtr, key: Key, layer: Int, firstDirection: Int,
                                      batch: PackedBatch, width: Int, hidden H: Int, p: Float) {
         let scale = 1 / (1 - p)
+        forEachDirectionRow(mask: mask, layer: layer, firstDirection: firstDirection, batch: batch, width: width, hidden: H) {
+            out, seq, t, c3 in
+            for u4 in stride(from: 0, to: H, by: 4) {
+                let r = Philox.block(key: key.seed, counter: SIMD4(UInt32(truncatingIfNeeded: key.step), seq, t, c3 | UInt32(u4 / 4)))
+                for q in 0..<min(4, H - u4) { out[u4 + q] = Philox.unit(r[q]) < p ? 0 : scale }
+            }
+        }
+    }
+
+    /// Each row's H units of each direction, with the row's sequence id, its step t and the
+    /// counter word purpose|layer|direction the unit index is or'ed into.
+    @inline(__always)
+    static func forEachDirectionRow(mask: FPtr, layer: Int, firstDirection: Int, batch: PackedBatch, width: Int,
+                                    hidden H: Int, _ body: (FPtr, UInt32, UInt32, UInt32) -> Void) {
         for t in 0..<batch.steps {
             for j in 0..<batch.batchSizes[t] {
                 let row = mask + batch.row(t, j) * width
-                let seq = UInt32(truncatingIfNeeded: batch.ids[j])
                 for d in 0..<(width / H) {
-                    let dir = UInt32(firstDirection + d)
-                    for u4 in stride(from: 0, to: H, by: 4) {
-                        let ctr = SIMD4<UInt32>(UInt32(truncatingIfNeeded: key.step), seq, UInt32(t),
-                                                RandomPurpose.dropout.rawValue << 24 | UInt32(layer) << 12
-                                                    | dir << 11 | UInt32(u4 / 4))
-                        let r = Philox.block(key: key.seed, counter: ctr)
-                        for q in 0..<min(4, H - u4) {
-                            row[d * H + u4 + q] = Philox.unit(r[q]) < p ? 0 : scale
-                        }
-                    }
+                    let c3 = RandomPurpose.dropout.rawValue << 24 | UInt32(layer) << 12 | UInt32(firstDirection + d) << 11
+                    body(row + d * H, UInt32(truncatingIfNeeded: batch.ids[j]), UInt32(t), c3)
                 }
             }
         }

@@ -60,31 +60,6 @@ static inline v8 det_tanh(v8 x) {
     return _mm256_blendv_ps(m, negm, _mm256_cmp_ps(x, K(0.0f), _CMP_LT_OQ));
 }
 
-__attribute__((target("avx2")))
-static void cell_rows(float *gates, float *c, float *tc, float *h, long ldh,
-                      const float *cprev, long with_prev, long rows, long H, int store_cache) {
-    static const float zero8[8] = {0};
-    for (long j = 0; j < rows; j++) {
-        float *g = gates + j * 4 * H, *cr = c + j * H, *tr = tc + j * H, *hr = h + j * ldh;
-        const float *cp = j < with_prev ? cprev + j * H : NULL;
-        for (long u = 0; u < H; u += 8) {
-            v8 i = det_sigmoid(_mm256_loadu_ps(g + u));
-            v8 f = det_sigmoid(_mm256_loadu_ps(g + H + u));
-            v8 gg = det_tanh(_mm256_loadu_ps(g + 2 * H + u));
-            v8 o = det_sigmoid(_mm256_loadu_ps(g + 3 * H + u));
-            v8 cpv = _mm256_loadu_ps(cp ? cp + u : zero8);
-            v8 cn = _mm256_add_ps(_mm256_mul_ps(f, cpv), _mm256_mul_ps(i, gg));
-            v8 t = det_tanh(cn);
-            if (store_cache) {
-                _mm256_storeu_ps(g + u, i); _mm256_storeu_ps(g + H + u, f);
-                _mm256_storeu_ps(g + 2 * H + u, gg); _mm256_storeu_ps(g + 3 * H + u, o);
-                _mm256_storeu_ps(tr + u, t);
-            }
-            _mm256_storeu_ps(cr + u, cn);
-            _mm256_storeu_ps(hr + u, _mm256_mul_ps(o, t));
-        }
-    }
-}
 
 // The same cell in AVX-512F, sixteen lanes: every operation is the AVX2 one lane by lane (IEEE
 // arithmetic is per lane), so the bits are the same; xor/and go through the integer unit
@@ -137,31 +112,35 @@ static inline v16 det_tanh16(v16 x) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, K16(0.0f), _CMP_LT_OQ), m, XOR16(m, K16(-0.0f)));
 }
 
-__attribute__((target("avx512f")))
-static void cell_rows16(float *gates, float *c, float *tc, float *h, long ldh,
-                        const float *cprev, long with_prev, long rows, long H, int store_cache) {
-    static const float zero16[16] = {0};
-    for (long j = 0; j < rows; j++) {
-        float *g = gates + j * 4 * H, *cr = c + j * H, *tr = tc + j * H, *hr = h + j * ldh;
-        const float *cp = j < with_prev ? cprev + j * H : NULL;
-        for (long u = 0; u < H; u += 16) {
-            v16 i = det_sigmoid16(_mm512_loadu_ps(g + u));
-            v16 f = det_sigmoid16(_mm512_loadu_ps(g + H + u));
-            v16 gg = det_tanh16(_mm512_loadu_ps(g + 2 * H + u));
-            v16 o = det_sigmoid16(_mm512_loadu_ps(g + 3 * H + u));
-            v16 cpv = _mm512_loadu_ps(cp ? cp + u : zero16);
-            v16 cn = _mm512_add_ps(_mm512_mul_ps(f, cpv), _mm512_mul_ps(i, gg));
-            v16 t = det_tanh16(cn);
-            if (store_cache) {
-                _mm512_storeu_ps(g + u, i); _mm512_storeu_ps(g + H + u, f);
-                _mm512_storeu_ps(g + 2 * H + u, gg); _mm512_storeu_ps(g + 3 * H + u, o);
-                _mm512_storeu_ps(tr + u, t);
-            }
-            _mm512_storeu_ps(cr + u, cn);
-            _mm512_storeu_ps(hr + u, _mm512_mul_ps(o, t));
-        }
-    }
+// The cell's pointwise forward for one time step (see include/lstm_cell.h), LANES lanes at a
+// time: one body for both widths, the activations of that width.
+#define CELL_FORWARD(NAME, TARGET, V, LANES, LD, ST, MUL, ADD, SIGMOID, TANH)                       \
+__attribute__((target(TARGET)))                                                                  \
+static void NAME(float *gates, float *c, float *tc, float *h, long ldh,                           \
+                 const float *cprev, long with_prev, long rows, long H, int store_cache) {        \
+    static const float zero[LANES] = {0};                                                        \
+    for (long j = 0; j < rows; j++) {                                                            \
+        float *g = gates + j * 4 * H, *cr = c + j * H, *tr = tc + j * H, *hr = h + j * ldh;      \
+        const float *cp = j < with_prev ? cprev + j * H : NULL;                                  \
+        for (long u = 0; u < H; u += LANES) {                                                    \
+            V i = SIGMOID(LD(g + u)), f = SIGMOID(LD(g + H + u));                                \
+            V gg = TANH(LD(g + 2 * H + u)), o = SIGMOID(LD(g + 3 * H + u));                      \
+            V cn = ADD(MUL(f, LD(cp ? cp + u : zero)), MUL(i, gg));                              \
+            V t = TANH(cn);                                                                      \
+            if (store_cache) {                                                                   \
+                ST(g + u, i); ST(g + H + u, f); ST(g + 2 * H + u, gg); ST(g + 3 * H + u, o);     \
+                ST(tr + u, t);                                                                   \
+            }                                                                                    \
+            ST(cr + u, cn);                                                                      \
+            ST(hr + u, MUL(o, t));                                                               \
+        }                                                                                        \
+    }                                                                                            \
 }
+CELL_FORWARD(cell_rows, "avx2", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_mul_ps, _mm256_add_ps,
+             det_sigmoid, det_tanh)
+CELL_FORWARD(cell_rows16, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_mul_ps, _mm512_add_ps,
+             det_sigmoid16, det_tanh16)
+
 // The cell's pointwise backward for one time step, `LSTMLayer.pointwiseBackward`'s operations in
 // its order (mul, add, sub; no fusion), LANES lanes at a time: one body for both widths.
 #define CELL_BACKWARD(NAME, TARGET, V, LANES, LD, ST, MUL, ADD, SUB, SET1)                          \
