@@ -75,36 +75,14 @@ static inline int tile_rows(int width) {
 #endif
 }
 
-// op(A)'s rows i0..i0+r-1 (r <= mr), columns p0..p0+kc-1, packed as [kc][mr]; rows past r are zeros.
-static void pack_a(float *dst, const float *a, long lda, int transA, long p0, long kc, long i0, int r, int mr) {
-    if (transA) {   // op(A)'s rows are a's columns: r contiguous floats from each of a's kc rows
-        const float *src = a + p0 * lda + i0;
-        for (long p = 0; p < kc; p++, src += lda) {
-            float *d = dst + p * mr;
-            int ii = 0;
-            for (; ii < r; ii++) d[ii] = src[ii];
-            for (; ii < mr; ii++) d[ii] = 0.0f;
-        }
-        return;
-    }
-    for (int ii = 0; ii < mr; ii++) {
-        if (ii < r) {
-            const float *row = a + (i0 + ii) * lda + p0;
-            for (long p = 0; p < kc; p++) dst[p * mr + ii] = row[p];
-        } else {
-            for (long p = 0; p < kc; p++) dst[p * mr + ii] = 0.0f;
-        }
-    }
-}
-
 // Each tile continues the chains of an r x w block (r <= MR rows, w = 8·h columns) over one
-// chunk of k: from `src` (the chains so far) or from zero when src is NULL, and stores them to
+// chunk of k, op(A)'s element (i, p) at pa[i·ars + p·acs], op(B)'s panel packed [kc][w]: from `src` (the chains so far) or from zero when src is NULL, and stores them to
 // `dst`, or, with `add`, stores dst + chain: the one rounded addition of `c + acc`.
 #ifdef HAVE_X86
 // R rows x H registers of 8 lanes: R and H are constants where it is inlined, so the
 // accumulators stay in registers for every row count, the edges included.
 __attribute__((target("avx2,fma"), always_inline))
-static inline void tile_avx2_body(const int R, const int H, long kc, const float *pa, int mr, const float *pb,
+static inline void tile_avx2_body(const int R, const int H, long kc, const float *pa, long ars, long acs, const float *pb,
                                   const float *src, long lds, float *dst, long ldd, int add) {
     __m256 acc[8][2];
     for (int i = 0; i < R; i++)
@@ -113,7 +91,7 @@ static inline void tile_avx2_body(const int R, const int H, long kc, const float
         __m256 b[2];
         for (int v = 0; v < H; v++) b[v] = _mm256_loadu_ps(pb + p * 8 * H + 8 * v);
         for (int i = 0; i < R; i++) {
-            __m256 av = _mm256_broadcast_ss(pa + p * mr + i);
+            __m256 av = _mm256_broadcast_ss(pa + p * acs + i * ars);
             for (int v = 0; v < H; v++) acc[i][v] = _mm256_fmadd_ps(av, b[v], acc[i][v]);
         }
     }
@@ -124,10 +102,10 @@ static inline void tile_avx2_body(const int R, const int H, long kc, const float
         }
 }
 
-#define AVX2_CASE(R) case R: if (h == 2) tile_avx2_body(R, 2, kc, pa, mr, pb, src, lds, dst, ldd, add); \
-                             else tile_avx2_body(R, 1, kc, pa, mr, pb, src, lds, dst, ldd, add); break;
+#define AVX2_CASE(R) case R: if (h == 2) tile_avx2_body(R, 2, kc, pa, ars, acs, pb, src, lds, dst, ldd, add); \
+                             else tile_avx2_body(R, 1, kc, pa, ars, acs, pb, src, lds, dst, ldd, add); break;
 __attribute__((target("avx2,fma")))
-static void tile(int r, int h, long kc, const float *pa, int mr, const float *pb, const float *src, long lds,
+static void tile(int r, int h, long kc, const float *pa, long ars, long acs, const float *pb, const float *src, long lds,
                  float *dst, long ldd, int add) {
     // Up to 6 rows on the AVX2 path; 7 and 8 for the last 8 columns of an AVX-512 product.
     switch (r) { AVX2_CASE(1) AVX2_CASE(2) AVX2_CASE(3) AVX2_CASE(4) AVX2_CASE(5) AVX2_CASE(6) AVX2_CASE(7) AVX2_CASE(8) }
@@ -135,7 +113,7 @@ static void tile(int r, int h, long kc, const float *pa, int mr, const float *pb
 
 // The same chains, 16 lanes a register (AVX-512F): R rows x H registers, H = 1 or 2.
 __attribute__((target("avx512f"), always_inline))
-static inline void tile512_body(const int R, const int H, long kc, const float *pa, int mr, const float *pb,
+static inline void tile512_body(const int R, const int H, long kc, const float *pa, long ars, long acs, const float *pb,
                                 const float *src, long lds, float *dst, long ldd, int add) {
     __m512 acc[8][2];
     for (int i = 0; i < R; i++)
@@ -144,7 +122,7 @@ static inline void tile512_body(const int R, const int H, long kc, const float *
         __m512 b[2];
         for (int v = 0; v < H; v++) b[v] = _mm512_loadu_ps(pb + p * 16 * H + 16 * v);
         for (int i = 0; i < R; i++) {
-            __m512 av = _mm512_set1_ps(pa[p * mr + i]);
+            __m512 av = _mm512_set1_ps(pa[p * acs + i * ars]);
             for (int v = 0; v < H; v++) acc[i][v] = _mm512_fmadd_ps(av, b[v], acc[i][v]);
         }
     }
@@ -155,10 +133,10 @@ static inline void tile512_body(const int R, const int H, long kc, const float *
         }
 }
 
-#define AVX512_CASE(R) case R: if (h == 2) tile512_body(R, 2, kc, pa, mr, pb, src, lds, dst, ldd, add); \
-                               else tile512_body(R, 1, kc, pa, mr, pb, src, lds, dst, ldd, add); break;
+#define AVX512_CASE(R) case R: if (h == 2) tile512_body(R, 2, kc, pa, ars, acs, pb, src, lds, dst, ldd, add); \
+                               else tile512_body(R, 1, kc, pa, ars, acs, pb, src, lds, dst, ldd, add); break;
 __attribute__((target("avx512f")))
-static void tile512(int r, int h, long kc, const float *pa, int mr, const float *pb, const float *src, long lds,
+static void tile512(int r, int h, long kc, const float *pa, long ars, long acs, const float *pb, const float *src, long lds,
                     float *dst, long ldd, int add) {
     switch (r) { AVX512_CASE(1) AVX512_CASE(2) AVX512_CASE(3) AVX512_CASE(4) AVX512_CASE(5) AVX512_CASE(6) AVX512_CASE(7) AVX512_CASE(8) }
 }
@@ -167,10 +145,9 @@ static void tile512(int r, int h, long kc, const float *pa, int mr, const float 
 #ifdef HAVE_NEON
 // The same tile in NEON: 8 columns are two 4-lane registers, and each lane's vfmaq_f32 is the
 // fmaf of the scalar chain (a fused multiply-add, rounded once), so the bits are the same.
-static void tile(int r, int h, long kc, const float *pa, int mr, const float *pb, const float *src, long lds,
+static void tile(int r, int h, long kc, const float *pa, long ars, long acs, const float *pb, const float *src, long lds,
                  float *dst, long ldd, int add) {
-    (void)mr;   // MR: NEON's tiles are 4 rows
-    float32x4_t acc[MR][4];
+    float32x4_t acc[MR][4];   // NEON's tiles are MR = 4 rows
     const int q = 2 * h, w = 8 * h;   // registers a row, columns a row
     for (int i = 0; i < r; i++)
         for (int v = 0; v < q; v++) acc[i][v] = src ? vld1q_f32(src + i * lds + 4 * v) : vdupq_n_f32(0.0f);
@@ -179,7 +156,7 @@ static void tile(int r, int h, long kc, const float *pa, int mr, const float *pb
             float32x4_t bv[4];
             for (int v = 0; v < q; v++) bv[v] = vld1q_f32(pb + p * w + 4 * v);
             for (int i = 0; i < MR; i++) {
-                float32x4_t av = vdupq_n_f32(pa[p * MR + i]);
+                float32x4_t av = vdupq_n_f32(pa[p * acs + i * ars]);
                 for (int v = 0; v < q; v++) acc[i][v] = vfmaq_f32(acc[i][v], av, bv[v]);
             }
         }
@@ -187,7 +164,7 @@ static void tile(int r, int h, long kc, const float *pa, int mr, const float *pb
         for (long p = 0; p < kc; p++)
             for (int i = 0; i < r; i++)
                 for (int v = 0; v < q; v++)
-                    acc[i][v] = vfmaq_f32(acc[i][v], vdupq_n_f32(pa[p * MR + i]), vld1q_f32(pb + p * w + 4 * v));
+                    acc[i][v] = vfmaq_f32(acc[i][v], vdupq_n_f32(pa[p * acs + i * ars]), vld1q_f32(pb + p * w + 4 * v));
     }
     for (int i = 0; i < r; i++)
         for (int v = 0; v < q; v++) {
@@ -225,16 +202,16 @@ static void pack_b_all(int width, float *dst, const float *b, long ldb, int tran
         pack_b_chunk(width, dst + p0 * padded(n), b, ldb, transB, p0, k - p0 < KC ? k - p0 : KC, n);
 }
 
-// Rows of op(A) packed at a time (whole tiles), and the packed B a block of them sweeps
-// before the next: about 256 KiB of B (kc x nc floats), so both stay in L2.
+// Rows of op(A) a block takes (whole tiles), and the packed B a block sweeps before the next:
+// about 256 KiB of B (kc x nc floats), so it stays in L2 while the block's rows use it.
 #define MC 96
 static inline long group_cols(long kc) { long nc = 65536 / kc / 32 * 32; return nc < 32 ? 32 : nc; }
 
-// Buffers per thread, grown to the largest call and kept: 0 the packed rows of op(A), 1 a
-// chunk of packed op(B), 2 the chains between chunks.
+// Buffers per thread, grown to the largest call and kept: 0 a chunk of packed op(B), 1 the
+// chains between chunks.
 static float *scratch(int which, size_t floats) {
-    static __thread float *buf[3];
-    static __thread size_t cap[3];
+    static __thread float *buf[2];
+    static __thread size_t cap[2];
     if (floats > cap[which]) { free(buf[which]); buf[which] = malloc(floats * sizeof(float)); cap[which] = floats; }
     return buf[which];
 }
@@ -243,8 +220,10 @@ static float *scratch(int which, size_t floats) {
 // op(B) rows: the chains start from zero (p0 = 0) or continue from s [m x np], and the last
 // chunk stores them to C (an addition when accumulating), the others to s. A panel that runs
 // past n is computed into `edge` and only its n columns stored; with `ct` every tile goes through
-// `edge` and is stored transposed: C is [n x m] at ldc. Blocking (MC rows, group_cols columns)
-// only orders the tiles: each chain still runs its chunks in order.
+// `edge` and is stored transposed: C is [n x m] at ldc. op(A) is read where it is: a tile
+// broadcasts its elements (packing it measured 4-5% slower in training, on both paths).
+// Blocking (MC rows, group_cols columns) only orders the tiles: each chain still runs its
+// chunks in order.
 LANES_TARGET
 static void lanes_chunk(int width, int transA, long m, long n, long p0, long kc, int last,
                         const float *a, long lda, const float *chunk, float *s,
@@ -252,23 +231,21 @@ static void lanes_chunk(int width, int transA, long m, long n, long p0, long kc,
     float edge[MR_MAX * 32];
     const int mr = tile_rows(width);
     const long np = padded(n);
-    const long mc = m < MC ? (m + mr - 1) / mr * mr : MC / mr * mr;
-    float *pa = scratch(0, (size_t)(mc * kc));
+    const long mc = m < MC ? m : MC / mr * mr;
     const long nc = group_cols(kc);
     for (long i0 = 0; i0 < m; i0 += mc) {
         long i1 = i0 + mc < m ? i0 + mc : m;
         // The block's rows in tiles of nearly equal height (32 rows: 6,6,5,5,5,5, not 6x5 and a 2):
         // a short tile has too few chains in flight to cover the multiply-add latency.
         const long tiles = (i1 - i0 + mr - 1) / mr, base = (i1 - i0) / tiles, extra = (i1 - i0) % tiles;
-        for (long t = 0; t < tiles; t++)
-            pack_a(pa + t * mr * kc, a, lda, transA, p0, kc, i0 + t * base + (t < extra ? t : extra),
-                   (int)(base + (t < extra)), mr);
         for (long j0 = 0; j0 < np; j0 += nc) {
             long j1 = j0 + nc < np ? j0 + nc : np;
             for (long t = 0; t < tiles; t++) {
                 const long i = i0 + t * base + (t < extra ? t : extra);
                 const int r = (int)(base + (t < extra));
-                const float *ta = pa + t * mr * kc;
+                // op(A) read where it is: element (i + ii, p0 + p) at ta[ii·ars + p·acs]
+                const float *ta = transA ? a + p0 * lda + i : a + i * lda + p0;
+                const long ars = transA ? 1 : lda, acs = transA ? lda : 1;
                 for (long j = j0; j < j1; ) {
                     int w = panel(width, np - j);
                     int cut = last && (ct || j + w > n);   // through `edge`
@@ -278,9 +255,9 @@ static void lanes_chunk(int width, int transA, long m, long n, long p0, long kc,
                     int add = last && accumulate && !cut;
                     const float *tb = chunk + kc * j;   // the panels before j hold kc·j floats
 #ifdef HAVE_X86
-                    if (width == 32 && w >= 16) tile512(r, w / 16, kc, ta, mr, tb, src, np, dst, ldd, add); else
+                    if (width == 32 && w >= 16) tile512(r, w / 16, kc, ta, ars, acs, tb, src, np, dst, ldd, add); else
 #endif
-                    tile(r, w / 8, kc, ta, mr, tb, src, np, dst, ldd, add);
+                    tile(r, w / 8, kc, ta, ars, acs, tb, src, np, dst, ldd, add);
                     if (cut) {
                         long cols = n - j < w ? n - j : w;
                         for (int ii = 0; ii < r; ii++)
@@ -308,7 +285,7 @@ static void lanes_packed(int width, int transA, long m, long n, long k, const fl
                          const float *pb, int accumulate, float *c, long ldc) {
     if (k == 0) { empty_product(m, n, accumulate, c, ldc); return; }
     const long np = padded(n);
-    float *s = k > KC ? scratch(2, (size_t)(m * np)) : NULL;
+    float *s = k > KC ? scratch(1, (size_t)(m * np)) : NULL;
     for (long p0 = 0; p0 < k; p0 += KC) {
         long kc = k - p0 < KC ? k - p0 : KC;
         lanes_chunk(width, transA, m, n, p0, kc, p0 + kc >= k, a, lda, pb + p0 * np, s, accumulate, c, ldc, 0);
@@ -331,8 +308,8 @@ static void gemm_lanes(int width, int transA, int transB, long m, long n, long k
         transB = 0;   // a, [k x m]: row p holds op(B')'s row p
     }
     const long np = padded(n);
-    float *s = k > KC ? scratch(2, (size_t)(m * np)) : NULL;
-    float *pb = scratch(1, (size_t)((k < KC ? k : KC) * np));
+    float *s = k > KC ? scratch(1, (size_t)(m * np)) : NULL;
+    float *pb = scratch(0, (size_t)((k < KC ? k : KC) * np));
     for (long p0 = 0; p0 < k; p0 += KC) {
         long kc = k - p0 < KC ? k - p0 : KC;
         pack_b_chunk(width, pb, b, ldb, transB, p0, kc, n);
