@@ -6,7 +6,6 @@
 #include "portable_gemm.h"
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
