@@ -78,28 +78,34 @@ static inline int tile_rows(int width) {
 // chunk of k, op(A)'s element (i, p) at pa[i·ars + p·acs], op(B)'s panel packed [kc][w]: from `src` (the chains so far) or from zero when src is NULL, and stores them to
 // `dst`, or, with `add`, stores dst + chain: the one rounded addition of `c + acc`.
 #ifdef HAVE_X86
-// R rows x H registers of 8 lanes: R and H are constants where it is inlined, so the
-// accumulators stay in registers for every row count, the edges included.
-__attribute__((target("avx2,fma"), always_inline))
-static inline void tile_avx2_body(const int R, const int H, long kc, const float *pa, long ars, long acs, const float *pb,
-                                  const float *src, long lds, float *dst, long ldd, int add) {
-    __m256 acc[8][2];
-    for (int i = 0; i < R; i++)
-        for (int v = 0; v < H; v++) acc[i][v] = src ? _mm256_loadu_ps(src + i * lds + 8 * v) : _mm256_setzero_ps();
-    for (long p = 0; p < kc; p++) {
-        __m256 b[2];
-        for (int v = 0; v < H; v++) b[v] = _mm256_loadu_ps(pb + p * 8 * H + 8 * v);
-        for (int i = 0; i < R; i++) {
-            __m256 av = _mm256_broadcast_ss(pa + p * acs + i * ars);
-            for (int v = 0; v < H; v++) acc[i][v] = _mm256_fmadd_ps(av, b[v], acc[i][v]);
-        }
-    }
-    for (int i = 0; i < R; i++)
-        for (int v = 0; v < H; v++) {
-            float *d = dst + i * ldd + 8 * v;
-            _mm256_storeu_ps(d, add ? _mm256_add_ps(_mm256_loadu_ps(d), acc[i][v]) : acc[i][v]);
-        }
+// R rows x H registers of LANES lanes (H = 1 or 2): R and H are constants where it is inlined,
+// so the accumulators stay in registers for every row count, the edges included. One body for
+// AVX2 (8 lanes) and AVX-512F (16).
+#define TILE_BODY(NAME, TARGET, V, LANES, LOAD, STORE, ZERO, SET1, FMA, ADD)                          \
+__attribute__((target(TARGET), always_inline))                                                     \
+static inline void NAME(const int R, const int H, long kc, const float *pa, long ars, long acs,    \
+                        const float *pb, const float *src, long lds, float *dst, long ldd, int add) { \
+    V acc[8][2];                                                                                   \
+    for (int i = 0; i < R; i++)                                                                    \
+        for (int v = 0; v < H; v++) acc[i][v] = src ? LOAD(src + i * lds + LANES * v) : ZERO();    \
+    for (long p = 0; p < kc; p++) {                                                                \
+        V b[2];                                                                                    \
+        for (int v = 0; v < H; v++) b[v] = LOAD(pb + p * LANES * H + LANES * v);                   \
+        for (int i = 0; i < R; i++) {                                                              \
+            V av = SET1(pa[p * acs + i * ars]);                                                    \
+            for (int v = 0; v < H; v++) acc[i][v] = FMA(av, b[v], acc[i][v]);                      \
+        }                                                                                          \
+    }                                                                                              \
+    for (int i = 0; i < R; i++)                                                                    \
+        for (int v = 0; v < H; v++) {                                                              \
+            float *d = dst + i * ldd + LANES * v;                                                  \
+            STORE(d, add ? ADD(LOAD(d), acc[i][v]) : acc[i][v]);                                   \
+        }                                                                                          \
 }
+TILE_BODY(tile_avx2_body, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_setzero_ps,
+          _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
+TILE_BODY(tile512_body, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_setzero_ps,
+          _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
 
 #define AVX2_CASE(R) case R: if (h == 2) tile_avx2_body(R, 2, kc, pa, ars, acs, pb, src, lds, dst, ldd, add); \
                              else tile_avx2_body(R, 1, kc, pa, ars, acs, pb, src, lds, dst, ldd, add); break;
@@ -108,28 +114,6 @@ static void tile(int r, int h, long kc, const float *pa, long ars, long acs, con
                  float *dst, long ldd, int add) {
     // Up to 6 rows on the AVX2 path; 7 and 8 for the last 8 columns of an AVX-512 product.
     switch (r) { AVX2_CASE(1) AVX2_CASE(2) AVX2_CASE(3) AVX2_CASE(4) AVX2_CASE(5) AVX2_CASE(6) AVX2_CASE(7) AVX2_CASE(8) }
-}
-
-// The same chains, 16 lanes a register (AVX-512F): R rows x H registers, H = 1 or 2.
-__attribute__((target("avx512f"), always_inline))
-static inline void tile512_body(const int R, const int H, long kc, const float *pa, long ars, long acs, const float *pb,
-                                const float *src, long lds, float *dst, long ldd, int add) {
-    __m512 acc[8][2];
-    for (int i = 0; i < R; i++)
-        for (int v = 0; v < H; v++) acc[i][v] = src ? _mm512_loadu_ps(src + i * lds + 16 * v) : _mm512_setzero_ps();
-    for (long p = 0; p < kc; p++) {
-        __m512 b[2];
-        for (int v = 0; v < H; v++) b[v] = _mm512_loadu_ps(pb + p * 16 * H + 16 * v);
-        for (int i = 0; i < R; i++) {
-            __m512 av = _mm512_set1_ps(pa[p * acs + i * ars]);
-            for (int v = 0; v < H; v++) acc[i][v] = _mm512_fmadd_ps(av, b[v], acc[i][v]);
-        }
-    }
-    for (int i = 0; i < R; i++)
-        for (int v = 0; v < H; v++) {
-            float *d = dst + i * ldd + 16 * v;
-            _mm512_storeu_ps(d, add ? _mm512_add_ps(_mm512_loadu_ps(d), acc[i][v]) : acc[i][v]);
-        }
 }
 
 #define AVX512_CASE(R) case R: if (h == 2) tile512_body(R, 2, kc, pa, ars, acs, pb, src, lds, dst, ldd, add); \
