@@ -64,6 +64,14 @@ public final class Engine {
         return slots[slotIndex - 1].ptr
     }
 
+    /// Sizes the scratch for batches of up to `rows` rows before the first one: a run that knows
+    /// its largest shard allocates (and page-faults) once, not again at each new longest batch.
+    public func reserve(rows: Int) {
+        if rows > capacityRows { slots = []; capacityRows = rows }
+    }
+    /// The rows the scratch is sized for: it grows only when a batch has more.
+    public var reservedRows: Int { capacityRows }
+
     private func begin(rows n: Int) {
         if n > capacityRows {
             slots = []  // free before reallocating: peak memory is one set of buffers

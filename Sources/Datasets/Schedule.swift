@@ -26,6 +26,8 @@ public struct Schedule: Sendable {
     /// The most shards a step has (a full batch); a last, smaller batch has fewer.
     public var maxShards: Int { shardCount(batchSize) }
     func shardCount(_ sequences: Int) -> Int { (sequences + shardSize - 1) / shardSize }
+    /// Frames of the largest shard any epoch can deal: at most the `shardSize` longest sequences.
+    public var largestShardFrames: Int { lengths.sorted(by: >).prefix(shardSize).reduce(0, +) }
 
     static func permutation(_ n: Int, seed: UInt64, purpose: RandomPurpose, epoch: Int) -> [Int] {
         var p = Array(0..<n)

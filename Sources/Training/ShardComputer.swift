@@ -40,6 +40,11 @@ public final class ShardComputerPool: @unchecked Sendable {
         available = DispatchSemaphore(value: self.count)
     }
 
+    /// Sizes every computer's scratch for shards of up to `rows` packed rows (frames).
+    public func reserve(rows: Int) {
+        lock.withLock { for c in free { c.engine.reserve(rows: rows) } }
+    }
+
     /// Runs `body` with a computer of its own, waiting for one to be free.
     public func with<R>(_ body: (ShardComputer) -> R) -> R {
         available.wait()

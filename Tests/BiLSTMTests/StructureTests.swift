@@ -71,6 +71,24 @@ final class StructureTests: XCTestCase {
         return result
     }
 
+    func testAnEngineSizedUpFrontGivesTheBitsOfOneThatGrowsAndNeverGrows() {
+        let m = ModelConfig(inputSize: 3, hidden: 5, layers: 2, classes: 4, bidirectional: true, arch: .stacked, dropout: 0.3)
+        let params = ParameterLayout(m).initialParameters(seed: 3)
+        let sized = Engine(m), growing = Engine(m)
+        sized.reserve(rows: 60)
+        for (i, lengths) in [[2, 3], [7, 5, 4], [20, 19, 18], [9]].enumerated() {
+            let batch = PackedBatch(Fixture.examples(lengths: lengths, inputSize: 3, classes: 4, seed: UInt64(i)), inputSize: 3)
+            let a = FloatBuffer(count: sized.layout.count), b = FloatBuffer(count: growing.layout.count)
+            let key = Dropout.Key(seed: 5, step: i)
+            let ra = sized.forwardBackward(params: params, grads: a, batch: batch, dropout: key)
+            let rb = growing.forwardBackward(params: params, grads: b, batch: batch, dropout: key)
+            XCTAssertEqual(ra.lossSum, rb.lossSum, "batch \(i)")
+            XCTAssertEqual(a.byteArray, b.byteArray, "batch \(i): the same gradient bits")
+            XCTAssertEqual(sized.reservedRows, 60, "batch \(i) of \(batch.rows) rows fits: no reallocation")
+        }
+        XCTAssertEqual(growing.reservedRows, 57, "the growing engine grew to its largest batch")
+    }
+
     func testSingleStepsEqualOneSequence() {
         for m in [model, ModelConfig(inputSize: 3, hidden: 5, layers: 3, classes: 4, arch: .split),
                   ModelConfig(inputSize: 3, hidden: 5, layers: 2, classes: 4, bidirectional: false),

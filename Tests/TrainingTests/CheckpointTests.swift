@@ -193,6 +193,17 @@ final class CheckpointTests: XCTestCase {
         }
     }
 
+    func testLargestShardFramesBoundsEveryShardOfEveryEpoch() {
+        let lengths = (0..<100).map { 1 + ($0 * 37) % 101 }   // distinct: 1...101 but 65
+        let s = Schedule(lengths: lengths, batchSize: 10, shardSize: 3, seed: 4)
+        XCTAssertEqual(s.largestShardFrames, 101 + 100 + 99, "the 3 longest sequences")
+        var most = 0
+        for e in 0..<20 { for b in s.batches(epoch: e) { for sh in s.shards(of: b) { most = max(most, sh.reduce(0) { $0 + lengths[$1] }) } } }
+        XCTAssertLessThanOrEqual(most, s.largestShardFrames)
+        XCTAssertGreaterThan(most, s.largestShardFrames * 9 / 10, "and close to what a run meets")
+        XCTAssertEqual(Schedule(lengths: [4, 9, 2], batchSize: 8, shardSize: 8, seed: 1).largestShardFrames, 15, "fewer sequences than a shard")
+    }
+
     func testResumeRefusesAnotherConfigOrOtherData() throws {
         let r = smallRun(steps: 3, dir: dir)
         let data = r.synthetic.generate(seed: r.seed)
