@@ -64,6 +64,7 @@ struct Bench: ParsableCommand {
         let trainer = try Trainer(run: run, data: data)
         let computer = ShardComputer(model: trainer.model, seed: run.seed)
         let grad = FloatBuffer(count: trainer.layout.count)
+        computer.engine.reserve(rows: trainer.schedule.largestShardFrames)   // as coord start does
         var frames = 0
         var seconds = 0.0
         for s in 0..<(inferenceOnly ? 0 : steps + 2) {
@@ -78,6 +79,9 @@ struct Bench: ParsableCommand {
         let engine = computer.engine
         let inferSet = SyntheticTask(sequences: inferBatchSize * (steps + 2), inputSize: inputSize, classes: classes,
                                      minLength: minLength, maxLength: maxLength).generate(seed: 3)
+        engine.reserve(rows: (0..<(steps + 2)).map { s in
+            inferSet.examples[(s * inferBatchSize)..<((s + 1) * inferBatchSize)].reduce(0) { $0 + $1.length }
+        }.max() ?? 0)   // as coord eval's longest-first batches do: no growth while timed
         var inferFrames = 0
         var ti = Date()
         for s in 0..<(steps + 2) {
