@@ -6,111 +6,82 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-typedef __m256 v8;
 
-// The constants of Numerics.detExp/detTanh, as float bit patterns (a test checks them
-// against Swift's values through the results).
-#define K(x) _mm256_set1_ps(x)
-
-__attribute__((target("avx2")))
-static inline v8 det_exp(v8 x) {
-    // clamp: NaN and x <= -87 become -87 (as IEEE maximum does), then x > 88 becomes 88
-    v8 lo = K(-87.0f), hi = K(88.0f);
-    v8 l = _mm256_blendv_ps(lo, x, _mm256_cmp_ps(x, lo, _CMP_GT_OQ));
-    v8 xc = _mm256_blendv_ps(l, hi, _mm256_cmp_ps(l, hi, _CMP_GT_OQ));
-    v8 t = _mm256_mul_ps(xc, K(1.44269504f));
-    v8 k = _mm256_add_ps(t, K(12582912.0f));
-    v8 n = _mm256_sub_ps(k, K(12582912.0f));
-    v8 r = _mm256_sub_ps(_mm256_sub_ps(xc, _mm256_mul_ps(n, K(0.693145751953125f))),
-                         _mm256_mul_ps(n, K(1.428606765330187e-6f)));
-    v8 p = K(1.0f / 5040.0f);
-    p = _mm256_add_ps(_mm256_mul_ps(p, r), K(1.0f / 720.0f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, r), K(1.0f / 120.0f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, r), K(1.0f / 24.0f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, r), K(1.0f / 6.0f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, r), K(0.5f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, r), K(1.0f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, r), K(1.0f));
-    __m256i kb = _mm256_castps_si256(k);
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(kb, _mm256_set1_epi32(0x4B400000)),
-                                                   _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+// The few operations the activations need, per width, named w8_… (AVX2) and w16_… (AVX-512F),
+// so one body (ACTIVATIONS) serves both. blend(m, a, b) is b where m holds, else a. Every
+// operation is per lane (IEEE arithmetic), so the widths give the same bits; AVX-512F has no
+// float xor/and, so those go through the integer unit.
+#define AVX2_FN __attribute__((target("avx2"), always_inline)) static inline
+#define AVX512_FN __attribute__((target("avx512f"), always_inline)) static inline
+typedef __m256 w8_v;  typedef __m256 w8_mask;
+typedef __m512 w16_v; typedef __mmask16 w16_mask;
+AVX2_FN w8_v w8_k(float x) { return _mm256_set1_ps(x); }
+AVX2_FN w8_v w8_add(w8_v a, w8_v b) { return _mm256_add_ps(a, b); }
+AVX2_FN w8_v w8_sub(w8_v a, w8_v b) { return _mm256_sub_ps(a, b); }
+AVX2_FN w8_v w8_mul(w8_v a, w8_v b) { return _mm256_mul_ps(a, b); }
+AVX2_FN w8_v w8_div(w8_v a, w8_v b) { return _mm256_div_ps(a, b); }
+AVX2_FN w8_v w8_neg(w8_v a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
+AVX2_FN w8_v w8_abs(w8_v a) { return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))); }
+AVX2_FN w8_mask w8_gt(w8_v a, w8_v b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+AVX2_FN w8_mask w8_lt(w8_v a, w8_v b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+AVX2_FN w8_v w8_blend(w8_mask m, w8_v a, w8_v b) { return _mm256_blendv_ps(a, b, m); }
+AVX2_FN int w8_any(w8_mask m) { return _mm256_movemask_ps(m) != 0; }
+// 2^n from k = n + 1.5·2^23 (the round-to-integer trick's sum): n's bits moved into the exponent.
+AVX2_FN w8_v w8_pow2(w8_v k) {
+    __m256i n = _mm256_sub_epi32(_mm256_castps_si256(k), _mm256_set1_epi32(0x4B400000));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+}
+AVX512_FN w16_v w16_k(float x) { return _mm512_set1_ps(x); }
+AVX512_FN w16_v w16_add(w16_v a, w16_v b) { return _mm512_add_ps(a, b); }
+AVX512_FN w16_v w16_sub(w16_v a, w16_v b) { return _mm512_sub_ps(a, b); }
+AVX512_FN w16_v w16_mul(w16_v a, w16_v b) { return _mm512_mul_ps(a, b); }
+AVX512_FN w16_v w16_div(w16_v a, w16_v b) { return _mm512_div_ps(a, b); }
+AVX512_FN w16_v w16_neg(w16_v a) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32((int)0x80000000))); }
+AVX512_FN w16_v w16_abs(w16_v a) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7FFFFFFF))); }
+AVX512_FN w16_mask w16_gt(w16_v a, w16_v b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+AVX512_FN w16_mask w16_lt(w16_v a, w16_v b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+AVX512_FN w16_v w16_blend(w16_mask m, w16_v a, w16_v b) { return _mm512_mask_blend_ps(m, a, b); }
+AVX512_FN int w16_any(w16_mask m) { return m != 0; }
+AVX512_FN w16_v w16_pow2(w16_v k) {
+    __m512i n = _mm512_sub_epi32(_mm512_castps_si512(k), _mm512_set1_epi32(0x4B400000));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
 }
 
-__attribute__((target("avx2")))
-static inline v8 det_sigmoid(v8 x) {
-    v8 neg = _mm256_xor_ps(x, K(-0.0f));
-    return _mm256_div_ps(K(1.0f), _mm256_add_ps(K(1.0f), det_exp(neg)));
+// Numerics.detExp, detSigmoid and detTanh, operation for operation (the constants are theirs;
+// CellKernelTests checks every lane against Swift's values).
+#define ACTIVATIONS(W, FN)                                                                         \
+FN W##_v W##_det_exp(W##_v x) {                                                                    \
+    /* clamp: NaN and x <= -87 become -87 (as IEEE maximum does), then x > 88 becomes 88 */        \
+    W##_v lo = W##_k(-87.0f), hi = W##_k(88.0f);                                                   \
+    W##_v l = W##_blend(W##_gt(x, lo), lo, x);                                                     \
+    W##_v xc = W##_blend(W##_gt(l, hi), l, hi);                                                    \
+    W##_v k = W##_add(W##_mul(xc, W##_k(1.44269504f)), W##_k(12582912.0f));                         \
+    W##_v n = W##_sub(k, W##_k(12582912.0f));                                                      \
+    W##_v r = W##_sub(W##_sub(xc, W##_mul(n, W##_k(0.693145751953125f))),                          \
+                      W##_mul(n, W##_k(1.428606765330187e-6f)));                                   \
+    static const float c[7] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f}; \
+    W##_v p = W##_k(1.0f / 5040.0f);                                                               \
+    for (int i = 0; i < 7; i++) p = W##_add(W##_mul(p, r), W##_k(c[i]));                           \
+    return W##_mul(p, W##_pow2(k));                                                                \
+}                                                                                                  \
+FN W##_v W##_det_sigmoid(W##_v x) {                                                                \
+    return W##_div(W##_k(1.0f), W##_add(W##_k(1.0f), W##_det_exp(W##_neg(x))));                    \
+}                                                                                                  \
+FN W##_v W##_det_tanh(W##_v x) {                                                                   \
+    W##_v a = W##_abs(x);                                                                          \
+    W##_v e = W##_det_exp(W##_mul(W##_k(-2.0f), a));                                               \
+    W##_v m = W##_div(W##_sub(W##_k(1.0f), e), W##_add(W##_k(1.0f), e));                           \
+    W##_mask isSmall = W##_lt(a, W##_k(0.0625f));                                                  \
+    if (W##_any(isSmall)) {  /* the series only where some lane needs it (the same blend) */       \
+        W##_v a2 = W##_mul(a, a);                                                                  \
+        W##_v poly = W##_add(W##_k(-1.0f / 3.0f),                                                  \
+                             W##_mul(a2, W##_sub(W##_k(2.0f / 15.0f), W##_mul(a2, W##_k(17.0f / 315.0f))))); \
+        m = W##_blend(isSmall, m, W##_add(a, W##_mul(W##_mul(a, a2), poly)));                      \
+    }                                                                                              \
+    return W##_blend(W##_lt(x, W##_k(0.0f)), m, W##_neg(m));                                       \
 }
-
-__attribute__((target("avx2")))
-static inline v8 det_tanh(v8 x) {
-    v8 a = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)));
-    v8 e = det_exp(_mm256_mul_ps(K(-2.0f), a));
-    v8 big = _mm256_div_ps(_mm256_sub_ps(K(1.0f), e), _mm256_add_ps(K(1.0f), e));
-    v8 isSmall = _mm256_cmp_ps(a, K(0.0625f), _CMP_LT_OQ);
-    v8 m = big;
-    if (_mm256_movemask_ps(isSmall)) {  // the series only where some lane needs it (the same blend)
-        v8 a2 = _mm256_mul_ps(a, a);
-        v8 poly = _mm256_add_ps(K(-1.0f / 3.0f), _mm256_mul_ps(a2, _mm256_sub_ps(K(2.0f / 15.0f), _mm256_mul_ps(a2, K(17.0f / 315.0f)))));
-        v8 small = _mm256_add_ps(a, _mm256_mul_ps(_mm256_mul_ps(a, a2), poly));
-        m = _mm256_blendv_ps(big, small, isSmall);
-    }
-    v8 negm = _mm256_xor_ps(m, K(-0.0f));
-    return _mm256_blendv_ps(m, negm, _mm256_cmp_ps(x, K(0.0f), _CMP_LT_OQ));
-}
-
-
-// The same cell in AVX-512F, sixteen lanes: every operation is the AVX2 one lane by lane (IEEE
-// arithmetic is per lane), so the bits are the same; xor/and go through the integer unit
-// (AVX-512F has no float xor).
-typedef __m512 v16;
-#define K16(x) _mm512_set1_ps(x)
-#define XOR16(a, b) _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
-
-__attribute__((target("avx512f")))
-static inline v16 det_exp16(v16 x) {
-    v16 lo = K16(-87.0f), hi = K16(88.0f);
-    v16 l = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GT_OQ), lo, x);
-    v16 xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(l, hi, _CMP_GT_OQ), l, hi);
-    v16 t = _mm512_mul_ps(xc, K16(1.44269504f));
-    v16 k = _mm512_add_ps(t, K16(12582912.0f));
-    v16 n = _mm512_sub_ps(k, K16(12582912.0f));
-    v16 r = _mm512_sub_ps(_mm512_sub_ps(xc, _mm512_mul_ps(n, K16(0.693145751953125f))),
-                          _mm512_mul_ps(n, K16(1.428606765330187e-6f)));
-    v16 p = K16(1.0f / 5040.0f);
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f / 720.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f / 120.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f / 24.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f / 6.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(0.5f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), K16(1.0f));
-    __m512i kb = _mm512_castps_si512(k);
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(kb, _mm512_set1_epi32(0x4B400000)),
-                                                   _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
-
-__attribute__((target("avx512f")))
-static inline v16 det_sigmoid16(v16 x) {
-    return _mm512_div_ps(K16(1.0f), _mm512_add_ps(K16(1.0f), det_exp16(XOR16(x, K16(-0.0f)))));
-}
-
-__attribute__((target("avx512f")))
-static inline v16 det_tanh16(v16 x) {
-    v16 a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7FFFFFFF)));
-    v16 e = det_exp16(_mm512_mul_ps(K16(-2.0f), a));
-    v16 m = _mm512_div_ps(_mm512_sub_ps(K16(1.0f), e), _mm512_add_ps(K16(1.0f), e));
-    __mmask16 isSmall = _mm512_cmp_ps_mask(a, K16(0.0625f), _CMP_LT_OQ);
-    if (isSmall) {
-        v16 a2 = _mm512_mul_ps(a, a);
-        v16 poly = _mm512_add_ps(K16(-1.0f / 3.0f), _mm512_mul_ps(a2, _mm512_sub_ps(K16(2.0f / 15.0f), _mm512_mul_ps(a2, K16(17.0f / 315.0f)))));
-        v16 small = _mm512_add_ps(a, _mm512_mul_ps(_mm512_mul_ps(a, a2), poly));
-        m = _mm512_mask_blend_ps(isSmall, m, small);
-    }
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, K16(0.0f), _CMP_LT_OQ), m, XOR16(m, K16(-0.0f)));
-}
+ACTIVATIONS(w8, AVX2_FN)
+ACTIVATIONS(w16, AVX512_FN)
 
 // The cell's pointwise forward for one time step (see include/lstm_cell.h), LANES lanes at a
 // time: one body for both widths, the activations of that width.
@@ -137,9 +108,9 @@ static void NAME(float *gates, float *c, float *tc, float *h, long ldh,         
     }                                                                                            \
 }
 CELL_FORWARD(cell_rows, "avx2", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_mul_ps, _mm256_add_ps,
-             det_sigmoid, det_tanh)
+             w8_det_sigmoid, w8_det_tanh)
 CELL_FORWARD(cell_rows16, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_mul_ps, _mm512_add_ps,
-             det_sigmoid16, det_tanh16)
+             w16_det_sigmoid, w16_det_tanh)
 
 // The cell's pointwise backward for one time step, `LSTMLayer.pointwiseBackward`'s operations in
 // its order (mul, add, sub; no fusion), LANES lanes at a time: one body for both widths.
