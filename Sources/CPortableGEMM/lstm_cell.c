@@ -16,6 +16,8 @@
 typedef __m256 w8_v;  typedef __m256 w8_mask;
 typedef __m512 w16_v; typedef __mmask16 w16_mask;
 AVX2_FN w8_v w8_k(float x) { return _mm256_set1_ps(x); }
+AVX2_FN w8_v w8_ld(const float *p) { return _mm256_loadu_ps(p); }
+AVX2_FN void w8_st(float *p, w8_v v) { _mm256_storeu_ps(p, v); }
 AVX2_FN w8_v w8_add(w8_v a, w8_v b) { return _mm256_add_ps(a, b); }
 AVX2_FN w8_v w8_sub(w8_v a, w8_v b) { return _mm256_sub_ps(a, b); }
 AVX2_FN w8_v w8_mul(w8_v a, w8_v b) { return _mm256_mul_ps(a, b); }
@@ -32,6 +34,8 @@ AVX2_FN w8_v w8_pow2(w8_v k) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
 }
 AVX512_FN w16_v w16_k(float x) { return _mm512_set1_ps(x); }
+AVX512_FN w16_v w16_ld(const float *p) { return _mm512_loadu_ps(p); }
+AVX512_FN void w16_st(float *p, w16_v v) { _mm512_storeu_ps(p, v); }
 AVX512_FN w16_v w16_add(w16_v a, w16_v b) { return _mm512_add_ps(a, b); }
 AVX512_FN w16_v w16_sub(w16_v a, w16_v b) { return _mm512_sub_ps(a, b); }
 AVX512_FN w16_v w16_mul(w16_v a, w16_v b) { return _mm512_mul_ps(a, b); }
@@ -49,98 +53,94 @@ AVX512_FN w16_v w16_pow2(w16_v k) {
 
 // Numerics.detExp, detSigmoid and detTanh, operation for operation (the constants are theirs;
 // CellKernelTests checks every lane against Swift's values).
-#define ACTIVATIONS(W, FN)                                                                         \
-FN W##_v W##_det_exp(W##_v x) {                                                                    \
-    /* clamp: NaN and x <= -87 become -87 (as IEEE maximum does), then x > 88 becomes 88 */        \
-    W##_v lo = W##_k(-87.0f), hi = W##_k(88.0f);                                                   \
-    W##_v l = W##_blend(W##_gt(x, lo), lo, x);                                                     \
-    W##_v xc = W##_blend(W##_gt(l, hi), l, hi);                                                    \
-    W##_v k = W##_add(W##_mul(xc, W##_k(1.44269504f)), W##_k(12582912.0f));                         \
-    W##_v n = W##_sub(k, W##_k(12582912.0f));                                                      \
-    W##_v r = W##_sub(W##_sub(xc, W##_mul(n, W##_k(0.693145751953125f))),                          \
-                      W##_mul(n, W##_k(1.428606765330187e-6f)));                                   \
-    static const float c[7] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f}; \
-    W##_v p = W##_k(1.0f / 5040.0f);                                                               \
-    for (int i = 0; i < 7; i++) p = W##_add(W##_mul(p, r), W##_k(c[i]));                           \
-    return W##_mul(p, W##_pow2(k));                                                                \
-}                                                                                                  \
-FN W##_v W##_det_sigmoid(W##_v x) {                                                                \
-    return W##_div(W##_k(1.0f), W##_add(W##_k(1.0f), W##_det_exp(W##_neg(x))));                    \
-}                                                                                                  \
-FN W##_v W##_det_tanh(W##_v x) {                                                                   \
-    W##_v a = W##_abs(x);                                                                          \
-    W##_v e = W##_det_exp(W##_mul(W##_k(-2.0f), a));                                               \
-    W##_v m = W##_div(W##_sub(W##_k(1.0f), e), W##_add(W##_k(1.0f), e));                           \
-    W##_mask isSmall = W##_lt(a, W##_k(0.0625f));                                                  \
-    if (W##_any(isSmall)) {  /* the series only where some lane needs it (the same blend) */       \
-        W##_v a2 = W##_mul(a, a);                                                                  \
-        W##_v poly = W##_add(W##_k(-1.0f / 3.0f),                                                  \
-                             W##_mul(a2, W##_sub(W##_k(2.0f / 15.0f), W##_mul(a2, W##_k(17.0f / 315.0f))))); \
-        m = W##_blend(isSmall, m, W##_add(a, W##_mul(W##_mul(a, a2), poly)));                      \
-    }                                                                                              \
-    return W##_blend(W##_lt(x, W##_k(0.0f)), m, W##_neg(m));                                       \
+#define ACTIVATIONS(W, FN)                                                                                            \
+FN W##_v W##_det_exp(W##_v x) {                                                                                       \
+    /* clamp: NaN and x <= -87 become -87 (as IEEE maximum does), then x > 88 becomes 88 */                           \
+    W##_v lo = W##_k(-87.0f), hi = W##_k(88.0f);                                                                      \
+    W##_v l = W##_blend(W##_gt(x, lo), lo, x);                                                                        \
+    W##_v xc = W##_blend(W##_gt(l, hi), l, hi);                                                                       \
+    W##_v k = W##_add(W##_mul(xc, W##_k(1.44269504f)), W##_k(12582912.0f));                                           \
+    W##_v n = W##_sub(k, W##_k(12582912.0f));                                                                         \
+    W##_v r = W##_sub(W##_sub(xc, W##_mul(n, W##_k(0.693145751953125f))),                                             \
+                      W##_mul(n, W##_k(1.428606765330187e-6f)));                                                      \
+    static const float c[7] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};            \
+    W##_v p = W##_k(1.0f / 5040.0f);                                                                                  \
+    for (int i = 0; i < 7; i++) p = W##_add(W##_mul(p, r), W##_k(c[i]));                                              \
+    return W##_mul(p, W##_pow2(k));                                                                                   \
+}                                                                                                                     \
+FN W##_v W##_det_sigmoid(W##_v x) {                                                                                   \
+    return W##_div(W##_k(1.0f), W##_add(W##_k(1.0f), W##_det_exp(W##_neg(x))));                                       \
+}                                                                                                                     \
+FN W##_v W##_det_tanh(W##_v x) {                                                                                      \
+    W##_v a = W##_abs(x);                                                                                             \
+    W##_v e = W##_det_exp(W##_mul(W##_k(-2.0f), a));                                                                  \
+    W##_v m = W##_div(W##_sub(W##_k(1.0f), e), W##_add(W##_k(1.0f), e));                                              \
+    W##_mask isSmall = W##_lt(a, W##_k(0.0625f));                                                                     \
+    if (W##_any(isSmall)) {  /* the series only where some lane needs it (the same blend) */                          \
+        W##_v a2 = W##_mul(a, a);                                                                                     \
+        W##_v poly = W##_add(W##_k(-1.0f / 3.0f),                                                                     \
+                             W##_mul(a2, W##_sub(W##_k(2.0f / 15.0f), W##_mul(a2, W##_k(17.0f / 315.0f)))));          \
+        m = W##_blend(isSmall, m, W##_add(a, W##_mul(W##_mul(a, a2), poly)));                                         \
+    }                                                                                                                 \
+    return W##_blend(W##_lt(x, W##_k(0.0f)), m, W##_neg(m));                                                          \
 }
 ACTIVATIONS(w8, AVX2_FN)
 ACTIVATIONS(w16, AVX512_FN)
 
 // The cell's pointwise forward for one time step (see include/lstm_cell.h), LANES lanes at a
 // time: one body for both widths, the activations of that width.
-#define CELL_FORWARD(NAME, TARGET, V, LANES, LD, ST, MUL, ADD, SIGMOID, TANH)                       \
-__attribute__((target(TARGET)))                                                                  \
-static void NAME(float *gates, float *c, float *tc, float *h, long ldh,                           \
-                 const float *cprev, long with_prev, long rows, long H, int store_cache) {        \
-    static const float zero[LANES] = {0};                                                        \
-    for (long j = 0; j < rows; j++) {                                                            \
-        float *g = gates + j * 4 * H, *cr = c + j * H, *tr = tc + j * H, *hr = h + j * ldh;      \
-        const float *cp = j < with_prev ? cprev + j * H : NULL;                                  \
-        for (long u = 0; u < H; u += LANES) {                                                    \
-            V i = SIGMOID(LD(g + u)), f = SIGMOID(LD(g + H + u));                                \
-            V gg = TANH(LD(g + 2 * H + u)), o = SIGMOID(LD(g + 3 * H + u));                      \
-            V cn = ADD(MUL(f, LD(cp ? cp + u : zero)), MUL(i, gg));                              \
-            V t = TANH(cn);                                                                      \
-            if (store_cache) {                                                                   \
-                ST(g + u, i); ST(g + H + u, f); ST(g + 2 * H + u, gg); ST(g + 3 * H + u, o);     \
-                ST(tr + u, t);                                                                   \
-            }                                                                                    \
-            ST(cr + u, cn);                                                                      \
-            ST(hr + u, MUL(o, t));                                                               \
-        }                                                                                        \
-    }                                                                                            \
+#define CELL_FORWARD(NAME, W, TARGET, LANES)                                                                          \
+__attribute__((target(TARGET)))                                                                                       \
+static void NAME(float *gates, float *c, float *tc, float *h, long ldh,                                               \
+                 const float *cprev, long with_prev, long rows, long H, int store_cache) {                            \
+    static const float zero[LANES] = {0};                                                                             \
+    for (long j = 0; j < rows; j++) {                                                                                 \
+        float *g = gates + j * 4 * H, *cr = c + j * H, *tr = tc + j * H, *hr = h + j * ldh;                           \
+        const float *cp = j < with_prev ? cprev + j * H : NULL;                                                       \
+        for (long u = 0; u < H; u += LANES) {                                                                         \
+            W##_v i = W##_det_sigmoid(W##_ld(g + u)), f = W##_det_sigmoid(W##_ld(g + H + u));                         \
+            W##_v gg = W##_det_tanh(W##_ld(g + 2 * H + u)), o = W##_det_sigmoid(W##_ld(g + 3 * H + u));               \
+            W##_v cn = W##_add(W##_mul(f, W##_ld(cp ? cp + u : zero)), W##_mul(i, gg));                               \
+            W##_v t = W##_det_tanh(cn);                                                                               \
+            if (store_cache) {                                                                                        \
+                W##_st(g + u, i); W##_st(g + H + u, f); W##_st(g + 2 * H + u, gg); W##_st(g + 3 * H + u, o);          \
+                W##_st(tr + u, t);                                                                                    \
+            }                                                                                                         \
+            W##_st(cr + u, cn);                                                                                       \
+            W##_st(hr + u, W##_mul(o, t));                                                                            \
+        }                                                                                                             \
+    }                                                                                                                 \
 }
-CELL_FORWARD(cell_rows, "avx2", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_mul_ps, _mm256_add_ps,
-             w8_det_sigmoid, w8_det_tanh)
-CELL_FORWARD(cell_rows16, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_mul_ps, _mm512_add_ps,
-             w16_det_sigmoid, w16_det_tanh)
+CELL_FORWARD(cell_rows, w8, "avx2", 8)
+CELL_FORWARD(cell_rows16, w16, "avx512f", 16)
 
 // The cell's pointwise backward for one time step, `LSTMLayer.pointwiseBackward`'s operations in
 // its order (mul, add, sub; no fusion), LANES lanes at a time: one body for both widths.
-#define CELL_BACKWARD(NAME, TARGET, V, LANES, LD, ST, MUL, ADD, SUB, SET1)                          \
-__attribute__((target(TARGET)))                                                                  \
-static void NAME(float *dgates, float *dc, const float *dh, long ldh, const float *gates,         \
-                 const float *tc, const float *cprev, float *dcprev, long with_prev,              \
-                 const float *zeros, float *sink, long rows, long H) {                            \
-    const V one = SET1(1.0f);                                                                    \
-    for (long j = 0; j < rows; j++) {                                                            \
-        float *dg = dgates + j * 4 * H;                                                          \
-        const float *g = gates + j * 4 * H, *t = tc + j * H, *dhr = dh + j * ldh, *dcin = dc + j * H; \
-        const float *cp = j < with_prev ? cprev + j * H : zeros;                                 \
-        float *dcp = j < with_prev ? dcprev + j * H : sink;                                      \
-        for (long u = 0; u < H; u += LANES) {                                                    \
-            V i = LD(g + u), f = LD(g + H + u), gg = LD(g + 2 * H + u), o = LD(g + 3 * H + u);   \
-            V tv = LD(t + u), dhv = LD(dhr + u);                                                 \
-            V dcv = ADD(LD(dcin + u), MUL(MUL(dhv, o), SUB(one, MUL(tv, tv))));                  \
-            ST(dg + u, MUL(MUL(dcv, gg), MUL(i, SUB(one, i))));                                  \
-            ST(dg + H + u, MUL(MUL(dcv, LD(cp + u)), MUL(f, SUB(one, f))));                      \
-            ST(dg + 2 * H + u, MUL(MUL(dcv, i), SUB(one, MUL(gg, gg))));                         \
-            ST(dg + 3 * H + u, MUL(MUL(dhv, tv), MUL(o, SUB(one, o))));                          \
-            ST(dcp + u, ADD(LD(dcp + u), MUL(dcv, f)));                                          \
-        }                                                                                        \
-    }                                                                                            \
+#define CELL_BACKWARD(NAME, W, TARGET, LANES)                                                                         \
+__attribute__((target(TARGET)))                                                                                       \
+static void NAME(float *dgates, float *dc, const float *dh, long ldh, const float *gates,                             \
+                 const float *tc, const float *cprev, float *dcprev, long with_prev,                                  \
+                 const float *zeros, float *sink, long rows, long H) {                                                \
+    const W##_v one = W##_k(1.0f);                                                                                    \
+    for (long j = 0; j < rows; j++) {                                                                                 \
+        float *dg = dgates + j * 4 * H;                                                                               \
+        const float *g = gates + j * 4 * H, *t = tc + j * H, *dhr = dh + j * ldh, *dcin = dc + j * H;                 \
+        const float *cp = j < with_prev ? cprev + j * H : zeros;                                                      \
+        float *dcp = j < with_prev ? dcprev + j * H : sink;                                                           \
+        for (long u = 0; u < H; u += LANES) {                                                                         \
+            W##_v i = W##_ld(g + u), f = W##_ld(g + H + u), gg = W##_ld(g + 2 * H + u), o = W##_ld(g + 3 * H + u);    \
+            W##_v tv = W##_ld(t + u), dhv = W##_ld(dhr + u);                                                          \
+            W##_v dcv = W##_add(W##_ld(dcin + u), W##_mul(W##_mul(dhv, o), W##_sub(one, W##_mul(tv, tv))));           \
+            W##_st(dg + u, W##_mul(W##_mul(dcv, gg), W##_mul(i, W##_sub(one, i))));                                   \
+            W##_st(dg + H + u, W##_mul(W##_mul(dcv, W##_ld(cp + u)), W##_mul(f, W##_sub(one, f))));                   \
+            W##_st(dg + 2 * H + u, W##_mul(W##_mul(dcv, i), W##_sub(one, W##_mul(gg, gg))));                          \
+            W##_st(dg + 3 * H + u, W##_mul(W##_mul(dhv, tv), W##_mul(o, W##_sub(one, o))));                           \
+            W##_st(dcp + u, W##_add(W##_ld(dcp + u), W##_mul(dcv, f)));                                               \
+        }                                                                                                             \
+    }                                                                                                                 \
 }
-CELL_BACKWARD(cell_back8, "avx2", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_mul_ps, _mm256_add_ps,
-              _mm256_sub_ps, _mm256_set1_ps)
-CELL_BACKWARD(cell_back16, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_mul_ps, _mm512_add_ps,
-              _mm512_sub_ps, _mm512_set1_ps)
+CELL_BACKWARD(cell_back8, w8, "avx2", 8)
+CELL_BACKWARD(cell_back16, w16, "avx512f", 16)
 #endif
 
 // The lanes this CPU's cell runs (16 AVX-512F, 8 AVX2, 0 none), chosen once: AVX-512 only where
