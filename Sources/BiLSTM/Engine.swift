@@ -72,6 +72,20 @@ public final class Engine {
     /// The rows the scratch is sized for: it grows only when a batch has more.
     public var reservedRows: Int { capacityRows }
 
+    /// Bytes of scratch one packed row of a training shard takes (forward and backward, with
+    /// dropout when the model has it), measured on a one-frame batch: every buffer the engine
+    /// takes is a whole number of floats per row.
+    public static func trainingBytesPerRow(_ config: ModelConfig) -> Int {
+        let e = Engine(config)
+        let params = FloatBuffer(count: e.layout.count), grads = FloatBuffer(count: e.layout.count)
+        let one = PackedBatch([Example(id: 0, x: [Float](repeating: 0, count: config.inputSize), y: [0])], inputSize: config.inputSize)
+        e.forwardBackward(params: params, grads: grads, batch: one, dropout: config.dropout > 0 ? Dropout.Key(seed: 0, step: 0) : nil)
+        return e.scratchBytes
+    }
+
+    /// Bytes of the scratch buffers held now.
+    public var scratchBytes: Int { slots.reduce(0) { $0 + $1.count } * MemoryLayout<Float>.size }
+
     private func begin(rows n: Int) {
         if n > capacityRows {
             slots = []  // free before reallocating: peak memory is one set of buffers

@@ -194,6 +194,18 @@ public final class Trainer {
     public var bestPath: String { (run.checkpointDir as NSString).appendingPathComponent("best.safetensors") }
 
     /// Dataset indices of each shard of the batch for `step` (0-based).
+    /// Refuses a run whose largest shard's scratch, times the shards this host computes at once
+    /// (`threads`: local threads, or every spawned worker's), exceeds what this
+    /// process may use, before anything is allocated for it (a shard of long sequences would
+    /// otherwise abort the run mid-epoch when it first came up).
+    public func checkShardMemory(threads: Int) throws {
+        let rows = schedule.largestShardFrames, perRow = Engine.trainingBytesPerRow(model)
+        let (need, over) = perRow.multipliedReportingOverflow(by: rows * max(threads, 1))
+        guard over || need > Memory.limit else { return }
+        throw LockstepError("a shard of the \(run.shardSize) longest sequences (\(rows) frames) needs \(over ? "more than 2^63 bytes" : Memory.gib(need)) of scratch for \(max(threads, 1)) shard(s) computed at once on this host (\(perRow) bytes a frame), more than this process may use (\(Memory.gib(Memory.limit)))",
+                            hint: "lower --shard-size or --threads, or cut the longest sequences of \(data.source) into pieces")
+    }
+
     public func shards(forStep step: Int) -> [[Int]] {
         let (epoch, index) = schedule.position(step: step)
         if epochCache?.epoch != epoch { epochCache = (epoch, schedule.batches(epoch: epoch)) }

@@ -177,17 +177,19 @@ struct Start: ParsableCommand {
             BLAS.mode = trainer.run.numerics  // a resumed run's own
             nonisolated(unsafe) let progress = trainer
             LockstepLog.context = { ["step": "\(progress.step)"] }
-            try writeRunConfig(trainer.run, mode: s.modeLines)
-            if let port = s.metricsPort {
-                metricsEndpoint = try MetricsEndpoint(host: s.metricsHost, port: UInt16(port), totalSteps: trainer.totalSteps)
-                log("metrics: http://\(s.metricsHost):\(metricsEndpoint!.port)/metrics (Prometheus text format)")
-            }
             if !s.local {
                 let wire = WireLimits.problems(run: config, data: trainer.data, model: trainer.model)
                 if !wire.isEmpty {
                     throw LockstepError("this run cannot cross the wire to workers: " + wire.joined(separator: "; "),
                                         hint: "change the options named, or train with --local")
                 }
+            }
+            // Shards computed on this host at once: the local threads, or every spawned worker's.
+            if s.local || s.spawn > 0 { try trainer.checkShardMemory(threads: s.local ? s.threads : s.spawn * s.threads) }
+            try writeRunConfig(trainer.run, mode: s.modeLines)
+            if let port = s.metricsPort {
+                metricsEndpoint = try MetricsEndpoint(host: s.metricsHost, port: UInt16(port), totalSteps: trainer.totalSteps)
+                log("metrics: http://\(s.metricsHost):\(metricsEndpoint!.port)/metrics (Prometheus text format)")
             }
             if s.local {
                 try trainLocal(trainer, threads: s.threads)

@@ -87,6 +87,10 @@ final class StructureTests: XCTestCase {
             XCTAssertEqual(sized.reservedRows, 60, "batch \(i) of \(batch.rows) rows fits: no reallocation")
         }
         XCTAssertEqual(growing.reservedRows, 57, "the growing engine grew to its largest batch")
+        XCTAssertEqual(sized.scratchBytes, Engine.trainingBytesPerRow(m) * 60, "the measured bytes per row are what training takes")
+        XCTAssertEqual(growing.scratchBytes, Engine.trainingBytesPerRow(m) * 57)
+        let plain = ModelConfig(inputSize: 3, hidden: 5, layers: 2, classes: 4, bidirectional: true, arch: .stacked, dropout: 0)
+        XCTAssertEqual(Engine.trainingBytesPerRow(m) - Engine.trainingBytesPerRow(plain), 2 * 10 * 4, "dropout's mask and output, 2H each")
     }
 
     func testSingleStepsEqualOneSequence() {

@@ -94,6 +94,20 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    func testARunWhoseLargestShardCannotFitIsRefusedBeforeItWritesItsDirectory() throws {
+        // 16 sequences of 30,000 frames a shard, two at once, under a 4 GB address-space limit.
+        let dir = h.dir + "/toolong"
+        let p = try h.start(path: "/usr/bin/prlimit", ["--as=4000000000", h.bin + "/coord", "start", "--local", "--threads", "2",
+                                                       "--synthetic-sequences", "32", "--min-length", "30000", "--max-length", "30000",
+                                                       "--batch-size", "32", "--shard-size", "16", "--steps", "2", "--checkpoint-dir", dir],
+                            name: "toolong")
+        XCTAssertEqual(h.wait(p, timeout: 120), 1)
+        let said = h.text(h.log("toolong"))
+        XCTAssertTrue(said.contains("a shard of the 16 longest sequences (480000 frames) needs"), said)
+        XCTAssertTrue(said.contains("for 2 shard(s) computed at once on this host") && said.contains("HINT: lower --shard-size or --threads"), said)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/config.toml"), "refused before the run directory was written")
+    }
+
     func testEveryLongOptionOfStartIsAConfigKey() throws {
         let toml = h.dir + "/all.toml"
         try """

@@ -193,6 +193,22 @@ final class CheckpointTests: XCTestCase {
         }
     }
 
+    func testALocalRunWhoseLargestShardCannotFitIsRefusedNamingTheFix() throws {
+        let r = smallRun(steps: 2, dir: dir)
+        let t = try Trainer(run: r, data: r.synthetic.generate(seed: r.seed))
+        let need = Engine.trainingBytesPerRow(t.model) * t.schedule.largestShardFrames
+        Memory.testLimit = need * 3 / 2
+        defer { Memory.testLimit = nil }
+        XCTAssertNoThrow(try t.checkShardMemory(threads: 1))
+        XCTAssertThrowsError(try t.checkShardMemory(threads: 2), "two threads need two shards' scratch") { e in
+            let text = "\(e)"
+            XCTAssertTrue(text.contains("a shard of the 5 longest sequences (\(t.schedule.largestShardFrames) frames)"), text)
+            XCTAssertTrue(text.contains("for 2 shard(s) computed at once") && text.contains("--shard-size or --threads"), text)
+        }
+        Memory.testLimit = need - 1
+        XCTAssertThrowsError(try t.checkShardMemory(threads: 1))
+    }
+
     func testLargestShardFramesBoundsEveryShardOfEveryEpoch() {
         let lengths = (0..<100).map { 1 + ($0 * 37) % 101 }   // distinct: 1...101 but 65
         let s = Schedule(lengths: lengths, batchSize: 10, shardSize: 3, seed: 4)
