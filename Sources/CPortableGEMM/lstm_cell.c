@@ -8,48 +8,40 @@
 #include <immintrin.h>
 
 // The few operations the activations need, per width, named w8_… (AVX2) and w16_… (AVX-512F),
-// so one body (ACTIVATIONS) serves both. blend(m, a, b) is b where m holds, else a. Every
-// operation is per lane (IEEE arithmetic), so the widths give the same bits; AVX-512F has no
-// float xor/and, so those go through the integer unit.
+// so one body (ACTIVATIONS) serves both. Every operation is per lane (IEEE arithmetic; sign and
+// exponent moves in the integer unit), so the widths give the same bits. LANE_OPS spells them
+// from the width's intrinsic prefix P and integer suffix SI; only compares and blends differ
+// (a vector mask against __mmask16). blend(m, a, b) is b where m holds, else a.
 #define AVX2_FN __attribute__((target("avx2"), always_inline)) static inline
 #define AVX512_FN __attribute__((target("avx512f"), always_inline)) static inline
-typedef __m256 w8_v;  typedef __m256 w8_mask;
-typedef __m512 w16_v; typedef __mmask16 w16_mask;
-AVX2_FN w8_v w8_k(float x) { return _mm256_set1_ps(x); }
-AVX2_FN w8_v w8_ld(const float *p) { return _mm256_loadu_ps(p); }
-AVX2_FN void w8_st(float *p, w8_v v) { _mm256_storeu_ps(p, v); }
-AVX2_FN w8_v w8_add(w8_v a, w8_v b) { return _mm256_add_ps(a, b); }
-AVX2_FN w8_v w8_sub(w8_v a, w8_v b) { return _mm256_sub_ps(a, b); }
-AVX2_FN w8_v w8_mul(w8_v a, w8_v b) { return _mm256_mul_ps(a, b); }
-AVX2_FN w8_v w8_div(w8_v a, w8_v b) { return _mm256_div_ps(a, b); }
-AVX2_FN w8_v w8_neg(w8_v a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
-AVX2_FN w8_v w8_abs(w8_v a) { return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))); }
+#define LANE_OPS(W, FN, V, IV, P, SI)                                                                                 \
+typedef V W##_v;                                                                                                      \
+FN W##_v W##_k(float x) { return P##set1_ps(x); }                                                                     \
+FN W##_v W##_ld(const float *p) { return P##loadu_ps(p); }                                                            \
+FN void W##_st(float *p, W##_v v) { P##storeu_ps(p, v); }                                                             \
+FN W##_v W##_add(W##_v a, W##_v b) { return P##add_ps(a, b); }                                                       \
+FN W##_v W##_sub(W##_v a, W##_v b) { return P##sub_ps(a, b); }                                                       \
+FN W##_v W##_mul(W##_v a, W##_v b) { return P##mul_ps(a, b); }                                                       \
+FN W##_v W##_div(W##_v a, W##_v b) { return P##div_ps(a, b); }                                                       \
+FN W##_v W##_neg(W##_v a) { return P##cast##SI##_ps(P##xor_##SI(P##castps_##SI(a), P##set1_epi32((int)0x80000000))); } \
+FN W##_v W##_abs(W##_v a) { return P##cast##SI##_ps(P##and_##SI(P##castps_##SI(a), P##set1_epi32(0x7FFFFFFF))); }     \
+/* 2^n from k = n + 1.5·2^23 (the round-to-integer trick's sum): n's bits moved into the exponent. */                \
+FN W##_v W##_pow2(W##_v k) {                                                                                          \
+    IV n = P##sub_epi32(P##castps_##SI(k), P##set1_epi32(0x4B400000));                                               \
+    return P##cast##SI##_ps(P##slli_epi32(P##add_epi32(n, P##set1_epi32(127)), 23));                                  \
+}
+LANE_OPS(w8, AVX2_FN, __m256, __m256i, _mm256_, si256)
+LANE_OPS(w16, AVX512_FN, __m512, __m512i, _mm512_, si512)
+typedef __m256 w8_mask;
 AVX2_FN w8_mask w8_gt(w8_v a, w8_v b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
 AVX2_FN w8_mask w8_lt(w8_v a, w8_v b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
 AVX2_FN w8_v w8_blend(w8_mask m, w8_v a, w8_v b) { return _mm256_blendv_ps(a, b, m); }
 AVX2_FN int w8_any(w8_mask m) { return _mm256_movemask_ps(m) != 0; }
-// 2^n from k = n + 1.5·2^23 (the round-to-integer trick's sum): n's bits moved into the exponent.
-AVX2_FN w8_v w8_pow2(w8_v k) {
-    __m256i n = _mm256_sub_epi32(_mm256_castps_si256(k), _mm256_set1_epi32(0x4B400000));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
-}
-AVX512_FN w16_v w16_k(float x) { return _mm512_set1_ps(x); }
-AVX512_FN w16_v w16_ld(const float *p) { return _mm512_loadu_ps(p); }
-AVX512_FN void w16_st(float *p, w16_v v) { _mm512_storeu_ps(p, v); }
-AVX512_FN w16_v w16_add(w16_v a, w16_v b) { return _mm512_add_ps(a, b); }
-AVX512_FN w16_v w16_sub(w16_v a, w16_v b) { return _mm512_sub_ps(a, b); }
-AVX512_FN w16_v w16_mul(w16_v a, w16_v b) { return _mm512_mul_ps(a, b); }
-AVX512_FN w16_v w16_div(w16_v a, w16_v b) { return _mm512_div_ps(a, b); }
-AVX512_FN w16_v w16_neg(w16_v a) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32((int)0x80000000))); }
-AVX512_FN w16_v w16_abs(w16_v a) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7FFFFFFF))); }
+typedef __mmask16 w16_mask;
 AVX512_FN w16_mask w16_gt(w16_v a, w16_v b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
 AVX512_FN w16_mask w16_lt(w16_v a, w16_v b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 AVX512_FN w16_v w16_blend(w16_mask m, w16_v a, w16_v b) { return _mm512_mask_blend_ps(m, a, b); }
 AVX512_FN int w16_any(w16_mask m) { return m != 0; }
-AVX512_FN w16_v w16_pow2(w16_v k) {
-    __m512i n = _mm512_sub_epi32(_mm512_castps_si512(k), _mm512_set1_epi32(0x4B400000));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
-}
 
 // Numerics.detExp, detSigmoid and detTanh, operation for operation (the constants are theirs;
 // CellKernelTests checks every lane against Swift's values).
