@@ -72,15 +72,22 @@ public final class Engine {
     /// The rows the scratch is sized for: it grows only when a batch has more.
     public var reservedRows: Int { capacityRows }
 
-    /// Bytes of scratch one packed row of a training shard takes (forward and backward, with
-    /// dropout when the model has it), measured on a one-frame batch: every buffer the engine
-    /// takes is a whole number of floats per row.
+    /// Bytes of scratch one packed row of a training shard takes: the buffers `forwardBackward`
+    /// takes, with dropout when the model has it (StructureTests holds this to the bytes a real
+    /// pass allocates), so a run can be sized before any of it is allocated.
     public static func trainingBytesPerRow(_ config: ModelConfig) -> Int {
-        let e = Engine(config)
-        let params = FloatBuffer(count: e.layout.count), grads = FloatBuffer(count: e.layout.count)
-        let one = PackedBatch([Example(id: 0, x: [Float](repeating: 0, count: config.inputSize), y: [0])], inputSize: config.inputSize)
-        e.forwardBackward(params: params, grads: grads, batch: one, dropout: config.dropout > 0 ? Dropout.Key(seed: 0, step: 0) : nil)
-        return e.scratchBytes
+        let layout = ParameterLayout(config), H = config.hidden, width = layout.streamWidth
+        let widest = layout.cells.flatMap { $0.flatMap { $0 } }.map(\.inputSize).max() ?? 0
+        var floats = config.inputSize + config.headInput + config.classes   // x, the head's input, log-probs
+        floats += config.headInput + config.classes + 6 * H + widest        // dHead, dlogits, dgates, dc, [x | h_prev]
+        for stream in layout.cells {
+            for (l, cells) in stream.enumerated() {
+                floats += cells.count * 6 * H                                    // gates, c, tanh(c) per cell
+                if l < config.layers - 1 { floats += width * (config.dropout > 0 ? 3 : 1) }  // output (mask, dropped)
+                if l > 0 { floats += cells[0].inputSize }                       // dLoss/d(input)
+            }
+        }
+        return floats * MemoryLayout<Float>.size
     }
 
     /// Bytes of the scratch buffers held now.

@@ -200,7 +200,9 @@ public final class Trainer {
     /// otherwise abort the run mid-epoch when it first came up).
     public func checkShardMemory(threads: Int) throws {
         let rows = schedule.largestShardFrames, perRow = Engine.trainingBytesPerRow(model)
-        let (need, over) = perRow.multipliedReportingOverflow(by: rows * max(threads, 1))
+        let (frames, over1) = rows.multipliedReportingOverflow(by: max(threads, 1))
+        let (need, over2) = perRow.multipliedReportingOverflow(by: frames)
+        let over = over1 || over2
         guard over || need > Memory.limit else { return }
         throw LockstepError("a shard of the \(run.shardSize) longest sequences (\(rows) frames) needs \(over ? "more than 2^63 bytes" : Memory.gib(need)) of scratch for \(max(threads, 1)) shard(s) computed at once on this host (\(perRow) bytes a frame), more than this process may use (\(Memory.gib(Memory.limit)))",
                             hint: "lower --shard-size or --threads, or cut the longest sequences of \(data.source) into pieces")

@@ -89,8 +89,18 @@ final class StructureTests: XCTestCase {
         XCTAssertEqual(growing.reservedRows, 57, "the growing engine grew to its largest batch")
         XCTAssertEqual(sized.scratchBytes, Engine.trainingBytesPerRow(m) * 60, "the measured bytes per row are what training takes")
         XCTAssertEqual(growing.scratchBytes, Engine.trainingBytesPerRow(m) * 57)
-        let plain = ModelConfig(inputSize: 3, hidden: 5, layers: 2, classes: 4, bidirectional: true, arch: .stacked, dropout: 0)
-        XCTAssertEqual(Engine.trainingBytesPerRow(m) - Engine.trainingBytesPerRow(plain), 2 * 10 * 4, "dropout's mask and output, 2H each")
+        // The formula against what a real pass allocates, on every arch, direction and depth.
+        for arch in [Arch.stacked, .split] {
+            for bidirectional in [true, false] where arch == .stacked || bidirectional {
+                for (layers, dropout) in [(1, Float(0)), (2, 0), (3, 0.3)] {
+                    let c = ModelConfig(inputSize: 7, hidden: 6, layers: layers, classes: 3, bidirectional: bidirectional, arch: arch, dropout: dropout)
+                    let e = Engine(c), p = ParameterLayout(c).initialParameters(seed: 1), g = FloatBuffer(count: e.layout.count)
+                    let batch = PackedBatch(Fixture.examples(lengths: [4, 2, 3], inputSize: 7, classes: 3), inputSize: 7)
+                    e.forwardBackward(params: p, grads: g, batch: batch, dropout: dropout > 0 ? Dropout.Key(seed: 1, step: 0) : nil)
+                    XCTAssertEqual(e.scratchBytes, Engine.trainingBytesPerRow(c) * batch.rows, "\(arch) bi \(bidirectional) layers \(layers) dropout \(dropout)")
+                }
+            }
+        }
     }
 
     func testSingleStepsEqualOneSequence() {
