@@ -27,7 +27,10 @@ public struct Schedule: Sendable {
     public var maxShards: Int { shardCount(batchSize) }
     func shardCount(_ sequences: Int) -> Int { (sequences + shardSize - 1) / shardSize }
     /// Frames of the largest shard any epoch can deal: at most the `shardSize` longest sequences.
-    public var largestShardFrames: Int { lengths.sorted(by: >).prefix(shardSize).reduce(0, +) }
+    /// A sort of every length: callers keep it (`Trainer.largestShardFrames`). Saturates at Int.max.
+    public var largestShardFrames: Int {
+        lengths.sorted(by: >).prefix(shardSize).reduce(0) { $0.addingReportingOverflow($1).overflow ? .max : $0 + $1 }
+    }
 
     static func permutation(_ n: Int, seed: UInt64, purpose: RandomPurpose, epoch: Int) -> [Int] {
         var p = Array(0..<n)

@@ -198,8 +198,11 @@ public final class Trainer {
     /// (`threads`: local threads, or every spawned worker's), exceeds what this
     /// process may use, before anything is allocated for it (a shard of long sequences would
     /// otherwise abort the run mid-epoch when it first came up).
+    /// `schedule.largestShardFrames`, sorted for once: the memory check and the engines' sizing read it.
+    public private(set) lazy var largestShardFrames = schedule.largestShardFrames
+
     public func checkShardMemory(threads: Int) throws {
-        let rows = schedule.largestShardFrames, perRow = Engine.trainingBytesPerRow(model)
+        let rows = largestShardFrames, perRow = Engine.trainingBytesPerRow(model)
         let (frames, over1) = rows.multipliedReportingOverflow(by: max(threads, 1))
         let (need, over2) = perRow.multipliedReportingOverflow(by: frames)
         let over = over1 || over2

@@ -374,7 +374,7 @@ func writeRunConfig(_ run: RunConfig, mode: [String]) throws {
 func trainLocal(_ trainer: Trainer, threads: Int = 1) throws {
     BLAS.setThreads(1)
     let pool = ShardComputerPool(model: trainer.model, seed: trainer.run.seed, count: threads, classWeights: trainer.run.classWeights)
-    pool.reserve(rows: trainer.schedule.largestShardFrames)
+    pool.reserve(rows: trainer.largestShardFrames)
     let metrics = try openMetrics(trainer)
     let progress = ProgressLine(total: trainer.totalSteps, from: trainer.step)
     let validator = trainer.validation.map { _ in ShardComputerPool(model: trainer.model, seed: 0, count: threads) }

@@ -64,7 +64,7 @@ struct Bench: ParsableCommand {
         let trainer = try Trainer(run: run, data: data)
         let computer = ShardComputer(model: trainer.model, seed: run.seed)
         let grad = FloatBuffer(count: trainer.layout.count)
-        computer.engine.reserve(rows: trainer.schedule.largestShardFrames)   // as coord start does
+        computer.engine.reserve(rows: trainer.largestShardFrames)   // as coord start does
         var frames = 0
         var seconds = 0.0
         for s in 0..<(inferenceOnly ? 0 : steps + 2) {

@@ -218,6 +218,7 @@ final class CheckpointTests: XCTestCase {
         XCTAssertLessThanOrEqual(most, s.largestShardFrames)
         XCTAssertGreaterThan(most, s.largestShardFrames * 9 / 10, "and close to what a run meets")
         XCTAssertEqual(Schedule(lengths: [4, 9, 2], batchSize: 8, shardSize: 8, seed: 1).largestShardFrames, 15, "fewer sequences than a shard")
+        XCTAssertEqual(Schedule(lengths: [Int.max - 1, 5], batchSize: 2, shardSize: 2, seed: 1).largestShardFrames, Int.max, "saturates, never traps")
     }
 
     func testResumeRefusesAnotherConfigOrOtherData() throws {
